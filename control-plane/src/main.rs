@@ -1,0 +1,3 @@
+//! The `ferry-control` binary: flags, logging, and the app.
+
+fn main() {}

@@ -1,0 +1,17 @@
+//! ferry-proxy: a per-pod L7 sidecar configured only over Envoy's xDS v3 API.
+//!
+//! Configuration flows one way: the bootstrap file and ADS responses are validated and converted
+//! into domain types once ([`snapshot::Resources`]), assembled into one immutable
+//! [`snapshot::Snapshot`], and swapped in atomically by the [`snapshot::ConfigStore`]. The data
+//! path (listeners, the HTTP connection manager, the router, clusters and their pools) loads that
+//! snapshot once per connection or request and never sees a protobuf.
+
+pub mod admin;
+pub mod body;
+pub mod cluster;
+pub mod error;
+pub mod listener;
+pub mod route;
+pub mod snapshot;
+pub mod stats;
+pub mod xds;

@@ -1,0 +1,3 @@
+//! The `ferry-proxy` binary: flags, logging, and the app.
+
+fn main() {}
