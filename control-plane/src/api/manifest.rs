@@ -373,3 +373,103 @@ fn error(origin: &str, kind: &str, name: &str, field: &str, reason: String) -> M
         reason,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(text: &str) -> Result<Manifest, ManifestError> {
+        let mut docs = parse_documents(text, "t.yaml");
+        assert_eq!(docs.len(), 1, "{docs:?}");
+        docs.remove(0).map(|d| d.manifest)
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_path() {
+        let err = one(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: shop}\nspec:\n  host: reviews\n  trafficPolicy:\n    circuitBreaker: {}\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.kind, "DestinationRule");
+        assert_eq!(err.name, "shop/r");
+        assert_eq!(err.field, "spec.trafficPolicy.circuitBreaker");
+        assert!(
+            err.reason.contains("unknown field `circuitBreaker`"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().starts_with(
+                "t.yaml#0 DestinationRule shop/r: spec.trafficPolicy.circuitBreaker: unknown field"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn fractional_weight_is_refused_at_its_path() {
+        let err = one(
+            "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [a]\n  http:\n  - route:\n    - destination: {host: a}\n      weight: 20.5\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "spec.http[0].route[0].weight");
+        assert_eq!(err.name, "default/r");
+    }
+
+    #[test]
+    fn integer_map_keys_and_nulls_read_like_kubectl() {
+        let m = one(
+            "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec:\n  selector: {matchLabels: {app: a}}\n  mtls: null\n  portLevelMtls:\n    8080: {mode: DISABLE}\n",
+        )
+        .unwrap();
+        let Manifest::PeerAuthentication(pa) = m else {
+            panic!("{m:?}")
+        };
+        assert!(pa.spec.port_level_mtls.contains_key("8080"));
+        assert_eq!(pa.spec.mtls, None);
+    }
+
+    #[test]
+    fn versions_and_kinds_are_dispatched() {
+        for v in ["v1", "v1beta1", "v1alpha3"] {
+            let m = one(&format!("apiVersion: networking.istio.io/{v}\nkind: Sidecar\nmetadata: {{name: s}}\nspec: {{}}\n")).unwrap();
+            assert_eq!(m.kind(), "Sidecar");
+        }
+        let err = one("apiVersion: security.istio.io/v1alpha3\nkind: PeerAuthentication\nmetadata: {name: p}\n").unwrap_err();
+        assert_eq!(err.field, "apiVersion");
+        let err = one("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\n")
+            .unwrap_err();
+        assert!(err.reason.contains("not supported"), "{err}");
+        let m = one("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: x}\nspec: {replicas: 1}\n").unwrap();
+        assert!(
+            matches!(m, Manifest::Ignored(ref i) if i.name == "x/d"),
+            "{m:?}"
+        );
+        let m = one("apiVersion: v1\nkind: Service\nmetadata: {name: reviews}\nspec:\n  ports: [{port: 9080, name: http}]\n  selector: {app: reviews}\n").unwrap();
+        assert_eq!(m.display_name(), "default/reviews");
+    }
+
+    #[test]
+    fn multi_document_files_keep_going_after_a_bad_document() {
+        let docs = parse_documents(
+            "---\n# comment only\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\nkind: VirtualService\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n",
+            "f.yaml",
+        );
+        assert_eq!(docs.len(), 3, "{docs:?}");
+        assert_eq!(docs[0].as_ref().unwrap().origin, "f.yaml#1");
+        assert_eq!(docs[1].as_ref().unwrap_err().field, "apiVersion");
+        assert!(docs[2].is_ok());
+    }
+
+    #[test]
+    fn syntax_errors_are_reported_not_panicked() {
+        let docs = parse_documents("a: [unclosed\n", "bad.yaml");
+        assert_eq!(docs.len(), 1);
+        assert!(
+            docs[0]
+                .as_ref()
+                .unwrap_err()
+                .reason
+                .contains("invalid YAML")
+        );
+    }
+}
