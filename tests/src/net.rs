@@ -86,6 +86,34 @@ pub fn free_port() -> u16 {
         .expect("binding 127.0.0.1:0 must work on any test machine")
 }
 
+/// A loopback port that refuses connections for as long as this value lives.
+///
+/// The socket is bound but never listens, so the port cannot be taken by anyone else and every
+/// connection attempt is answered with a reset (`ECONNREFUSED`): a deterministic dead upstream.
+#[derive(Debug)]
+pub struct ClosedPort {
+    _socket: socket2::Socket,
+    port: u16,
+}
+
+impl ClosedPort {
+    /// Binds a fresh port on 127.0.0.1 without listening on it.
+    pub fn bind() -> std::io::Result<ClosedPort> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.bind(&loopback(0).into())?;
+        let port = socket.local_addr()?.as_socket().map_or(0, |a| a.port());
+        Ok(ClosedPort {
+            _socket: socket,
+            port,
+        })
+    }
+
+    /// The refusing port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
 /// `127.0.0.1:port`.
 pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
@@ -200,6 +228,15 @@ mod tests {
             "other",
             "an explicit Host header wins"
         );
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_refuses_connections() {
+        let closed = ClosedPort::bind().unwrap();
+        let err = TcpStream::connect(loopback(closed.port()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
     }
 
     #[test]
