@@ -6,6 +6,7 @@
 //! is served before every source has completed its initial sync.
 
 pub mod api;
+pub mod cli;
 pub mod model;
 pub mod source;
 pub mod translate;
