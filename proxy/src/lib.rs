@@ -7,7 +7,9 @@
 //! snapshot once per connection or request and never sees a protobuf.
 
 pub mod admin;
+pub mod app;
 pub mod body;
+pub mod bootstrap;
 pub mod cluster;
 pub mod error;
 pub mod http_connection_manager;
