@@ -79,10 +79,10 @@ impl ResourceType {
 /// The typed message behind an entry, kept to recognise unchanged resources.
 #[derive(Debug, Clone, PartialEq)]
 enum Typed {
-    Cluster(Cluster),
-    Endpoint(ClusterLoadAssignment),
-    Listener(Listener),
-    Route(RouteConfiguration),
+    Cluster(Box<Cluster>),
+    Endpoint(Box<ClusterLoadAssignment>),
+    Listener(Box<Listener>),
+    Route(Box<RouteConfiguration>),
 }
 
 /// One packed, versioned resource.
@@ -114,17 +114,32 @@ impl Snapshot {
             endpoints,
         } = resources;
         for c in clusters {
-            snapshot.insert(previous, c.name.clone(), &c, Typed::Cluster(c.clone()));
+            snapshot.insert(
+                previous,
+                c.name.clone(),
+                &c,
+                Typed::Cluster(Box::new(c.clone())),
+            );
         }
         for e in endpoints {
             let name = e.cluster_name.clone();
-            snapshot.insert(previous, name, &e, Typed::Endpoint(e.clone()));
+            snapshot.insert(previous, name, &e, Typed::Endpoint(Box::new(e.clone())));
         }
         for l in listeners {
-            snapshot.insert(previous, l.name.clone(), &l, Typed::Listener(l.clone()));
+            snapshot.insert(
+                previous,
+                l.name.clone(),
+                &l,
+                Typed::Listener(Box::new(l.clone())),
+            );
         }
         for r in routes {
-            snapshot.insert(previous, r.name.clone(), &r, Typed::Route(r.clone()));
+            snapshot.insert(
+                previous,
+                r.name.clone(),
+                &r,
+                Typed::Route(Box::new(r.clone())),
+            );
         }
         snapshot
     }
