@@ -146,7 +146,7 @@ impl State {
                 match convert(&key, obj) {
                     Ok(object) => {
                         let cleared = self.bad.remove(&key).is_some();
-                        self.store.apply(Event::Apply(object)) | cleared
+                        self.store.apply(Event::Apply(Box::new(object))) | cleared
                     }
                     Err(err) => {
                         // Istio's semantics: an object that does not read is skipped, including
