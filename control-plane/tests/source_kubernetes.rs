@@ -72,6 +72,8 @@ enum Script {
     Events(Vec<(&'static str, Value)>),
     /// Answer with an HTTP error.
     Fail(StatusCode),
+    /// Answer the held list requests of the resource (not a watch script).
+    ReleaseList,
     /// Drop these objects without telling anyone, then answer with a 410 Gone watch event: the
     /// watcher must relist to find out.
     Gone(Vec<String>),
@@ -86,6 +88,10 @@ struct ApiServer {
     pending: BTreeMap<String, Vec<SendResponse>>,
     lists: Arc<Mutex<BTreeMap<String, usize>>>,
     version: u64,
+    /// Resources whose next lists fail (HTTP 500), with how many times.
+    failing_lists: BTreeMap<String, usize>,
+    /// Resources whose lists are held until a [`Script::ReleaseList`].
+    held_lists: BTreeMap<String, Vec<SendResponse>>,
 }
 
 impl ApiServer {
@@ -104,11 +110,24 @@ impl ApiServer {
                         self.flush(&plural);
                     } else {
                         *self.lists.lock().expect("lock").entry(plural.clone()).or_default() += 1;
-                        send.send_response(self.list(&plural));
+                        if let Some(held) = self.held_lists.get_mut(&plural) {
+                            held.push(send);
+                        } else if let Some(n) = self.failing_lists.get_mut(&plural).filter(|n| **n > 0) {
+                            *n -= 1;
+                            send.send_response(status(StatusCode::INTERNAL_SERVER_ERROR));
+                        } else {
+                            send.send_response(self.list(&plural));
+                        }
                     }
                 }
                 command = commands.recv() => {
                     let Some((plural, script)) = command else { return };
+                    if let Script::ReleaseList = script {
+                        for send in self.held_lists.remove(plural).unwrap_or_default() {
+                            send.send_response(self.list(plural));
+                        }
+                        continue;
+                    }
                     self.scripts.entry(plural.to_owned()).or_default().push_back(script);
                     self.flush(plural);
                 }
@@ -157,13 +176,8 @@ impl ApiServer {
                 }
                 ok(lines)
             }
-            Script::Fail(status) => {
-                let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "message": "scripted failure", "reason": "InternalError", "code": status.as_u16()});
-                let mut response = ok(body.to_string());
-                *response.status_mut() = status;
-                response
-            }
+            Script::Fail(code) => status(code),
+            Script::ReleaseList => return,
             Script::Gone(keys) => {
                 for key in keys {
                     objects.remove(&key);
@@ -183,6 +197,14 @@ fn leak(plural: &str) -> &'static str {
         .map(|k| k.plural())
         .find(|p| *p == plural)
         .unwrap_or_else(|| panic!("unexpected resource {plural}"))
+}
+
+fn status(code: StatusCode) -> Response<Body> {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "message": "scripted failure", "reason": "InternalError", "code": code.as_u16()});
+    let mut response = ok(body.to_string());
+    *response.status_mut() = code;
+    response
 }
 
 fn ok(body: String) -> Response<Body> {
@@ -246,11 +268,14 @@ fn service(name: &str, cluster_ip: &str) -> Value {
         "spec": {"clusterIP": cluster_ip, "ports": [{"name": "http", "port": 8080}]}})
 }
 
-#[tokio::test(start_paused = true)]
-async fn kubernetes_source_reaches_the_directory_model_and_follows_watch_events() {
-    let (dir_model, dir_errors) = model_from_dir(&mesh_dir()).expect("testdata/mesh");
-    assert!(dir_errors.is_empty(), "{dir_errors:?}");
+type Commands = mpsc::UnboundedSender<(&'static str, Script)>;
 
+/// Starts the scripted API server on testdata/mesh; returns a client of it, the command
+/// channel and the list request counts per resource.
+fn start_api_server(
+    failing_lists: BTreeMap<String, usize>,
+    held_lists: BTreeMap<String, Vec<SendResponse>>,
+) -> (Client, Commands, Arc<Mutex<BTreeMap<String, usize>>>) {
     let (service_mock, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let (commands, command_rx) = mpsc::unbounded_channel();
     let lists = Arc::new(Mutex::new(BTreeMap::new()));
@@ -260,10 +285,49 @@ async fn kubernetes_source_reaches_the_directory_model_and_follows_watch_events(
         pending: BTreeMap::new(),
         lists: lists.clone(),
         version: 100,
+        failing_lists,
+        held_lists,
     };
     tokio::spawn(server.serve(handle, command_rx));
+    (Client::new(service_mock, "default"), commands, lists)
+}
 
-    let client = Client::new(service_mock, "default");
+#[tokio::test(start_paused = true)]
+async fn nothing_is_published_before_every_kind_is_listed() {
+    let failing = BTreeMap::from([("virtualservices".to_owned(), 2)]);
+    let held = BTreeMap::from([("sidecars".to_owned(), Vec::new())]);
+    let (client, commands, lists) = start_api_server(failing, held);
+    let mut source = tokio::spawn(watch_kubernetes(client));
+    // Sidecars are not listed yet: a minute later (paused clock) the source still waits, having
+    // retried the failing VirtualService list meanwhile.
+    assert!(
+        timeout(Duration::from_secs(60), &mut source).await.is_err(),
+        "the source must wait for the sidecars list"
+    );
+    assert_eq!(
+        lists.lock().expect("lock")["virtualservices"],
+        3,
+        "two failures, then success"
+    );
+    commands
+        .send(("sidecars", Script::ReleaseList))
+        .expect("server");
+    let handle = timeout(Duration::from_secs(60), source)
+        .await
+        .expect("initial sync after the release")
+        .expect("task")
+        .expect("source");
+    let model = handle.models.borrow().clone();
+    assert_eq!(model.sidecars.len(), 1);
+    assert_eq!(model.virtual_services.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn kubernetes_source_reaches_the_directory_model_and_follows_watch_events() {
+    let (dir_model, dir_errors) = model_from_dir(&mesh_dir()).expect("testdata/mesh");
+    assert!(dir_errors.is_empty(), "{dir_errors:?}");
+
+    let (client, commands, lists) = start_api_server(BTreeMap::new(), BTreeMap::new());
     let source = timeout(Duration::from_secs(60), watch_kubernetes(client))
         .await
         .expect("initial sync in time")

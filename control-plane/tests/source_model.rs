@@ -271,3 +271,67 @@ fn a_refused_rule_is_reported_and_the_rest_is_kept() {
             .contains_key("reviews.default.svc.cluster.local")
     );
 }
+
+#[test]
+fn headless_external_name_and_broken_services() {
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: db}\n\
+        spec: {clusterIP: None, selector: {app: db}, ports: [{name: tcp, port: 5432}]}\n\
+        ---\napiVersion: v1\nkind: Service\nmetadata: {name: ext}\n\
+        spec: {type: ExternalName, externalName: example.com, ports: [{name: https, port: 443}]}\n\
+        ---\napiVersion: v1\nkind: Service\nmetadata: {name: badip}\nspec: {clusterIP: 10.0.0.300}\n\
+        ---\napiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec: {}\n";
+    let (model, errors) = ferry_control::source::dir::model_from_yaml(yaml, "k.yaml");
+    let db = service(&model, "db.default.svc.cluster.local");
+    assert_eq!(db.resolution, Resolution::Passthrough);
+    assert!(db.addresses.is_empty());
+    let ext = service(&model, "ext.default.svc.cluster.local");
+    assert_eq!(ext.resolution, Resolution::Dns);
+    assert!(ext.mesh_external);
+    assert_eq!(ext.endpoints[0].address, "example.com");
+    assert!(
+        !model
+            .services
+            .contains_key("badip.default.svc.cluster.local")
+    );
+    let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 2, "{reasons:#?}");
+    assert!(
+        reasons[0].starts_with("k.yaml#2 Service default/badip: spec.clusterIP:"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("duplicate object, already defined at k.yaml#0"),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn service_entry_hosts_do_not_override_services_and_cidrs_are_refused() {
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews}\nspec: {ports: [{port: 80}]}\n\
+        ---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: clash}\n\
+        spec: {hosts: [reviews.default.svc.cluster.local, other.example.com], resolution: DNS, \
+        ports: [{number: 80, name: http, protocol: HTTP}]}\n\
+        ---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: range}\n\
+        spec: {hosts: [range.example.com], addresses: [10.9.0.0/16], resolution: NONE, \
+        ports: [{number: 80, name: tcp, protocol: TCP}]}\n";
+    let (model, errors) = ferry_control::source::dir::model_from_yaml(yaml, "se.yaml");
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_eq!(
+        service(&model, "reviews.default.svc.cluster.local").name,
+        "reviews"
+    );
+    assert_eq!(
+        service(&model, "other.example.com").endpoints[0].address,
+        "other.example.com"
+    );
+    assert!(!model.services.contains_key("range.example.com"));
+    assert!(
+        errors.iter().any(|e| e.field == "spec.addresses[0]"),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.field == "spec.hosts" && e.reason.contains("already defined"))
+    );
+}
