@@ -11,6 +11,8 @@ pub mod body;
 pub mod cluster;
 pub mod error;
 pub mod listener;
+pub mod load_balancer;
+pub mod pool;
 pub mod route;
 pub mod snapshot;
 pub mod stats;
