@@ -237,6 +237,59 @@ async fn original_dst_routes_to_the_original_destination() {
     assert!(Arc::ptr_eq(&a, &cluster.select_host(&ctx).unwrap()));
 }
 
+#[tokio::test(start_paused = true)]
+async fn original_dst_hosts_are_cleaned_up_when_unused() {
+    let manager = ClusterManager::default();
+    let config =
+        cluster("name: o\ntype: ORIGINAL_DST\nlb_policy: CLUSTER_PROVIDED\ncleanup_interval: 5s");
+    let set = manager.update(&configs(&[config]), &BTreeMap::new());
+    let cluster = set.get("o").unwrap();
+    let ctx = LbContext {
+        original_dst: Some("10.1.2.3:8080".parse().unwrap()),
+        ..LbContext::default()
+    };
+    cluster.select_host(&ctx).unwrap();
+    let settle = || async {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    };
+    // First sweep: used since the start, kept.
+    tokio::time::sleep(std::time::Duration::from_millis(5_001)).await;
+    settle().await;
+    assert_eq!(cluster.hosts().len(), 1);
+    // Second sweep: unused for a whole interval, removed.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    settle().await;
+    assert!(cluster.hosts().is_empty());
+    assert_eq!(cluster.stats().membership_total.get(), 0);
+}
+
+#[tokio::test]
+async fn logical_dns_cluster_has_one_host() {
+    let manager = ClusterManager::default();
+    let config = cluster(
+        r#"
+name: logical
+type: LOGICAL_DNS
+dns_lookup_family: V4_ONLY
+load_assignment:
+  cluster_name: logical
+  endpoints:
+  - lb_endpoints:
+    - endpoint: { address: { socket_address: { address: localhost, port_value: 9 } } }
+"#,
+    );
+    let set = manager.update(&configs(&[config]), &BTreeMap::new());
+    let cluster = set.get("logical").unwrap().clone();
+    tokio::time::timeout(std::time::Duration::from_secs(10), cluster.warmed())
+        .await
+        .expect("DNS cluster warms");
+    let hosts = cluster.hosts();
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0].address(), "127.0.0.1:9".parse().unwrap());
+}
+
 #[tokio::test]
 async fn strict_dns_cluster_resolves_localhost_from_etc_hosts() {
     let up = upstream(false, 1).await;

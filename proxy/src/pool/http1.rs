@@ -77,8 +77,7 @@ impl Http1Pool {
         mut request: http::Request<Body>,
     ) -> Result<http::Response<Body>, UpstreamError> {
         let active = ActiveRequest::new(&self.inner.stats.host);
-        // Normalise the version: hyper's HTTP/1 client refuses an HTTP/2 request.
-        *request.version_mut() = http::Version::HTTP_11;
+        super::to_http1(&mut request);
         loop {
             let mut conn = match self.inner.checkout() {
                 Some(conn) => conn,

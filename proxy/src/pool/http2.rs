@@ -89,7 +89,7 @@ impl Http2Pool {
         mut request: http::Request<Body>,
     ) -> Result<http::Response<Body>, UpstreamError> {
         let active = ActiveRequest::new(&self.inner.stats.host);
-        *request.version_mut() = http::Version::HTTP_2;
+        super::to_http2(&mut request);
         let (mut sender, slot) = match self.inner.claim() {
             Some(claimed) => claimed,
             None => {

@@ -149,6 +149,59 @@ impl Pool {
     }
 }
 
+/// Shapes a request for HTTP/1.1: origin-form target and a `Host` header (taken from the URI's
+/// authority when a request that arrived over HTTP/2 has none).
+pub(crate) fn to_http1(request: &mut http::Request<Body>) {
+    *request.version_mut() = http::Version::HTTP_11;
+    if request.method() == http::Method::CONNECT {
+        return;
+    }
+    let uri = request.uri();
+    if let Some(authority) = uri.authority()
+        && !request.headers().contains_key(http::header::HOST)
+        && let Ok(value) = http::HeaderValue::from_str(authority.as_str())
+    {
+        request.headers_mut().insert(http::header::HOST, value);
+    }
+    if request.uri().scheme().is_some() || request.uri().authority().is_some() {
+        let target = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned();
+        if let Ok(origin) = http::Uri::try_from(target) {
+            *request.uri_mut() = origin;
+        }
+    }
+}
+
+/// Shapes a request for HTTP/2: `:scheme` and `:authority` in the URI (the authority from the
+/// `Host` header when a request that arrived over HTTP/1.1 has an origin-form target).
+pub(crate) fn to_http2(request: &mut http::Request<Body>) {
+    *request.version_mut() = http::Version::HTTP_2;
+    if request.method() == http::Method::CONNECT {
+        return;
+    }
+    let host = request.headers_mut().remove(http::header::HOST);
+    let uri = request.uri();
+    if uri.scheme().is_some() && uri.authority().is_some() {
+        return;
+    }
+    let authority = match (uri.authority(), &host) {
+        (Some(authority), _) => authority.as_str().to_owned(),
+        (None, Some(host)) => match host.to_str() {
+            Ok(host) => host.to_owned(),
+            Err(_) => return,
+        },
+        (None, None) => return,
+    };
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let scheme = uri.scheme_str().unwrap_or("http");
+    if let Ok(full) = http::Uri::try_from(format!("{scheme}://{authority}{path}")) {
+        *request.uri_mut() = full;
+    }
+}
+
 /// Opens a TCP connection with the cluster's connect timeout, TCP_NODELAY and keepalive.
 pub(crate) async fn connect(
     addr: SocketAddr,

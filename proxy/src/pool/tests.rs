@@ -96,7 +96,22 @@ async fn handle(
         barrier.wait().await;
     }
     let body = format!("{:?} {}", req.version(), req.uri().path());
-    Ok(http::Response::new(Full::new(Bytes::from(body))))
+    // What the server saw as the authority: the Host header (HTTP/1.1) or :authority (HTTP/2),
+    // and whether the target was absolute.
+    let seen = req
+        .uri()
+        .authority()
+        .map(|a| format!("uri:{a}"))
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .map(|h| format!("host:{}", h.to_str().unwrap()))
+        })
+        .unwrap_or_default();
+    let mut resp = http::Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut()
+        .insert("x-seen-authority", seen.parse().unwrap());
+    Ok(resp)
 }
 
 fn host(addr: SocketAddr, settings: PoolSettings) -> (Host, Arc<ClusterStats>) {
@@ -251,6 +266,30 @@ async fn use_downstream_protocol_follows_the_request_version() {
 }
 
 #[tokio::test]
+async fn http1_gets_origin_form_and_a_host_header() {
+    let up = upstream(false, 1).await;
+    let (host, _) = host(up.addr, PoolSettings::default());
+    let mut req = get("/p?q=1");
+    *req.version_mut() = http::Version::HTTP_2;
+    let resp = host.send(req).await.unwrap();
+    assert_eq!(resp.headers()["x-seen-authority"], "host:upstream");
+    assert_eq!(body(resp).await, "HTTP/1.1 /p");
+}
+
+#[tokio::test]
+async fn http2_gets_its_authority_from_the_host_header() {
+    let up = upstream(true, 1).await;
+    let (host, _) = host(up.addr, h2_settings());
+    let req = http::Request::get("/p")
+        .header(http::header::HOST, "reviews:9080")
+        .body(crate::body::empty())
+        .unwrap();
+    let resp = host.send(req).await.unwrap();
+    assert_eq!(resp.headers()["x-seen-authority"], "uri:reviews:9080");
+    assert_eq!(body(resp).await, "HTTP/2.0 /p");
+}
+
+#[tokio::test]
 async fn connection_refused_is_an_upstream_connect_failure() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -263,6 +302,36 @@ async fn connection_refused_is_an_upstream_connect_failure() {
     assert_eq!(stats.upstream_cx_connect_fail.get(), 1);
     assert_eq!(host.stats().rq_error.get(), 1);
     assert_eq!(host.active_requests(), 0);
+}
+
+#[tokio::test]
+async fn connect_timeout_is_an_upstream_connect_failure() {
+    // A listener that never accepts, with its accept queue full: the kernel drops further
+    // SYNs, so the next connect hangs until our timeout.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            held.push(s);
+        }
+    }
+    let settings = PoolSettings {
+        connect_timeout: Duration::from_millis(100),
+        ..PoolSettings::default()
+    };
+    let (host, stats) = host(addr, settings);
+    let err = host.send(get("/")).await.unwrap_err();
+    assert!(matches!(err, UpstreamError::ConnectTimeout), "{err}");
+    assert_eq!(err.response_flag(), ResponseFlag::UpstreamConnectionFailure);
+    assert_eq!(stats.upstream_cx_connect_timeout.get(), 1);
 }
 
 #[tokio::test]
