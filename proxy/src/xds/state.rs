@@ -219,12 +219,12 @@ impl State {
                 })
                 .collect();
             for name in ready {
-                if let Some(slot) = self.slots[kind.index()].get_mut(&name) {
-                    if let Some((entry, _)) = slot.warming.take() {
-                        tracing::debug!(kind = kind.short_name(), %name, "warmed");
-                        slot.active = Some(entry);
-                        self.revision += 1;
-                    }
+                if let Some(slot) = self.slots[kind.index()].get_mut(&name)
+                    && let Some((entry, _)) = slot.warming.take()
+                {
+                    tracing::debug!(kind = kind.short_name(), %name, "warmed");
+                    slot.active = Some(entry);
+                    self.revision += 1;
                 }
             }
         }
