@@ -541,6 +541,17 @@ async fn admin_endpoints_report_config_and_readiness() {
         body.contains("control_plane.connected_state: 1\n"),
         "{body}"
     );
+    // pilot-agent's readiness query.
+    let (_, body) = http(
+        addr,
+        "GET",
+        "/stats?usedonly&filter=%5E%28server%5C.state%7Clistener_manager%5C.workers_started%29",
+    )
+    .await;
+    assert_eq!(
+        body,
+        "listener_manager.workers_started: 1\nserver.state: 0\n"
+    );
     let (_, body) = http(addr, "GET", "/stats/prometheus").await;
     assert!(
         body.contains("# TYPE envoy_cluster_manager_cds_update_success counter"),

@@ -107,6 +107,10 @@ async fn connect(config: &AdsConfig) -> Result<tonic::transport::Channel, Stream
             reason: e.to_string(),
         }
     })?;
+    // Keepalive probes notice a control plane that vanished without closing the connection.
+    let endpoint = endpoint
+        .tcp_keepalive(Some(std::time::Duration::from_secs(300)))
+        .tcp_nodelay(true);
     Ok(endpoint.connect().await?)
 }
 
