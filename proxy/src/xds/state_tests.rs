@@ -231,3 +231,19 @@ fn listener_warm_timeout_follows_its_rds_config_source() {
         Some(xds_proto::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any));
     assert_eq!(v(Kind::Listener, &istio).warm_timeout, None);
 }
+
+#[test]
+fn initial_fetch_timeout_fires_once() {
+    let now = Instant::now();
+    let deadline = now + Duration::from_secs(15);
+    let mut state = State::new(true, true, Some(deadline));
+    assert_eq!(state.next_deadline(), Some(deadline));
+    assert!(!state.initialized(now));
+    state.promote(deadline);
+    assert!(state.initialized(deadline));
+    assert_eq!(
+        state.next_deadline(),
+        None,
+        "an expired deadline must not spin the client"
+    );
+}
