@@ -102,19 +102,75 @@ impl FromStr for Duration {
     type Err = DurationError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let trimmed = s.trim();
-        // Go's parser accepts a bare "0"; everything else needs a unit.
-        if trimmed == "0" {
+        let syntax = |reason: &str| DurationError::Syntax {
+            input: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (negative, mut rest) = match s.strip_prefix('-') {
+            Some(r) => (true, r),
+            None => (false, s.strip_prefix('+').unwrap_or(s)),
+        };
+        // Go's time.ParseDuration (what Istio's CRD validation uses): "0", or a sequence of
+        // decimal numbers each with a unit. Kept in integer nanoseconds, checked, so that no
+        // input can overflow or panic.
+        if rest == "0" {
             return Ok(Duration(std::time::Duration::ZERO));
         }
-        let parsed: kube::core::Duration = trimmed.parse().map_err(|e| DurationError::Syntax {
-            input: s.to_owned(),
-            reason: format!("{e}"),
-        })?;
-        if parsed.is_negative() && std::time::Duration::from(parsed) != std::time::Duration::ZERO {
+        if rest.is_empty() {
+            return Err(syntax("empty"));
+        }
+        let mut total: u128 = 0;
+        while !rest.is_empty() {
+            let digits = |t: &str| t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+            let (int, r) = rest.split_at(digits(rest));
+            let (frac, r) = match r.strip_prefix('.') {
+                Some(r) => r.split_at(digits(r)),
+                None => ("", r),
+            };
+            if int.is_empty() && frac.is_empty() {
+                return Err(syntax("expected a number"));
+            }
+            let unit_len = r
+                .find(|c: char| c.is_ascii_digit() || c == '.')
+                .unwrap_or(r.len());
+            let (unit, r) = r.split_at(unit_len);
+            let scale: u128 = match unit {
+                "ns" => 1,
+                "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+                "ms" => 1_000_000,
+                "s" => 1_000_000_000,
+                "m" => 60_000_000_000,
+                "h" => 3_600_000_000_000,
+                "" => return Err(syntax("missing unit (ns, us, ms, s, m, h)")),
+                _ => return Err(syntax("unknown unit (expected ns, us, ms, s, m, h)")),
+            };
+            let whole: u128 = if int.is_empty() {
+                0
+            } else {
+                int.parse().map_err(|_| syntax("number too large"))?
+            };
+            let mut value = whole
+                .checked_mul(scale)
+                .ok_or_else(|| syntax("too large"))?;
+            let mut place = scale;
+            for d in frac.bytes() {
+                place /= 10;
+                if place == 0 {
+                    break;
+                }
+                value += u128::from(d - b'0') * place;
+            }
+            total = total
+                .checked_add(value)
+                .ok_or_else(|| syntax("too large"))?;
+            rest = r;
+        }
+        if negative && total > 0 {
             return Err(DurationError::Negative(s.to_owned()));
         }
-        Ok(Duration(parsed.into()))
+        let secs = u64::try_from(total / 1_000_000_000).map_err(|_| syntax("too large"))?;
+        let nanos = (total % 1_000_000_000) as u32;
+        Ok(Duration(std::time::Duration::new(secs, nanos)))
     }
 }
 
@@ -242,7 +298,17 @@ mod tests {
 
     #[test]
     fn bad_durations_are_refused_with_the_input_named() {
-        for text in ["10", "abc", "1.5", "5 seconds", ""] {
+        for text in [
+            "10",
+            "abc",
+            "1.5",
+            "5 seconds",
+            "",
+            "1e400h",
+            "99999999999999999999999999999999999999999h",
+            "1..5s",
+            "s",
+        ] {
             let err = text.parse::<Duration>().unwrap_err().to_string();
             assert!(err.contains("invalid duration"), "{text}: {err}");
         }

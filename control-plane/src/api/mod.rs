@@ -3,11 +3,13 @@
 //!
 //! Each kind's spec lives in a module named after it and mirrors Istio's protobuf message field
 //! for field (`deny_unknown_fields`, so a stray `circuitBreaker:` is an error naming the field).
+//! [`Object`] is the Kubernetes envelope around a spec; [`manifest`] reads multi-document YAML
 //! into typed [`Manifest`]s, dispatching on `apiVersion` and `kind`.
 
 pub mod authorization_policy;
 pub mod common;
 pub mod destination_rule;
+pub mod manifest;
 pub mod peer_authentication;
 pub mod service_entry;
 pub mod sidecar;
@@ -20,6 +22,7 @@ pub use common::{
     WorkloadLabelSelector, WorkloadSelector,
 };
 pub use destination_rule::DestinationRule;
+pub use manifest::{Document, Ignored, Manifest, ManifestError, Object, parse_documents};
 pub use peer_authentication::PeerAuthentication;
 pub use service_entry::ServiceEntry;
 pub use sidecar::Sidecar;
