@@ -11,8 +11,8 @@ use xds_proto::envoy::config::core::v3::{
     header_value_option::HeaderAppendAction,
 };
 use xds_proto::envoy::config::route::v3::{
-    CorsPolicy as EnvoyCors, DirectResponseAction, HeaderMatcher, QueryParameterMatcher,
-    RedirectAction, RetryPolicy, Route, RouteAction, RouteMatch, WeightedCluster, cors_policy,
+    DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route,
+    RouteAction, RouteMatch, WeightedCluster,
     header_matcher::HeaderMatchSpecifier,
     query_parameter_matcher::QueryParameterMatchSpecifier,
     redirect_action, route,
@@ -21,6 +21,7 @@ use xds_proto::envoy::config::route::v3::{
     weighted_cluster::ClusterWeight,
 };
 use xds_proto::envoy::extensions::filters::common::fault::v3::{FaultDelay, fault_delay};
+use xds_proto::envoy::extensions::filters::http::cors::v3::CorsPolicy as EnvoyCors;
 use xds_proto::envoy::extensions::filters::http::fault::v3::{FaultAbort, HttpFault, fault_abort};
 use xds_proto::envoy::r#type::matcher::v3::{
     RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher::MatchPattern,
@@ -615,12 +616,10 @@ fn cors(c: &CorsPolicy) -> EnvoyCors {
             .map(|d| d.get().as_secs().to_string())
             .unwrap_or_default(),
         allow_credentials: c.allow_credentials.map(|value| BoolValue { value }),
-        enabled_specifier: Some(cors_policy::EnabledSpecifier::FilterEnabled(
-            RuntimeFractionalPercent {
-                default_value: Some(hundred_percent_int(100)),
-                ..Default::default()
-            },
-        )),
+        filter_enabled: Some(RuntimeFractionalPercent {
+            default_value: Some(hundred_percent_int(100)),
+            ..Default::default()
+        }),
         forward_not_matching_preflights: c.unmatched_preflights.and_then(|u| match u {
             crate::api::virtual_service::UnmatchedPreflights::Forward => {
                 Some(BoolValue { value: true })

@@ -20,7 +20,10 @@ use xds_proto::envoy::config::core::v3::{
 };
 use xds_proto::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions,
-    http_protocol_options::{UpstreamProtocolOptions, UseDownstreamHttpConfig},
+    http_protocol_options::{
+        ExplicitHttpConfig, UpstreamProtocolOptions, UseDownstreamHttpConfig,
+        explicit_http_config::ProtocolConfig,
+    },
 };
 use xds_proto::envoy::r#type::v3::Percent;
 use xds_proto::google::protobuf::UInt64Value;
@@ -192,9 +195,7 @@ pub fn apply(
                 if let Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) =
                     &mut explicit.upstream_protocol_options
                 {
-                    e.protocol_config = Some(
-                        xds_proto::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(h2_options),
-                    );
+                    e.protocol_config = Some(ProtocolConfig::Http2ProtocolOptions(h2_options));
                 }
                 opts.upstream_protocol_options = explicit.upstream_protocol_options;
             }
@@ -234,12 +235,22 @@ fn secs(d: std::time::Duration) -> u32 {
     u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
 }
 
+/// The cluster's upstream HTTP options so far, or HTTP/1.1 (Envoy requires a protocol choice).
 fn base_http_options(cluster: &Cluster) -> HttpProtocolOptions {
     cluster
         .typed_extension_protocol_options
         .get(HTTP_PROTOCOL_OPTIONS)
         .and_then(|a| xds_proto::any::unpack::<HttpProtocolOptions>(a).ok())
-        .unwrap_or_default()
+        .unwrap_or_else(|| HttpProtocolOptions {
+            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                ExplicitHttpConfig {
+                    protocol_config: Some(ProtocolConfig::HttpProtocolOptions(
+                        Http1ProtocolOptions::default(),
+                    )),
+                },
+            )),
+            ..Default::default()
+        })
 }
 
 fn common(opts: &mut HttpProtocolOptions) -> &mut CoreHttpOptions {
