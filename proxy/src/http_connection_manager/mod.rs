@@ -226,7 +226,7 @@ fn hcm_for_port(
         Some(a) => a.as_str(),
         None => req.headers().get(header::HOST)?.to_str().ok()?,
     };
-    let port = crate::route::action::split_host_port(&authority)
+    let port = crate::route::action::split_host_port(authority)
         .1
         .unwrap_or(80);
     let listeners = &snapshot.resources.listeners;
@@ -282,10 +282,11 @@ fn prepare_request(
             .headers
             .insert("x-forwarded-proto", HeaderValue::from_static("http"));
     }
-    if hcm.generate_request_id && !parts.headers.contains_key(X_REQUEST_ID) {
-        if let Ok(id) = HeaderValue::from_str(&uuid_v4()) {
-            parts.headers.insert(X_REQUEST_ID, id);
-        }
+    if hcm.generate_request_id
+        && !parts.headers.contains_key(X_REQUEST_ID)
+        && let Ok(id) = HeaderValue::from_str(&uuid_v4())
+    {
+        parts.headers.insert(X_REQUEST_ID, id);
     }
 }
 
