@@ -6,6 +6,9 @@
 //! is served before every source has completed its initial sync.
 
 pub mod api;
+pub mod app;
+pub mod cli;
+pub mod debug;
 pub mod model;
 pub mod source;
 pub mod translate;

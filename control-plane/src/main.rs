@@ -1,3 +1,80 @@
 //! The `ferry-control` binary: flags, logging, and the app.
 
-fn main() {}
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use ferry_control::app::{self, ServeOptions};
+use ferry_control::cli;
+use ferry_control::xds::debounce::DebounceConfig;
+
+/// Ferry's control plane: Istio resources in, Envoy xDS out.
+#[derive(Debug, Parser)]
+#[command(name = "ferry-control", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Watch a directory of Istio and Kubernetes manifests and serve xDS over ADS.
+    Serve(ServeArgs),
+    /// Check manifests offline (before `kubectl apply`); exit 1 on any error.
+    Validate(cli::validate::ValidateArgs),
+    /// Print CustomResourceDefinitions for the Istio kinds ferry-control reads.
+    Crds,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Directory of YAML manifests (VirtualService, DestinationRule, Service, ...).
+    #[arg(long)]
+    config_dir: PathBuf,
+    /// ADS (gRPC) listen address.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    xds_address: SocketAddr,
+    /// Debug and metrics HTTP listen address.
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    debug_address: SocketAddr,
+    /// Bind each sidecar's listeners to its own loopback instance IP (a mesh on one host).
+    #[arg(long)]
+    local_mode: bool,
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut stdout = std::io::stdout().lock();
+    match Cli::parse().command {
+        Command::Serve(args) => {
+            let options = ServeOptions {
+                config_dir: args.config_dir,
+                xds_address: args.xds_address,
+                debug_address: args.debug_address,
+                local_mode: args.local_mode,
+                debounce: DebounceConfig::default(),
+            };
+            tokio::runtime::Runtime::new()?.block_on(app::run(options))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate(v) => {
+            let summary = cli::validate::run(&v, &mut stdout)?;
+            eprintln!(
+                "{} documents checked ({} ignored), {} errors",
+                summary.documents, summary.ignored, summary.errors
+            );
+            Ok(if summary.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Crds => {
+            cli::crds::run(&mut stdout)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

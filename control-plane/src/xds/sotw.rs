@@ -1,0 +1,205 @@
+//! State-of-the-world ADS (`StreamAggregatedResources`): every response carries the whole set of
+//! a type the proxy subscribes to, versioned by a hash of that set.
+//!
+//! Protocol rules followed: a request with an empty nonce is a (re)subscription and is always
+//! answered; a request whose nonce is not the last one sent for its type is stale and ignored; a
+//! request with the current nonce is an ACK, or a NACK when `error_detail` is set (the proxy keeps
+//! its last good version and nothing is resent until the config changes); a changed
+//! `resource_names` set replaces the subscription and is answered. LDS and CDS subscriptions with
+//! no names (or `*`) are wildcards.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+use xds_proto::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+
+use super::cache::{Entry, ResourceType, Snapshot, set_version};
+use super::connection::{Nack, Protocol, Session};
+use super::server::Shared;
+
+/// The proxy went away; the connection task ends.
+struct Closed;
+
+/// What a proxy asked for of one type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Subscription {
+    /// Everything of the type.
+    pub(crate) wildcard: bool,
+    /// The names asked for, when not a wildcard.
+    pub(crate) names: BTreeSet<String>,
+}
+
+impl Subscription {
+    fn from_request(ty: ResourceType, names: &[String]) -> Self {
+        let wildcard =
+            names.iter().any(|n| n == "*") || (ty.is_wildcard_kind() && names.is_empty());
+        Subscription {
+            wildcard,
+            names: names.iter().filter(|n| *n != "*").cloned().collect(),
+        }
+    }
+
+    /// The subscribed entries present in `snapshot`.
+    pub(crate) fn select(&self, snapshot: &Snapshot, ty: ResourceType) -> Vec<Arc<Entry>> {
+        let all = snapshot.resources(ty);
+        if self.wildcard {
+            all.values().cloned().collect()
+        } else {
+            self.names
+                .iter()
+                .filter_map(|n| all.get(n).cloned())
+                .collect()
+        }
+    }
+
+    /// The debug view: `*` first for a wildcard.
+    pub(crate) fn describe(&self) -> Vec<String> {
+        let star = self.wildcard.then(|| "*".to_owned());
+        star.into_iter().chain(self.names.iter().cloned()).collect()
+    }
+}
+
+#[derive(Debug, Default)]
+struct TypeState {
+    subscription: Subscription,
+    /// Version and nonce of the last response.
+    sent: Option<(String, String)>,
+    /// A request is waiting for an answer, even an unchanged one.
+    must_answer: bool,
+}
+
+struct Sotw {
+    session: Session,
+    types: BTreeMap<ResourceType, TypeState>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+}
+
+/// Drives one state-of-the-world stream until the proxy or the server goes away.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut requests: Streaming<DiscoveryRequest>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    peer: Option<SocketAddr>,
+) {
+    let first = match requests.message().await {
+        Ok(Some(first)) => first,
+        Ok(None) => return,
+        Err(status) => {
+            tracing::debug!(error = %status, "stream failed before its first request");
+            return;
+        }
+    };
+    let session = match Session::start(shared, first.node.as_ref(), Protocol::StateOfTheWorld, peer)
+    {
+        Ok(session) => session,
+        Err(status) => {
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+    };
+    let mut conn = Sotw {
+        session,
+        types: BTreeMap::new(),
+        tx,
+    };
+    if conn.on_request(first).await.is_err() {
+        return;
+    }
+    loop {
+        let outcome = tokio::select! {
+            message = requests.message() => match message {
+                Ok(Some(request)) => conn.on_request(request).await,
+                Ok(None) => Err(Closed),
+                Err(status) => {
+                    tracing::debug!(connection = conn.session.id(), error = %status, "stream ended");
+                    Err(Closed)
+                }
+            },
+            _ = conn.session.next_epoch() => conn.push_all().await,
+        };
+        if outcome.is_err() {
+            return;
+        }
+    }
+}
+
+impl Sotw {
+    async fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), Closed> {
+        let Some(ty) = ResourceType::from_type_url(&request.type_url) else {
+            tracing::warn!(connection = self.session.id(), type_url = %request.type_url, "request for a type this server does not serve; ignored");
+            return Ok(());
+        };
+        let state = self.types.entry(ty).or_default();
+        let nonce = request.response_nonce;
+        if !nonce.is_empty() {
+            if state.sent.as_ref().map(|(_, n)| n) != Some(&nonce) {
+                tracing::debug!(
+                    connection = self.session.id(),
+                    kind = ty.label(),
+                    nonce,
+                    "stale nonce ignored"
+                );
+                return Ok(());
+            }
+            if let Some(error) = request.error_detail {
+                let nack = Nack {
+                    nonce,
+                    version: request.version_info,
+                    error: error.message,
+                };
+                self.session.nack(ty, nack);
+                return Ok(());
+            }
+            self.session.ack(ty, &request.version_info);
+        }
+        let subscription = Subscription::from_request(ty, &request.resource_names);
+        if nonce.is_empty() || subscription != state.subscription {
+            self.session.subscribed(ty, subscription.describe());
+            state.subscription = subscription;
+            state.must_answer = true;
+            self.respond(ty).await?;
+        }
+        Ok(())
+    }
+
+    async fn push_all(&mut self) -> Result<(), Closed> {
+        for ty in ResourceType::PUSH_ORDER {
+            if self.types.contains_key(&ty) {
+                self.respond(ty).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the subscribed set of `ty` if it changed since the last response or a request is
+    /// waiting; does nothing while the stream is held before the initial sync.
+    async fn respond(&mut self, ty: ResourceType) -> Result<(), Closed> {
+        let Some(snapshot) = self.session.snapshot.clone() else {
+            return Ok(());
+        };
+        let Some(state) = self.types.get_mut(&ty) else {
+            return Ok(());
+        };
+        let entries = state.subscription.select(&snapshot, ty);
+        let version = set_version(&entries);
+        let unchanged = state.sent.as_ref().map(|(v, _)| v) == Some(&version);
+        if unchanged && !state.must_answer {
+            return Ok(());
+        }
+        let nonce = self.session.next_nonce();
+        self.session.sent(ty, &version, &nonce);
+        state.sent = Some((version.clone(), nonce.clone()));
+        state.must_answer = false;
+        let response = DiscoveryResponse {
+            version_info: version,
+            resources: entries.iter().map(|e| e.resource.clone()).collect(),
+            type_url: ty.type_url().to_owned(),
+            nonce,
+            ..Default::default()
+        };
+        self.tx.send(Ok(response)).await.map_err(|_| Closed)
+    }
+}
