@@ -6,8 +6,10 @@
 //! - [`process`]: child processes with captured logs, killed on drop, logs printed on failure.
 //! - [`net`]: free ports and a one-request-per-connection HTTP/1.1 and h2c client.
 //! - [`poll`]: waiting for a condition with a safety-net deadline.
+//! - [`upstream`]: echo, gRPC-like, upgrade and TCP upstream servers for proxy tests.
 
 pub mod envoy;
 pub mod net;
 pub mod poll;
 pub mod process;
+pub mod upstream;
