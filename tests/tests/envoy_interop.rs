@@ -23,6 +23,7 @@ use ferry_control::app::{self, Running, ServeOptions, Sources};
 use ferry_control::model::Model;
 use ferry_control::model::proxy::ProxyNode;
 use ferry_control::xds::cache::ResourceType;
+use ferry_control::xds::connection::Protocol;
 use ferry_control::xds::debounce::DebounceConfig;
 use ferry_control::xds::{GenerateError, Resources};
 use http_body_util::{BodyExt, Empty, Full};
@@ -214,8 +215,8 @@ circuit_breakers:
 ];
 
 /// Route `9080` as Istio renders the Bookinfo-style VirtualService: `end-user: jason` to v2,
-/// `/hang` to v1 with a 0.5 s timeout, everything else split 50/50 between v1 and v3.
-fn route_9080() -> String {
+/// `/hang` to v1 with a 0.5 s timeout, everything else split between v1 and v3 by `weights`.
+fn route_9080((v1, v3): (u32, u32)) -> String {
     let domains: Vec<String> = [HOST, "reviews.default.svc", "reviews.default", "reviews"]
         .iter()
         .flat_map(|d| [d.to_string(), format!("{d}:9080")])
@@ -249,8 +250,8 @@ virtual_hosts:
     route:
       weighted_clusters:
         clusters:
-        - {{ name: "outbound|9080|v1|{HOST}", weight: 50 }}
-        - {{ name: "outbound|9080|v3|{HOST}", weight: 50 }}
+        - {{ name: "outbound|9080|v1|{HOST}", weight: {v1} }}
+        - {{ name: "outbound|9080|v3|{HOST}", weight: {v3} }}
       timeout: 0s
       retry_policy: {RETRY}
 - name: allow_any
@@ -264,7 +265,7 @@ virtual_hosts:
 }
 
 /// Istio-shaped resources for the productpage sidecar, pointing at the upstream servers.
-fn bookinfo(ports: &BTreeMap<&str, u16>) -> Resources {
+fn bookinfo(ports: &BTreeMap<&str, u16>, weights: (u32, u32)) -> Resources {
     let mut r = Resources::default();
     let all: Vec<(u16, &str)> = ports.iter().map(|(v, p)| (*p, *v)).collect();
     for subset in ["", "v1", "v2", "v3"] {
@@ -291,7 +292,8 @@ fn bookinfo(ports: &BTreeMap<&str, u16>) -> Resources {
     r.listeners.push(
         from_yaml_str(&http_listener("127.0.0.1_9080", "127.0.0.1", 0, true)).expect("listener"),
     );
-    r.routes.push(from_yaml_str(&route_9080()).expect("route"));
+    r.routes
+        .push(from_yaml_str(&route_9080(weights)).expect("route"));
     r
 }
 
@@ -405,12 +407,19 @@ async fn interop(api_type: &str) {
         ("v2", upstream("reviews-v2").await.port()),
         ("v3", upstream("reviews-v3").await.port()),
     ]);
-    let resources = bookinfo(&ports);
-    let generator = move |_: &Model, proxy: &ProxyNode| -> Result<Resources, GenerateError> {
+    // Until the translator lands, the model's contents select the VirtualService's weights:
+    // an empty model is the 50/50 canary, any service in it means "all traffic to v3".
+    let split = bookinfo(&ports, (50, 50));
+    let all_v3 = bookinfo(&ports, (0, 100));
+    let generator = move |model: &Model, proxy: &ProxyNode| -> Result<Resources, GenerateError> {
         assert_eq!(proxy.namespace, "default");
-        Ok(resources.clone())
+        Ok(if model.services.is_empty() {
+            split.clone()
+        } else {
+            all_v3.clone()
+        })
     };
-    let (_models, models) = watch::channel(Some(Arc::new(Model::default())));
+    let (models_tx, models) = watch::channel(Some(Arc::new(Model::default())));
     let (_errors, errors) = watch::channel(Vec::new());
     let options = ServeOptions {
         config_dir: ".".into(),
@@ -435,6 +444,12 @@ async fn interop(api_type: &str) {
         async move { found }
     })
     .await;
+    let protocol = if api_type == "DELTA_GRPC" {
+        Protocol::Delta
+    } else {
+        Protocol::StateOfTheWorld
+    };
+    assert_eq!(status.protocol, protocol);
     for (ty, t) in &status.types {
         assert_eq!(t.last_nack, None, "{ty:?} NACKed");
         assert!(t.pushes >= 1, "{ty:?} never pushed");
@@ -520,8 +535,50 @@ async fn interop(api_type: &str) {
     assert_eq!(code, 504, "route timeout: {body}");
     assert!(body.contains("upstream request timeout"), "{body}");
 
+    // A live edit: the new weights are pushed (RDS only), ACKed, and followed.
+    let route_version = status.types[&ResourceType::Route].sent_version.clone();
+    let mut model = Model::default();
+    model.services.insert("edited".into(), edited_service());
+    models_tx.send_replace(Some(Arc::new(model)));
+    let updated = poll("Envoy to ACK the edited routes", || {
+        let found = registry
+            .find(NODE_ID)
+            .filter(|c| c.synced() && c.types[&ResourceType::Route].sent_version != route_version);
+        async move { found }
+    })
+    .await;
+    assert_eq!(
+        updated.types[&ResourceType::Cluster].pushes,
+        status.types[&ResourceType::Cluster].pushes,
+        "clusters did not change and were not re-pushed"
+    );
+    // The ACK precedes the route table reaching Envoy's worker thread by a moment.
+    poll("the edited routes on Envoy's worker", || async {
+        get(proxy, "/reviews/0", &host)
+            .await
+            .filter(|(_, body)| body == "reviews-v3")
+    })
+    .await;
+    for _ in 0..20 {
+        let (code, body) = get(proxy, "/reviews/0", &host).await.unwrap();
+        assert_eq!((code, body.as_str()), (200, "reviews-v3"));
+    }
+
     drop(envoy);
     running.shutdown().await.unwrap();
+}
+
+fn edited_service() -> ferry_control::model::Service {
+    ferry_control::model::Service {
+        hostname: "edited.default.svc.cluster.local".into(),
+        name: "edited".into(),
+        namespace: "default".into(),
+        addresses: vec![],
+        ports: vec![],
+        resolution: ferry_control::model::Resolution::Static,
+        mesh_external: false,
+        endpoints: vec![],
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
