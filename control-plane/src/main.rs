@@ -2,14 +2,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use ferry_control::app::{self, ServeOptions};
+use ferry_control::cli;
 use ferry_control::xds::debounce::DebounceConfig;
 
 /// Ferry's control plane: Istio resources in, Envoy xDS out.
 #[derive(Debug, Parser)]
-#[command(name = "ferry-control", version)]
+#[command(name = "ferry-control", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,6 +21,10 @@ struct Cli {
 enum Command {
     /// Watch a directory of Istio and Kubernetes manifests and serve xDS over ADS.
     Serve(ServeArgs),
+    /// Check manifests offline (before `kubectl apply`); exit 1 on any error.
+    Validate(cli::validate::ValidateArgs),
+    /// Print CustomResourceDefinitions for the Istio kinds ferry-control reads.
+    Crds,
 }
 
 #[derive(Debug, Args)]
@@ -37,14 +43,15 @@ struct ServeArgs {
     local_mode: bool,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
         .init();
+    let mut stdout = std::io::stdout().lock();
     match Cli::parse().command {
         Command::Serve(args) => {
             let options = ServeOptions {
@@ -54,8 +61,20 @@ async fn main() -> anyhow::Result<()> {
                 local_mode: args.local_mode,
                 debounce: DebounceConfig::default(),
             };
-            app::run(options).await?;
+            tokio::runtime::Runtime::new()?.block_on(app::run(options))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate(v) => {
+            let summary = cli::validate::run(&v, &mut stdout)?;
+            eprintln!(
+                "{} documents checked ({} ignored), {} errors",
+                summary.documents, summary.ignored, summary.errors
+            );
+            Ok(if summary.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Crds => {
+            cli::crds::run(&mut stdout)?;
+            Ok(ExitCode::SUCCESS)
         }
     }
-    Ok(())
 }

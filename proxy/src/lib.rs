@@ -7,11 +7,16 @@
 //! snapshot once per connection or request and never sees a protobuf.
 
 pub mod admin;
+pub mod app;
 pub mod body;
+pub mod bootstrap;
 pub mod cluster;
 pub mod error;
+pub mod http_connection_manager;
 pub mod listener;
 pub mod route;
+pub mod router;
 pub mod snapshot;
 pub mod stats;
+pub mod tcp_proxy;
 pub mod xds;

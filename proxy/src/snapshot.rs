@@ -2,14 +2,16 @@
 //!
 //! The bootstrap's `static_resources` and the xDS client both produce [`Resources`] (validated
 //! domain types, never protobuf); the [`ConfigStore`] turns them into a [`Snapshot`] and swaps it
-//! in with one `ArcSwap`, so a request sees listeners, routes and clusters that agree.
+//! in with one `ArcSwap`, so a request sees listeners, routes and clusters that agree. A `watch`
+//! channel carries only the generation number, waking the listener manager to reconcile sockets.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
-use crate::cluster::{ClusterConfig, ClusterSet, LoadAssignment};
+use crate::cluster::{ClusterConfig, ClusterManager, ClusterSet, LoadAssignment};
 use crate::listener::Listener;
 use crate::route::RouteTable;
 
@@ -38,12 +40,29 @@ pub struct Snapshot {
 }
 
 /// Holds the current snapshot.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConfigStore {
     current: ArcSwap<Snapshot>,
+    cluster_manager: ClusterManager,
+    generation: watch::Sender<u64>,
+}
+
+impl Default for ConfigStore {
+    fn default() -> Self {
+        Self::new(ClusterManager::default())
+    }
 }
 
 impl ConfigStore {
+    /// An empty store whose snapshots get their clusters from `cluster_manager`.
+    pub fn new(cluster_manager: ClusterManager) -> Self {
+        Self {
+            current: ArcSwap::default(),
+            cluster_manager,
+            generation: watch::Sender::new(0),
+        }
+    }
+
     /// The snapshot in force; load it once per connection or request.
     pub fn load(&self) -> Arc<Snapshot> {
         self.current.load_full()
@@ -51,7 +70,14 @@ impl ConfigStore {
 
     /// Swaps in a new snapshot.
     pub fn store(&self, snapshot: Snapshot) {
+        let generation = snapshot.generation;
         self.current.store(Arc::new(snapshot));
+        self.generation.send_replace(generation);
+    }
+
+    /// Wakes on every swap with the new generation (the listener manager reconciles then).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// Builds a snapshot from a complete set of validated resources (static and dynamic merged,
@@ -59,10 +85,20 @@ impl ConfigStore {
     /// listeners are bound, updated in place or drained to match.
     pub fn apply(&self, resources: Resources) {
         let generation = self.current.load().generation + 1;
+        let clusters = self
+            .cluster_manager
+            .update(&resources.clusters, &resources.load_assignments);
+        tracing::debug!(
+            generation,
+            listeners = resources.listeners.len(),
+            routes = resources.routes.len(),
+            clusters = resources.clusters.len(),
+            "config applied"
+        );
         self.store(Snapshot {
             generation,
             resources,
-            clusters: Arc::default(),
+            clusters,
         });
     }
 }

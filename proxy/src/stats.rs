@@ -25,11 +25,35 @@ impl Counter {
     }
 }
 
+/// A value that goes up and down (`upstream_cx_active`, `membership_healthy`).
+#[derive(Debug, Default)]
+pub struct Gauge(std::sync::atomic::AtomicI64);
+
+impl Gauge {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Subtracts one.
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    /// Sets the value.
+    pub fn set(&self, value: i64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+    /// The current value.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// All counters of one proxy, by Envoy stat name. Looking a counter up takes a lock, so the data
 /// path keeps the `Arc<Counter>` it got at config time.
 #[derive(Debug, Default)]
 pub struct Store {
     counters: Mutex<BTreeMap<String, Arc<Counter>>>,
+    gauges: Mutex<BTreeMap<String, Arc<Gauge>>>,
 }
 
 impl Store {
@@ -51,6 +75,27 @@ impl Store {
         counters
             .iter()
             .map(|(name, counter)| (name.clone(), counter.get()))
+            .collect()
+    }
+
+    /// The gauge with this name, created at zero on first use.
+    pub fn gauge(&self, name: impl Into<String>) -> Arc<Gauge> {
+        let mut gauges = self
+            .gauges
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        gauges.entry(name.into()).or_default().clone()
+    }
+
+    /// Every gauge and its value, sorted by name.
+    pub fn gauges(&self) -> Vec<(String, i64)> {
+        let gauges = self
+            .gauges
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        gauges
+            .iter()
+            .map(|(name, gauge)| (name.clone(), gauge.get()))
             .collect()
     }
 }

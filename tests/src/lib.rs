@@ -1,2 +1,13 @@
 //! Support for Ferry's cross-crate tests: starting the real binaries, real upstream servers and the
 //! real Envoy on loopback, and polling for readiness instead of sleeping.
+//!
+//! - [`envoy`]: the real Envoy 1.40, the interop peer and the reference ferry-proxy is compared
+//!   with (skips outside CI when it is not installed, fails under `CI=true`).
+//! - [`process`]: child processes with captured logs, killed on drop, logs printed on failure.
+//! - [`net`]: free ports and a one-request-per-connection HTTP/1.1 and h2c client.
+//! - [`poll`]: waiting for a condition with a safety-net deadline.
+
+pub mod envoy;
+pub mod net;
+pub mod poll;
+pub mod process;

@@ -2,7 +2,16 @@
 //! workloads (pods and WorkloadEntries) behind them, and the Istio rules, all validated.
 //! The directory source and the Kubernetes source build the same model.
 
+mod build;
+mod error;
+pub mod host;
+mod kubernetes;
+mod protocol;
 pub mod proxy;
+mod rules;
+
+pub use build::build;
+pub use error::ModelError;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -109,11 +118,23 @@ pub struct Endpoint {
     pub ready: bool,
 }
 
+/// A namespace and its labels (`istio-injection=enabled`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Namespace {
+    /// The namespace's name.
+    pub name: String,
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+}
+
 /// The whole mesh, validated. Immutable once built; the server shares it behind an `Arc`.
-#[derive(Debug, Clone, Default)]
+/// Every list is in a stable order (namespace, then name), so equal inputs give equal models.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Model {
     /// Services by fully qualified host name.
     pub services: BTreeMap<String, Service>,
+    /// Namespace objects by name (only those the source holds).
+    pub namespaces: BTreeMap<String, Namespace>,
     /// VirtualServices.
     pub virtual_services: Vec<Config<crate::api::VirtualService>>,
     /// DestinationRules.

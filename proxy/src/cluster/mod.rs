@@ -29,13 +29,15 @@ pub struct InvalidCluster {
 pub struct ClusterConfig {
     /// The cluster's xDS name (`outbound|9080|v1|reviews.default.svc.cluster.local`).
     pub name: String,
+    /// The EDS service name (minimal stand-in until proxy-upstream's conversion merges).
+    eds: Option<String>,
 }
 
 impl ClusterConfig {
     /// The EDS service name to subscribe to, for EDS clusters (`eds_cluster_config.service_name`,
     /// or the cluster name when empty); `None` for other types.
     pub fn eds_service_name(&self) -> Option<&str> {
-        None
+        self.eds.as_deref()
     }
 }
 
@@ -44,10 +46,22 @@ impl TryFrom<&xds_proto::envoy::config::cluster::v3::Cluster> for ClusterConfig 
     fn try_from(
         cluster: &xds_proto::envoy::config::cluster::v3::Cluster,
     ) -> Result<Self, InvalidCluster> {
-        Err(InvalidCluster {
+        use xds_proto::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+        let eds = matches!(
+            cluster.cluster_discovery_type,
+            Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32
+        )
+        .then(|| {
+            cluster
+                .eds_cluster_config
+                .as_ref()
+                .map(|eds| eds.service_name.clone())
+                .filter(|name| !name.is_empty())
+                .unwrap_or_else(|| cluster.name.clone())
+        });
+        Ok(Self {
             name: cluster.name.clone(),
-            field: "type".into(),
-            reason: "clusters are not implemented yet".into(),
+            eds,
         })
     }
 }

@@ -1,0 +1,115 @@
+//! The directory source on a real temporary directory: the initial model, a new model after a
+//! file edit, and a broken object skipped while the rest of its file applies. The watch channel
+//! is polled with a timeout; nothing sleeps.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ferry_control::model::Model;
+use ferry_control::source::dir::{DirError, watch_dir};
+use tokio::sync::watch;
+use tokio::time::{Duration, timeout};
+
+const FQDN: &str = ".default.svc.cluster.local";
+
+fn copy_mesh(to: &Path) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/mesh");
+    for entry in std::fs::read_dir(from).expect("testdata/mesh") {
+        let entry = entry.expect("dir entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+fn service_yaml(name: &str, port: u32) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\n\
+         spec: {{clusterIP: 10.96.1.1, ports: [{{name: http, port: {port}}}]}}\n"
+    )
+}
+
+async fn wait_for(
+    models: &mut watch::Receiver<Arc<Model>>,
+    what: &str,
+    f: impl Fn(&Model) -> bool,
+) {
+    let waited = timeout(Duration::from_secs(20), models.wait_for(|m| f(m)))
+        .await
+        .map(|r| r.is_ok());
+    match waited {
+        Ok(true) => {}
+        Ok(false) => panic!("source stopped while waiting for {what}"),
+        Err(_) => panic!(
+            "no model with {what} within 20s: {:?}",
+            models.borrow().services.keys()
+        ),
+    }
+}
+
+#[tokio::test]
+async fn publishes_a_new_model_after_edits_and_skips_broken_objects() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_mesh(dir.path());
+    let handle = watch_dir(dir.path()).await.expect("watch starts");
+    let mut models = handle.models.clone();
+    assert_eq!(
+        models.borrow_and_update().services.len(),
+        4,
+        "initial read is complete"
+    );
+    assert!(
+        handle.errors.borrow().is_empty(),
+        "{:?}",
+        handle.errors.borrow()
+    );
+
+    // A new file.
+    let extra = dir.path().join("extra.yaml");
+    std::fs::write(&extra, service_yaml("extra", 8080)).expect("write");
+    wait_for(&mut models, "extra", |m| {
+        m.services.contains_key(&format!("extra{FQDN}"))
+    })
+    .await;
+
+    // The same file, now holding a broken object and a good one: the good one applies.
+    let text = format!(
+        "{}---\n{}",
+        service_yaml("extra", 70000),
+        service_yaml("extra2", 8081)
+    );
+    std::fs::write(&extra, text).expect("write");
+    wait_for(&mut models, "extra2 without extra", |m| {
+        m.services.contains_key(&format!("extra2{FQDN}"))
+            && !m.services.contains_key(&format!("extra{FQDN}"))
+    })
+    .await;
+    let errors = handle.errors.borrow().clone();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].origin, "extra.yaml#0");
+    assert_eq!(errors[0].kind, "Service");
+    assert_eq!(errors[0].name, "default/extra");
+    assert_eq!(errors[0].field, "spec.ports[0].port");
+    assert!(
+        models
+            .borrow()
+            .services
+            .contains_key(&format!("reviews{FQDN}"))
+    );
+
+    // Deleting the file removes its objects and its errors.
+    std::fs::remove_file(&extra).expect("remove");
+    wait_for(&mut models, "no extra2", |m| {
+        !m.services.contains_key(&format!("extra2{FQDN}"))
+    })
+    .await;
+    assert!(handle.errors.borrow().is_empty());
+    assert_eq!(models.borrow().services.len(), 4);
+}
+
+#[tokio::test]
+async fn a_missing_directory_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = watch_dir(dir.path().join("nope"))
+        .await
+        .expect_err("missing dir");
+    assert!(matches!(err, DirError::Io { .. }), "{err}");
+}

@@ -1,0 +1,200 @@
+//! The admin HTTP/1.1 server: binds, accepts, and answers each endpoint from the tracker and the
+//! stats store. Every handler is cheap and never blocks the data path.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use super::lifecycle::{DrainScope, Lifecycle};
+use super::{clusters, config_dump, prometheus};
+use crate::body::{Body, full};
+use crate::xds::{ServerState, Tracker};
+
+/// What the admin server reads and signals.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// The xDS side's accepted config and server state.
+    pub tracker: Arc<Tracker>,
+    /// Where `/quitquitquit` and `/drain_listeners` are signalled.
+    pub lifecycle: Lifecycle,
+    /// When the proxy started (`BootstrapConfigDump.last_updated`).
+    pub started: SystemTime,
+}
+
+impl AdminState {
+    /// Admin state for a tracker, started now.
+    pub fn new(tracker: Arc<Tracker>, lifecycle: Lifecycle) -> Self {
+        Self {
+            tracker,
+            lifecycle,
+            started: SystemTime::now(),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+    let mut response = Response::new(full(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
+    response
+}
+
+fn json(value: &serde_json::Value) -> Response<Body> {
+    let body = serde_json::to_string_pretty(value).unwrap_or_default();
+    let mut response = Response::new(full(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn has_param(query: &str, name: &str) -> bool {
+    query
+        .split('&')
+        .any(|kv| kv.split('=').next() == Some(name))
+}
+
+fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|kv| {
+        kv.split_once('=')
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    })
+}
+
+const HELP: &str = "admin commands are:\n  /: this help\n  /clusters: upstream cluster status\n  /config_dump: current config\n  /drain_listeners (POST): drain listeners\n  /quitquitquit (POST): exit the server\n  /ready: print server state, 200 when LIVE\n  /stats: print server stats\n  /stats/prometheus: print server stats in prometheus format\n";
+
+/// Answers one admin request.
+pub async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path();
+    let query = request.uri().query().unwrap_or_default();
+    let post = request.method() == Method::POST;
+    let tracker = &state.tracker;
+    match path {
+        "/" => text(StatusCode::OK, HELP),
+        "/ready" => match tracker.server_state() {
+            ServerState::Live => text(StatusCode::OK, "LIVE\n"),
+            other => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{}\n", other.as_str()),
+            ),
+        },
+        "/config_dump" => match config_dump::render(tracker, state.started) {
+            Ok(value) => json(&value),
+            Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+        },
+        "/clusters" => {
+            let statuses = clusters::cluster_statuses(tracker);
+            if param(query, "format") == Some("json") {
+                match clusters::render_json(&statuses) {
+                    Ok(value) => json(&value),
+                    Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+                }
+            } else {
+                text(StatusCode::OK, clusters::render_text(&statuses))
+            }
+        }
+        "/stats" => {
+            if param(query, "format") == Some("json") {
+                let stats: Vec<serde_json::Value> =
+                    tracker
+                        .stats()
+                        .counters()
+                        .into_iter()
+                        .map(|(name, value)| serde_json::json!({ "name": name, "value": value }))
+                        .chain(tracker.stats().gauges().into_iter().map(
+                            |(name, value)| serde_json::json!({ "name": name, "value": value }),
+                        ))
+                        .collect();
+                json(&serde_json::json!({ "stats": stats }))
+            } else {
+                text(StatusCode::OK, prometheus::render_text(tracker.stats()))
+            }
+        }
+        "/stats/prometheus" => {
+            let names: Vec<String> = tracker
+                .with_state(|s| s.slots(crate::xds::Kind::Cluster).keys().cloned().collect());
+            let mut response = text(
+                StatusCode::OK,
+                prometheus::render_prometheus(tracker.stats(), &names),
+            );
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            response
+        }
+        "/quitquitquit" | "/drain_listeners" if !post => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "This endpoint requires POST\n",
+        ),
+        "/quitquitquit" => {
+            tracing::info!("shutdown requested via /quitquitquit");
+            tracker.set_draining();
+            state.lifecycle.request_shutdown();
+            text(StatusCode::OK, "OK\n")
+        }
+        "/drain_listeners" => {
+            let scope = if has_param(query, "inboundonly") {
+                DrainScope::InboundOnly
+            } else {
+                DrainScope::All
+            };
+            tracing::info!(?scope, "drain requested via /drain_listeners");
+            state.lifecycle.request_drain(scope);
+            text(StatusCode::OK, "OK\n")
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            format!("invalid path: {path}\n{HELP}"),
+        ),
+    }
+}
+
+/// Binds the admin server at `addr` (port 0: any free port) and serves until the handle is
+/// aborted. Returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    state: AdminState,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, "admin listening");
+    let state = Arc::new(state);
+    let handle = tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "admin accept failed");
+                    continue;
+                }
+            };
+            let state = Arc::clone(&state);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let state = Arc::clone(&state);
+                    async move { Ok::<_, Infallible>(handle(&state, request).await) }
+                });
+                if let Err(error) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(%error, %peer, "admin connection ended");
+                }
+            });
+        }
+    });
+    Ok((local, handle))
+}

@@ -1,0 +1,247 @@
+//! The application: from flags or a bootstrap to a running proxy (stats store, cluster manager,
+//! config store seeded with the static resources, listeners), and the lifecycle around it:
+//! SIGTERM stops accepting, lets in-flight requests finish up to the drain time, then exits.
+//!
+//! [`start`] is what tests and `main` share: it returns once every static listener is bound, and
+//! [`Running::listener_addr`] reports the real port of listeners configured on port 0.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use xds_proto::envoy::config::bootstrap::v3::Bootstrap;
+
+use crate::bootstrap::{self, BootstrapError, SidecarIdentity};
+use crate::cluster::ClusterManager;
+use crate::listener::manager::ListenerManager;
+use crate::snapshot::ConfigStore;
+use crate::stats::Store;
+
+/// Command-line flags (Envoy's names where Envoy has one).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "ferry-proxy",
+    about = "Ferry's sidecar: an L7 proxy configured over xDS v3"
+)]
+pub struct Options {
+    /// Envoy v3 bootstrap file (YAML or JSON).
+    #[arg(short = 'c', long = "config-path")]
+    pub config_path: Option<PathBuf>,
+    /// xDS server `host:port` when there is no bootstrap file.
+    #[arg(long, env = "XDS_ADDRESS")]
+    pub xds_address: Option<String>,
+    /// Node id (default: Istio's `sidecar~IP~POD.NS~NS.svc.cluster.local`).
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// Pod namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Pod name.
+    #[arg(long, env = "POD_NAME", default_value = "ferry-proxy")]
+    pub pod_name: String,
+    /// Pod IP.
+    #[arg(long, env = "INSTANCE_IP", default_value = "127.0.0.1")]
+    pub instance_ip: String,
+    /// Service account.
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
+    pub service_account: String,
+    /// Pod labels, `k=v,k2=v2`.
+    #[arg(long, value_parser = parse_labels, default_value = "")]
+    pub labels: BTreeMap<String, String>,
+    /// Admin address when there is no bootstrap file.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_address: SocketAddr,
+    /// Worker threads (default: the container's CPU limit).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// How long in-flight requests may take to finish after SIGTERM (`5s`, `500ms`, or seconds).
+    #[arg(long = "drain-time", alias = "drain-time-s", value_parser = parse_duration, default_value = "5s")]
+    pub drain_time: Duration,
+    /// Log filter (`info`, `debug`, `ferry_proxy=trace`...); `RUST_LOG` wins when set.
+    #[arg(short = 'l', long, default_value = "info")]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    pub log_format: String,
+}
+
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    s.split(',')
+        .filter(|kv| !kv.trim().is_empty())
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| format!("label {kv:?} is not k=v"))
+        })
+        .collect()
+}
+
+/// Parses `5s`, `500ms`, `2m` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?}")),
+    }
+}
+
+impl Options {
+    /// The bootstrap these options describe.
+    pub fn bootstrap(&self) -> Result<Bootstrap, BootstrapError> {
+        if let Some(path) = &self.config_path {
+            return bootstrap::from_file(path);
+        }
+        let xds_address = self.xds_address.clone().ok_or(BootstrapError::NoConfig)?;
+        bootstrap::sidecar(&SidecarIdentity {
+            xds_address,
+            node_id: self.node_id.clone(),
+            namespace: self.namespace.clone(),
+            pod_name: self.pod_name.clone(),
+            instance_ip: self.instance_ip.clone(),
+            service_account: self.service_account.clone(),
+            labels: self.labels.clone(),
+            admin_address: self.admin_address,
+        })
+    }
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The bootstrap is unusable.
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct Running {
+    /// The stats store.
+    pub stats: Arc<Store>,
+    /// The config store (the xDS client applies updates here).
+    pub store: Arc<ConfigStore>,
+    /// The listener manager.
+    pub listeners: Arc<ListenerManager>,
+    reconciler: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// The bound address of a listener, by name.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.listener_addr(name)
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to `drain_time`, then returns.
+    pub async fn shutdown(self, drain_time: Duration) {
+        self.listeners.drain_all();
+        if tokio::time::timeout(drain_time, self.listeners.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                drain_ms = drain_time.as_millis() as u64,
+                "drain time over, closing remaining connections"
+            );
+        }
+        self.reconciler.abort();
+    }
+}
+
+/// Starts the proxy from a bootstrap: static resources validated and applied, listeners bound.
+/// Dynamic resources need the ADS client, which is not part of this build yet: a bootstrap with
+/// `dynamic_resources` is refused rather than run half-configured.
+pub async fn start(bootstrap: &Bootstrap) -> Result<Running, StartError> {
+    if bootstrap.dynamic_resources.is_some() {
+        return Err(BootstrapError::Unsupported {
+            field: "dynamic_resources".into(),
+            reason: "the ADS client is not wired into this build yet".into(),
+        }
+        .into());
+    }
+    let stats = Arc::new(Store::default());
+    let store = Arc::new(ConfigStore::new(ClusterManager::new(stats.clone())));
+    store.apply(bootstrap::static_resources(bootstrap)?);
+    let listeners = ListenerManager::new(store.clone(), stats.clone());
+    listeners.reconcile().await;
+    let reconciler = tokio::spawn(listeners.clone().run());
+    Ok(Running {
+        stats,
+        store,
+        listeners,
+        reconciler,
+    })
+}
+
+/// Runs until SIGTERM or SIGINT, then drains and returns.
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let bootstrap = options.bootstrap()?;
+    let running = start(&bootstrap).await?;
+    tracing::info!(
+        node = bootstrap.node.as_ref().map_or("", |n| n.id.as_str()),
+        "ferry-proxy started"
+    );
+    shutdown_signal().await;
+    tracing::info!(
+        drain_ms = options.drain_time.as_millis() as u64,
+        "shutting down"
+    );
+    running.shutdown(options.drain_time).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn flags_parse() {
+        let o = Options::try_parse_from([
+            "ferry-proxy",
+            "--xds-address",
+            "127.0.0.1:15010",
+            "--labels",
+            "app=reviews,version=v1",
+            "--drain-time",
+            "500ms",
+        ])
+        .unwrap();
+        assert_eq!(o.labels["version"], "v1");
+        assert_eq!(o.drain_time, Duration::from_millis(500));
+        let b = o.bootstrap().unwrap();
+        assert!(b.node.unwrap().id.starts_with("sidecar~"));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+    }
+}

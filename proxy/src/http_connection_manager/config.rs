@@ -1,0 +1,285 @@
+//! The validated `HttpConnectionManager` network filter config: codec, where routes come from
+//! (inline or RDS), the HTTP filter chain (only the router so far), and the header handling
+//! knobs a sidecar uses (`x-forwarded-*`, `x-request-id`, XFCC).
+
+use std::sync::Arc;
+
+use xds_proto::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
+
+use crate::route::{Invalid, RouteTable};
+
+/// Which HTTP versions downstream may speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// HTTP/1.1 or h2c prior knowledge, detected per connection.
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 (h2c prior knowledge) only.
+    Http2,
+}
+
+/// Where the HCM gets its routes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteSource {
+    /// `route_config`, validated with the listener.
+    Static(Arc<RouteTable>),
+    /// `rds.route_config_name`, looked up in the snapshot per request.
+    Rds(String),
+}
+
+/// A validated HTTP connection manager.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConnectionManagerConfig {
+    /// `stat_prefix`.
+    pub stat_prefix: String,
+    /// Downstream codec.
+    pub codec: Codec,
+    /// Routes.
+    pub route: RouteSource,
+    /// `use_remote_address`: append the peer to `x-forwarded-for` and judge internal requests
+    /// by the peer address.
+    pub use_remote_address: bool,
+    /// `skip_xff_append`.
+    pub skip_xff_append: bool,
+    /// Generate `x-request-id` when absent (`generate_request_id`, default true).
+    pub generate_request_id: bool,
+    /// Echo `x-request-id` in responses.
+    pub always_set_request_id_in_response: bool,
+    /// WebSocket upgrades allowed (`upgrade_configs` has `websocket`).
+    pub websocket: bool,
+    /// Remove `x-forwarded-client-cert` (SANITIZE, SANITIZE_SET) or pass it (FORWARD_ONLY,
+    /// APPEND_FORWARD; with no client certificate there is nothing to append).
+    pub sanitize_xfcc: bool,
+    /// `server_name` (Envoy default `envoy`), written per `server_header_transformation`.
+    pub server_name: http::HeaderValue,
+    /// `server_header_transformation`.
+    pub server_header: ServerHeader,
+}
+
+/// Envoy's `server_header_transformation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerHeader {
+    /// Replace the upstream's `server` header (Envoy's default).
+    Overwrite,
+    /// Add ours only when the upstream sent none.
+    AppendIfAbsent,
+    /// Leave it alone (Istio sidecars).
+    PassThrough,
+}
+
+fn zero(d: &Option<xds_proto::google::protobuf::Duration>) -> bool {
+    d.is_none_or(|d| d.seconds == 0 && d.nanos == 0)
+}
+
+impl HttpConnectionManagerConfig {
+    #[allow(deprecated)]
+    pub(crate) fn from_proto(
+        h: &hcm_pb::HttpConnectionManager,
+        field: &str,
+    ) -> Result<Self, Invalid> {
+        use hcm_pb::http_connection_manager::RouteSpecifier as R;
+        let f = |s: &str| format!("{field}.{s}");
+        let refuse_if = |set: bool, name: &str| {
+            if set {
+                Err(Invalid::new(f(name), "not implemented by ferry-proxy"))
+            } else {
+                Ok(())
+            }
+        };
+        refuse_if(h.tracing.is_some(), "tracing")?;
+        refuse_if(!h.access_log.is_empty(), "access_log")?;
+        refuse_if(h.add_user_agent.is_some_and(|b| b.value), "add_user_agent")?;
+        refuse_if(h.http3_protocol_options.is_some(), "http3_protocol_options")?;
+        refuse_if(
+            h.scheme_header_transformation.is_some(),
+            "scheme_header_transformation",
+        )?;
+        refuse_if(!zero(&h.request_timeout), "request_timeout")?;
+        refuse_if(!zero(&h.request_headers_timeout), "request_headers_timeout")?;
+        refuse_if(h.xff_num_trusted_hops != 0, "xff_num_trusted_hops")?;
+        refuse_if(
+            !h.original_ip_detection_extensions.is_empty(),
+            "original_ip_detection_extensions",
+        )?;
+        refuse_if(
+            !h.early_header_mutation_extensions.is_empty(),
+            "early_header_mutation_extensions",
+        )?;
+        refuse_if(!h.via.is_empty(), "via")?;
+        refuse_if(
+            h.preserve_external_request_id,
+            "preserve_external_request_id",
+        )?;
+        refuse_if(
+            h.set_current_client_cert_details.is_some(),
+            "set_current_client_cert_details",
+        )?;
+        refuse_if(h.normalize_path.is_some_and(|b| b.value), "normalize_path")?;
+        refuse_if(h.merge_slashes, "merge_slashes")?;
+        refuse_if(
+            h.path_with_escaped_slashes_action > 1,
+            "path_with_escaped_slashes_action",
+        )?;
+        refuse_if(h.local_reply_config.is_some(), "local_reply_config")?;
+        refuse_if(h.strip_matching_host_port, "strip_matching_host_port")?;
+        refuse_if(h.strip_port_mode.is_some(), "strip_port_mode")?;
+        refuse_if(h.strip_trailing_host_dot, "strip_trailing_host_dot")?;
+        refuse_if(h.proxy_status_config.is_some(), "proxy_status_config")?;
+        refuse_if(h.append_x_forwarded_port, "append_x_forwarded_port")?;
+        refuse_if(h.forward_proto_config.is_some(), "forward_proto_config")?;
+        if let Some(ext) = &h.request_id_extension {
+            let uuid = ext.typed_config.as_ref().is_none_or(|a| {
+                a.type_url
+                    .ends_with("request_id.uuid.v3.UuidRequestIdConfig")
+            });
+            refuse_if(!uuid, "request_id_extension")?;
+        }
+        let codec = match h.codec_type {
+            0 => Codec::Auto,
+            1 => Codec::Http1,
+            2 => Codec::Http2,
+            _ => {
+                return Err(Invalid::new(
+                    f("codec_type"),
+                    "only AUTO, HTTP1 and HTTP2 are supported",
+                ));
+            }
+        };
+        let route = match &h.route_specifier {
+            Some(R::Rds(rds)) if !rds.route_config_name.is_empty() => {
+                RouteSource::Rds(rds.route_config_name.clone())
+            }
+            Some(R::Rds(_)) => {
+                return Err(Invalid::new(f("rds.route_config_name"), "name is required"));
+            }
+            Some(R::RouteConfig(rc)) => {
+                let table = RouteTable::try_from(rc).map_err(|e| {
+                    Invalid::new(format!("{field}.route_config.{}", e.field), e.reason)
+                })?;
+                RouteSource::Static(Arc::new(table))
+            }
+            Some(R::ScopedRoutes(_)) => {
+                return Err(Invalid::new(
+                    f("scoped_routes"),
+                    "not implemented by ferry-proxy",
+                ));
+            }
+            None => {
+                return Err(Invalid::new(
+                    f("route_specifier"),
+                    "rds or route_config is required",
+                ));
+            }
+        };
+        http_filters(&h.http_filters, &f("http_filters"))?;
+        let mut websocket = false;
+        for (i, u) in h.upgrade_configs.iter().enumerate() {
+            let uf = f(&format!("upgrade_configs[{i}]"));
+            if !u.upgrade_type.eq_ignore_ascii_case("websocket") {
+                return Err(Invalid::new(
+                    format!("{uf}.upgrade_type"),
+                    format!("{} upgrades are not implemented", u.upgrade_type),
+                ));
+            }
+            if !u.filters.is_empty() {
+                return Err(Invalid::new(
+                    format!("{uf}.filters"),
+                    "not implemented by ferry-proxy",
+                ));
+            }
+            websocket = u.enabled.is_none_or(|b| b.value);
+        }
+        let sanitize_xfcc = match h.forward_client_cert_details {
+            0 | 3 => true,
+            1 | 2 => false,
+            _ => {
+                return Err(Invalid::new(
+                    f("forward_client_cert_details"),
+                    "unknown value",
+                ));
+            }
+        };
+        Ok(Self {
+            stat_prefix: h.stat_prefix.clone(),
+            codec,
+            route,
+            use_remote_address: h.use_remote_address.is_some_and(|b| b.value),
+            skip_xff_append: h.skip_xff_append,
+            generate_request_id: h.generate_request_id.is_none_or(|b| b.value),
+            always_set_request_id_in_response: h.always_set_request_id_in_response,
+            websocket,
+            sanitize_xfcc,
+            server_name: if h.server_name.is_empty() {
+                http::HeaderValue::from_static("envoy")
+            } else {
+                http::HeaderValue::from_str(&h.server_name)
+                    .map_err(|_| Invalid::new(f("server_name"), "not a valid header value"))?
+            },
+            server_header: match h.server_header_transformation {
+                0 => ServerHeader::Overwrite,
+                1 => ServerHeader::AppendIfAbsent,
+                2 => ServerHeader::PassThrough,
+                _ => {
+                    return Err(Invalid::new(
+                        f("server_header_transformation"),
+                        "unknown value",
+                    ));
+                }
+            },
+        })
+    }
+}
+
+/// Only the router exists so far: it must be present and last, and every other filter is
+/// refused by name (disabled ones too: a route could enable them).
+fn http_filters(filters: &[hcm_pb::HttpFilter], field: &str) -> Result<(), Invalid> {
+    use hcm_pb::http_filter::ConfigType;
+    const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+    for (i, filter) in filters.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let type_url = match &filter.config_type {
+            Some(ConfigType::TypedConfig(any)) => any.type_url.as_str(),
+            Some(_) => {
+                return Err(Invalid::new(
+                    format!("{f}.config_discovery"),
+                    "not implemented by ferry-proxy",
+                ));
+            }
+            None if filter.name == "envoy.filters.http.router" => ROUTER,
+            None => "",
+        };
+        if type_url != ROUTER {
+            return Err(Invalid::new(
+                format!("{f}.typed_config"),
+                format!(
+                    "HTTP filter {} ({type_url}) is not implemented",
+                    filter.name
+                ),
+            ));
+        }
+        if i + 1 != filters.len() {
+            return Err(Invalid::new(f, "the router must be the last HTTP filter"));
+        }
+        if let Some(ConfigType::TypedConfig(any)) = &filter.config_type {
+            let router: xds_proto::envoy::extensions::filters::http::router::v3::Router =
+                xds_proto::any::unpack(any)
+                    .map_err(|e| Invalid::new(format!("{f}.typed_config"), e.to_string()))?;
+            // Stats and span knobs do not change routing; the rest would.
+            if !router.upstream_log.is_empty()
+                || !router.upstream_http_filters.is_empty()
+                || router.respect_expected_rq_timeout
+                || !router.strict_check_headers.is_empty()
+            {
+                return Err(Invalid::new(
+                    format!("{f}.typed_config"),
+                    "router options beyond the defaults are not implemented",
+                ));
+            }
+        }
+    }
+    if filters.is_empty() {
+        return Err(Invalid::new(field, "envoy.filters.http.router is required"));
+    }
+    Ok(())
+}

@@ -1,0 +1,339 @@
+//! The HTTP connection manager: serves one downstream connection with hyper (HTTP/1.1 or h2c
+//! prior knowledge, upgrades enabled), and for each request loads the snapshot once, applies the
+//! sidecar's header handling (`x-envoy-*` stripping, `x-forwarded-*`, `x-request-id`, XFCC),
+//! picks a route and either answers locally (no route, redirect, direct response) or hands the
+//! request to the [`crate::router`].
+
+pub mod config;
+mod local_reply;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::body::Body;
+use crate::error::ResponseFlag;
+use crate::route::{Action, RequestHead, RouteTable};
+use crate::snapshot::{ConfigStore, Snapshot};
+
+pub use config::{Codec, HttpConnectionManagerConfig, RouteSource, ServerHeader};
+pub use local_reply::local_reply;
+
+const X_REQUEST_ID: &str = "x-request-id";
+
+/// What the HCM knows about the downstream connection.
+#[derive(Debug, Clone)]
+pub struct Downstream {
+    /// The client.
+    pub peer: SocketAddr,
+    /// The local socket address.
+    pub local: SocketAddr,
+    /// The original destination of a redirected connection.
+    pub original_dst: Option<SocketAddr>,
+    /// The listener that accepted it.
+    pub listener: Arc<str>,
+}
+
+/// Which HCM config serves a connection's requests.
+#[derive(Debug, Clone)]
+pub enum HcmSelector {
+    /// The matched filter chain's HCM.
+    Fixed(Arc<HttpConnectionManagerConfig>),
+    /// Explicit proxy / Host-header mode of the outbound listener without capture: each request
+    /// uses the HCM of the `bind_to_port: false` listener on its authority's port.
+    ByAuthorityPort,
+}
+
+/// Serves one downstream connection until it closes, or until `drain` turns true (then
+/// in-flight requests finish and the connection closes gracefully).
+pub async fn serve(
+    stream: TcpStream,
+    downstream: Downstream,
+    selector: HcmSelector,
+    store: Arc<ConfigStore>,
+    mut drain: watch::Receiver<bool>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if let HcmSelector::Fixed(hcm) = &selector {
+        builder = match hcm.codec {
+            Codec::Auto => builder,
+            Codec::Http1 => builder.http1_only(),
+            Codec::Http2 => builder.http2_only(),
+        };
+    }
+    let downstream = Arc::new(downstream);
+    let service = hyper::service::service_fn(move |req| {
+        let (downstream, selector, store) = (downstream.clone(), selector.clone(), store.clone());
+        async move { Ok::<_, Infallible>(handle(req, &downstream, &selector, &store).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let mut draining = *drain.borrow();
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "downstream connection error");
+                }
+                return;
+            }
+            changed = drain.changed(), if !draining => {
+                if changed.is_err() || *drain.borrow() {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Handles one request end to end; never fails (errors become local replies).
+pub async fn handle(
+    req: Request<Incoming>,
+    downstream: &Downstream,
+    selector: &HcmSelector,
+    store: &ConfigStore,
+) -> Response<Body> {
+    let snapshot = store.load();
+    if req.method() == http::Method::CONNECT {
+        return local_reply(StatusCode::METHOD_NOT_ALLOWED, "", None);
+    }
+    let hcm = match selector {
+        HcmSelector::Fixed(hcm) => hcm.clone(),
+        HcmSelector::ByAuthorityPort => match hcm_for_port(&snapshot, &req) {
+            Some(hcm) => hcm,
+            None => {
+                return local_reply(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NoRouteFound));
+            }
+        },
+    };
+    let table = match &hcm.route {
+        RouteSource::Static(table) => table.clone(),
+        RouteSource::Rds(name) => match snapshot.resources.routes.get(name) {
+            Some(table) => table.clone(),
+            None => {
+                return local_reply(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NoRouteFound));
+            }
+        },
+    };
+    let (mut parts, body) = req.into_parts();
+    prepare_request(&hcm, &table, downstream, &mut parts);
+    let request_id = parts.headers.get(X_REQUEST_ID).cloned();
+    let mut response = route_request(&snapshot, &hcm, &table, downstream, parts, body).await;
+    finish_response(&hcm, request_id, &mut response);
+    response
+}
+
+async fn route_request(
+    snapshot: &Arc<Snapshot>,
+    hcm: &HttpConnectionManagerConfig,
+    table: &Arc<RouteTable>,
+    downstream: &Downstream,
+    parts: http::request::Parts,
+    body: Incoming,
+) -> Response<Body> {
+    let authority = authority(&parts).to_owned();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let head = RequestHead {
+        method: &parts.method,
+        scheme: "http",
+        authority: &authority,
+        path_and_query: &path_and_query,
+        headers: &parts.headers,
+    };
+    let Some(selected) = table.route(&head) else {
+        tracing::debug!(authority, path = path_and_query, "no route");
+        return local_reply(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NoRouteFound));
+    };
+    let route = selected.route;
+    let span = tracing::debug_span!(
+        "req",
+        route = route.name.as_str(),
+        cluster = tracing::field::Empty,
+        upstream.addr = tracing::field::Empty,
+    );
+    match &route.action {
+        Action::DirectResponse(d) => {
+            let mut response = Response::new(crate::body::full(d.body.clone()));
+            *response.status_mut() = d.status;
+            if !d.body.is_empty() {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            }
+            table.mutate_response(&selected, None, response.headers_mut());
+            response
+        }
+        Action::Redirect(r) => {
+            let location = r.location(&head, route.matcher.path.matched_prefix());
+            let mut response = local_reply(r.status, "", None);
+            if let Ok(location) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            table.mutate_response(&selected, None, response.headers_mut());
+            response
+        }
+        Action::Forward(forward) => {
+            let hash = forward.request_hash(&head, Some(downstream.peer.ip()));
+            let request = crate::router::UpstreamRequest {
+                parts,
+                body,
+                authority,
+                path_and_query,
+                hash,
+                websocket_allowed: forward.websocket.unwrap_or(hcm.websocket),
+            };
+            crate::router::forward(snapshot, table, &selected, forward, request, downstream)
+                .instrument(span)
+                .await
+        }
+    }
+}
+
+/// The request's authority: the absolute-form URI's, else the Host header (HTTP/1.1), else
+/// `:authority` (HTTP/2, which hyper puts in the URI).
+pub fn authority(parts: &http::request::Parts) -> &str {
+    if let Some(a) = parts.uri.authority() {
+        return a.as_str();
+    }
+    parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+}
+
+fn hcm_for_port(
+    snapshot: &Snapshot,
+    req: &Request<Incoming>,
+) -> Option<Arc<HttpConnectionManagerConfig>> {
+    let authority = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(header::HOST)?.to_str().ok()?,
+    };
+    let port = crate::route::action::split_host_port(&authority)
+        .1
+        .unwrap_or(80);
+    let listeners = &snapshot.resources.listeners;
+    let by_name = listeners.get(&format!("0.0.0.0_{port}"));
+    let listener = by_name.or_else(|| {
+        listeners
+            .values()
+            .find(|l| !l.bind_to_port && l.address.port() == port)
+    })?;
+    listener.http_connection_manager().cloned()
+}
+
+/// Envoy's request header handling for a sidecar.
+fn prepare_request(
+    hcm: &HttpConnectionManagerConfig,
+    table: &RouteTable,
+    downstream: &Downstream,
+    parts: &mut http::request::Parts,
+) {
+    // Requests from the application are external: Envoy's internal-only headers must not be
+    // spoofable from outside.
+    let internal: Vec<_> = parts
+        .headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-envoy-"))
+        .cloned()
+        .collect();
+    for name in internal {
+        parts.headers.remove(name);
+    }
+    for name in &table.internal_only_headers {
+        parts.headers.remove(name);
+    }
+    if hcm.sanitize_xfcc {
+        parts.headers.remove("x-forwarded-client-cert");
+    }
+    if hcm.use_remote_address && !hcm.skip_xff_append {
+        let peer = downstream.peer.ip().to_string();
+        let value = match parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(existing) => format!("{existing}, {peer}"),
+            None => peer,
+        };
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            parts.headers.insert("x-forwarded-for", value);
+        }
+    }
+    if !parts.headers.contains_key("x-forwarded-proto") {
+        parts
+            .headers
+            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if hcm.generate_request_id && !parts.headers.contains_key(X_REQUEST_ID) {
+        if let Ok(id) = HeaderValue::from_str(&uuid_v4()) {
+            parts.headers.insert(X_REQUEST_ID, id);
+        }
+    }
+}
+
+fn finish_response(
+    hcm: &HttpConnectionManagerConfig,
+    request_id: Option<HeaderValue>,
+    response: &mut Response<Body>,
+) {
+    let headers = response.headers_mut();
+    match hcm.server_header {
+        ServerHeader::Overwrite => {
+            headers.insert(header::SERVER, hcm.server_name.clone());
+        }
+        ServerHeader::AppendIfAbsent if !headers.contains_key(header::SERVER) => {
+            headers.insert(header::SERVER, hcm.server_name.clone());
+        }
+        ServerHeader::AppendIfAbsent | ServerHeader::PassThrough => {}
+    }
+    if let (true, Some(id)) = (hcm.always_set_request_id_in_response, request_id) {
+        headers.insert(X_REQUEST_ID, id);
+    }
+}
+
+/// A random (version 4) UUID, the format Envoy uses for `x-request-id`.
+pub fn uuid_v4() -> String {
+    let bits: u128 = rand::random();
+    let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let hex = format!("{bits:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_uuid_v4() {
+        let id = uuid_v4();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+        assert_ne!(id, uuid_v4());
+    }
+}

@@ -1,0 +1,326 @@
+//! The listener manager: binds a socket for every `bind_to_port` listener in the snapshot, keeps
+//! it across config changes (the accept loop reads the listener's current filter chains from the
+//! snapshot per connection, so updates apply in place), and drains listeners that were removed
+//! or moved: they stop accepting while their connections finish gracefully.
+//!
+//! Each connection is dispatched here: original destination recovery for capture listeners,
+//! listener filters, filter chain selection, then the HTTP connection manager or the TCP proxy.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tracing::Instrument;
+
+use super::{ConnectionInfo, Listener, NetworkFilter};
+use crate::http_connection_manager::{self as hcm, Downstream, HcmSelector};
+use crate::snapshot::{ConfigStore, Snapshot};
+use crate::stats::Store;
+
+struct Active {
+    address: SocketAddr,
+    local: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// Counts live connections so shutdown can wait for them.
+#[derive(Debug, Default)]
+struct Connections {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+struct ConnectionGuard(Arc<Connections>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Owns the listening sockets.
+pub struct ListenerManager {
+    store: Arc<ConfigStore>,
+    stats: Arc<Store>,
+    active: Mutex<HashMap<String, Active>>,
+    connections: Arc<Connections>,
+    /// Turns true to drain every connection (shutdown, `/drain_listeners`).
+    drain: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for ListenerManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerManager").finish_non_exhaustive()
+    }
+}
+
+impl ListenerManager {
+    /// A manager serving the listeners of `store`'s snapshots.
+    pub fn new(store: Arc<ConfigStore>, stats: Arc<Store>) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            stats,
+            active: Mutex::new(HashMap::new()),
+            connections: Arc::default(),
+            drain: watch::Sender::new(false),
+        })
+    }
+
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<String, Active>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reconciles sockets with the current snapshot: binds new listeners, drains removed or
+    /// moved ones. A listener that fails to bind is logged and left out.
+    pub async fn reconcile(self: &Arc<Self>) {
+        let snapshot = self.store.load();
+        let wanted: HashMap<&String, &Arc<Listener>> = snapshot
+            .resources
+            .listeners
+            .iter()
+            .filter(|(_, l)| l.bind_to_port)
+            .collect();
+        {
+            let mut active = self.active();
+            active.retain(|name, a| {
+                let keep = wanted.get(name).is_some_and(|l| l.address == a.address);
+                if !keep {
+                    tracing::info!(listener = name.as_str(), "draining listener");
+                    a.stop.send_replace(true);
+                }
+                keep
+            });
+        }
+        for (name, listener) in wanted {
+            if self.active().contains_key(name) {
+                continue;
+            }
+            match TcpListener::bind(listener.address).await {
+                Ok(socket) => {
+                    let local = socket.local_addr().unwrap_or(listener.address);
+                    tracing::info!(listener = name.as_str(), address = %local, "listener bound");
+                    let (stop, stopped) = watch::channel(false);
+                    self.active().insert(
+                        name.clone(),
+                        Active {
+                            address: listener.address,
+                            local,
+                            stop,
+                        },
+                    );
+                    tokio::spawn(self.clone().accept_loop(name.clone(), socket, stopped));
+                }
+                Err(error) => {
+                    tracing::error!(listener = name.as_str(), address = %listener.address, %error, "cannot bind listener");
+                }
+            }
+        }
+    }
+
+    /// Reconciles after every config swap, until the store goes away.
+    pub async fn run(self: Arc<Self>) {
+        let mut generations = self.store.subscribe();
+        loop {
+            self.reconcile().await;
+            if generations.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The bound address of a listener (port 0 in config reports the real port).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.active().get(name).map(|a| a.local)
+    }
+
+    /// Stops accepting on every listener and asks every connection to finish gracefully.
+    pub fn drain_all(&self) {
+        for active in self.active().values() {
+            active.stop.send_replace(true);
+        }
+        self.drain.send_replace(true);
+    }
+
+    /// Waits until no connection is left.
+    pub async fn wait_idle(&self) {
+        loop {
+            let idle = self.connections.idle.notified();
+            if self.connections.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        name: String,
+        socket: TcpListener,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let cx_total = self
+            .stats
+            .counter(format!("listener.{name}.downstream_cx_total"));
+        loop {
+            let accepted = tokio::select! {
+                accepted = socket.accept() => accepted,
+                _ = stop.changed() => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(listener = name.as_str(), %error, "accept failed");
+                    continue;
+                }
+            };
+            cx_total.inc();
+            self.connections.count.fetch_add(1, Ordering::AcqRel);
+            let guard = ConnectionGuard(self.connections.clone());
+            let manager = self.clone();
+            let name = name.clone();
+            let local = stream.local_addr().ok();
+            let span = tracing::debug_span!(
+                "conn",
+                client.addr = %peer,
+                server.addr = local.map(tracing::field::display),
+            );
+            // Each connection drains when its listener stops or the whole proxy drains.
+            let mut drain = self.drain.subscribe();
+            let mut listener_stop = stop.clone();
+            let (conn_drain_tx, conn_drain) = watch::channel(false);
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = drain.wait_for(|d| *d) => {}
+                    _ = listener_stop.wait_for(|d| *d) => {}
+                    // The connection ended first: nothing to drain.
+                    () = conn_drain_tx.closed() => return,
+                }
+                conn_drain_tx.send_replace(true);
+            });
+            tokio::spawn(
+                async move {
+                    manager.dispatch(&name, stream, peer, conn_drain).await;
+                    drop(guard);
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        name: &str,
+        stream: TcpStream,
+        peer: SocketAddr,
+        drain: watch::Receiver<bool>,
+    ) {
+        let snapshot = self.store.load();
+        let Some(mut listener) = snapshot.resources.listeners.get(name).cloned() else {
+            return;
+        };
+        let Ok(local) = stream.local_addr() else {
+            return;
+        };
+        let mut destination = local;
+        let mut original_dst = None;
+        let mut explicit_proxy = false;
+        if listener.use_original_dst {
+            match original_destination(&stream).filter(|d| *d != local) {
+                Some(original) => {
+                    original_dst = Some(original);
+                    destination = original;
+                    if let Some(target) = listener_for(&snapshot, original) {
+                        listener = target;
+                    }
+                }
+                // Not redirected by iptables: serve HTTP as an explicit proxy / by Host header.
+                None => explicit_proxy = true,
+            }
+        }
+        let inspection =
+            super::inspector::inspect(&stream, listener.tls_inspector, listener.http_inspector)
+                .await;
+        let info = ConnectionInfo {
+            destination: Some(destination),
+            transport_protocol: inspection.transport_protocol,
+            application_protocols: inspection
+                .application_protocol
+                .map(|p| vec![p.to_owned()])
+                .unwrap_or_default(),
+            server_name: None,
+        };
+        let chain = listener.select_chain(&info);
+        let downstream = Downstream {
+            peer,
+            local,
+            original_dst,
+            listener: Arc::from(listener.name.as_str()),
+        };
+        match chain.map(|c| &c.filter) {
+            Some(NetworkFilter::Http(config)) => {
+                let selector = HcmSelector::Fixed(config.clone());
+                drop(snapshot);
+                hcm::serve(stream, downstream, selector, self.store.clone(), drain).await;
+            }
+            _ if explicit_proxy => {
+                drop(snapshot);
+                hcm::serve(
+                    stream,
+                    downstream,
+                    HcmSelector::ByAuthorityPort,
+                    self.store.clone(),
+                    drain,
+                )
+                .await;
+            }
+            Some(NetworkFilter::Tcp(config)) => {
+                let config = config.clone();
+                crate::tcp_proxy::proxy(&config, snapshot, stream, peer, original_dst).await;
+            }
+            None => {
+                tracing::debug!(
+                    listener = listener.name.as_str(),
+                    "no matching filter chain"
+                );
+            }
+        }
+    }
+}
+
+/// The listener a redirected connection belongs to: exact address first, then the wildcard
+/// address on the same port (Istio's `0.0.0.0_PORT`).
+fn listener_for(snapshot: &Snapshot, original: SocketAddr) -> Option<Arc<Listener>> {
+    let listeners = snapshot.resources.listeners.values();
+    let exact = listeners.clone().find(|l| l.address == original);
+    exact
+        .or_else(|| {
+            listeners.clone().find(|l| {
+                l.address.port() == original.port()
+                    && l.address.ip().is_unspecified()
+                    && l.address.is_ipv4() == original.is_ipv4()
+            })
+        })
+        .cloned()
+}
+
+/// `SO_ORIGINAL_DST` (Linux); `None` when the connection was not redirected or the platform
+/// cannot tell.
+#[cfg(target_os = "linux")]
+fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
+    let sock = socket2::SockRef::from(stream);
+    let addr = match stream.local_addr().ok()? {
+        SocketAddr::V4(_) => sock.original_dst_v4(),
+        SocketAddr::V6(_) => sock.original_dst_v6(),
+    };
+    addr.ok()?.as_socket()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn original_destination(_stream: &TcpStream) -> Option<SocketAddr> {
+    None
+}

@@ -1,0 +1,295 @@
+//! The router filter: turns a matched `route` action into one upstream request. It picks the
+//! cluster (weighted per request), a host through the cluster's load balancer, rewrites path and
+//! authority, applies header mutations, enforces the route timeout, and streams both bodies;
+//! WebSocket upgrades are joined byte for byte once both sides switch protocols.
+
+use http::{HeaderValue, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use rand::Rng;
+
+use crate::body::{self, Body};
+use crate::cluster::LbContext;
+use crate::error::ResponseFlag;
+use crate::http_connection_manager::{Downstream, local_reply};
+use crate::route::{ClusterSpecifier, Forward, RouteTable, Selected, WeightedCluster};
+use crate::snapshot::Snapshot;
+
+/// The downstream request, prepared by the HCM.
+#[derive(Debug)]
+pub struct UpstreamRequest {
+    /// Method, URI, version, headers, extensions (including hyper's pending upgrade).
+    pub parts: http::request::Parts,
+    /// The streaming request body.
+    pub body: Incoming,
+    /// The authority the route matched on.
+    pub authority: String,
+    /// Path and query as received.
+    pub path_and_query: String,
+    /// The route's hash policy result.
+    pub hash: Option<u64>,
+    /// WebSocket upgrades allowed for this route.
+    pub websocket_allowed: bool,
+}
+
+/// Connection-level headers never forwarded (RFC 9110 section 7.6.1, plus `proxy-connection`).
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+];
+
+/// Chooses the destination for one request.
+fn pick(forward: &Forward) -> (&str, Option<&WeightedCluster>) {
+    match &forward.cluster {
+        ClusterSpecifier::Cluster(name) => (name, None),
+        ClusterSpecifier::Weighted { clusters, total } => {
+            let mut point = rand::rng().random_range(0..*total);
+            for c in clusters {
+                if point < u64::from(c.weight) {
+                    return (&c.name, Some(c));
+                }
+                point -= u64::from(c.weight);
+            }
+            // Unreachable when weights sum to total; keep a sane answer anyway.
+            let last = clusters.last().map(|c| (c.name.as_str(), Some(c)));
+            last.unwrap_or(("", None))
+        }
+    }
+}
+
+fn is_websocket_upgrade(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// The path after `prefix_rewrite` or `regex_rewrite` (regexes see the path without query).
+pub fn rewrite_path(
+    forward: &Forward,
+    matched_prefix: Option<&str>,
+    path_and_query: &str,
+) -> String {
+    if let (Some(new), Some(old)) = (&forward.prefix_rewrite, matched_prefix) {
+        if path_and_query.len() >= old.len() && path_and_query.is_char_boundary(old.len()) {
+            let mut rewritten = format!("{new}{}", &path_and_query[old.len()..]);
+            if !rewritten.starts_with('/') {
+                rewritten.insert(0, '/');
+            }
+            return rewritten;
+        }
+    }
+    if let Some((regex, substitution)) = &forward.regex_rewrite {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        let mut rewritten = regex.replace_all(path, substitution);
+        if let Some(q) = query {
+            rewritten.push('?');
+            rewritten.push_str(q);
+        }
+        return rewritten;
+    }
+    path_and_query.to_owned()
+}
+
+/// Forwards one request and returns the downstream response (upstream's, or a local reply with
+/// the response flag on failure).
+pub async fn forward(
+    snapshot: &Snapshot,
+    table: &RouteTable,
+    selected: &Selected<'_>,
+    forward: &Forward,
+    request: UpstreamRequest,
+    downstream: &Downstream,
+) -> Response<Body> {
+    let (cluster_name, weighted) = pick(forward);
+    let span = tracing::Span::current();
+    span.record("cluster", cluster_name);
+    let Some(cluster) = snapshot.clusters.get(cluster_name) else {
+        tracing::debug!(cluster = cluster_name, "cluster not found");
+        return local_reply(
+            forward.cluster_not_found_status,
+            "",
+            Some(ResponseFlag::NoClusterFound),
+        );
+    };
+    let UpstreamRequest {
+        mut parts,
+        body,
+        authority,
+        path_and_query,
+        hash,
+        websocket_allowed,
+    } = request;
+    let upgrade = parts.version == http::Version::HTTP_11 && is_websocket_upgrade(&parts.headers);
+    if upgrade && !websocket_allowed {
+        return local_reply(StatusCode::FORBIDDEN, "", None);
+    }
+    let ctx = LbContext {
+        hash,
+        downstream: Some(downstream.peer),
+        original_dst: downstream.original_dst,
+        excluded: &[],
+    };
+    let Some(host) = cluster.select_host(&ctx) else {
+        return local_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream",
+            Some(ResponseFlag::NoHealthyUpstream),
+        );
+    };
+    span.record("upstream.addr", tracing::field::display(host.address()));
+
+    let path = rewrite_path(
+        forward,
+        selected.route.matcher.path.matched_prefix(),
+        &path_and_query,
+    );
+    let authority = weighted
+        .and_then(|w| w.host_rewrite.as_deref())
+        .or(forward.host_rewrite.as_deref())
+        .unwrap_or(&authority)
+        .to_owned();
+    // Absolute-form: the HTTP/2 pool needs scheme and authority; HTTP/1.1 servers must accept
+    // absolute-form too (RFC 9112 section 3.2.2).
+    match http::Uri::try_from(format!("http://{authority}{path}")) {
+        Ok(uri) => parts.uri = uri,
+        Err(_) => return local_reply(StatusCode::BAD_REQUEST, "", None),
+    }
+    let on_upgrade = if upgrade {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+    let upgrade_header = parts.headers.get(header::UPGRADE).cloned();
+    let te_trailers = parts
+        .headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    strip_hop_by_hop(&mut parts.headers);
+    if te_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let (true, Some(up)) = (on_upgrade.is_some(), upgrade_header) {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, up);
+    }
+    if let Ok(host_header) = HeaderValue::from_str(&authority) {
+        parts.headers.insert(header::HOST, host_header);
+    }
+    table.mutate_request(selected, weighted, &mut parts.headers);
+    if selected.virtual_host.include_request_attempt_count {
+        parts
+            .headers
+            .insert("x-envoy-attempt-count", HeaderValue::from_static("1"));
+    }
+    let upstream_request = http::Request::from_parts(parts, body::boxed(body));
+
+    let started = tokio::time::Instant::now();
+    let sent = host.send(upstream_request);
+    let result = match forward.timeout {
+        Some(timeout) => match tokio::time::timeout(timeout, sent).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::debug!(
+                    timeout_ms = timeout.as_millis() as u64,
+                    "upstream request timeout"
+                );
+                return local_reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout",
+                    Some(ResponseFlag::UpstreamRequestTimeout),
+                );
+            }
+        },
+        None => sent.await,
+    };
+    let mut response = match result {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::debug!(%error, "upstream request failed");
+            let flag = error.response_flag();
+            let body = match flag {
+                ResponseFlag::UpstreamOverflow => {
+                    "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+                }
+                ResponseFlag::UpstreamConnectionFailure => {
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+                }
+                _ => {
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+                }
+            };
+            let mut reply = local_reply(StatusCode::SERVICE_UNAVAILABLE, body, Some(flag));
+            if flag == ResponseFlag::UpstreamOverflow {
+                reply
+                    .headers_mut()
+                    .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+            }
+            return reply;
+        }
+    };
+    tracing::debug!(status = response.status().as_u16(), "upstream response");
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(downstream_upgrade) = on_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(join_upgraded(downstream_upgrade, upstream_upgrade));
+        }
+    } else {
+        strip_hop_by_hop(response.headers_mut());
+    }
+    let elapsed = started.elapsed().as_millis().to_string();
+    if let Ok(value) = HeaderValue::from_str(&elapsed) {
+        response
+            .headers_mut()
+            .insert("x-envoy-upstream-service-time", value);
+    }
+    table.mutate_response(selected, weighted, response.headers_mut());
+    response
+}
+
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for name in listed {
+        headers.remove(name.as_str());
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+async fn join_upgraded(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
+        Ok(both) => both,
+        Err(error) => {
+            tracing::debug!(%error, "upgrade failed");
+            return;
+        }
+    };
+    let mut downstream = TokioIo::new(downstream);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+        tracing::debug!(%error, "upgraded connection closed with error");
+    }
+}
