@@ -333,13 +333,16 @@ async fn malformed_node_is_refused_with_the_reason() {
 #[tokio::test]
 async fn validation_errors_are_visible_on_the_debug_endpoint() {
     let h = Harness::start(model(vec![])).await;
-    h.errors.send_replace(vec![
-        "bad.yaml#0 VirtualService default/reviews: spec.http[0].route[0].weight: must be >= 0"
-            .into(),
-    ]);
+    let error = ferry_control::model::ModelError::document("bad.yaml#0", "must be >= 0")
+        .object("VirtualService", "default/reviews")
+        .field("spec.http[0].route[0].weight");
+    h.errors.send_replace(std::sync::Arc::new(vec![error]));
     let (code, body) = h.debug_get("/debug/errors").await;
     assert_eq!(code, 200);
-    assert!(body.contains("spec.http[0].route[0].weight"), "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body[0]["field"], "spec.http[0].route[0].weight");
+    assert_eq!(body[0]["name"], "default/reviews");
+    assert_eq!(body[0]["reason"], "must be >= 0");
     tokio::time::timeout(PATIENCE, async {
         while !h
             .debug_get("/metrics")

@@ -30,7 +30,6 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use xds_proto::json::from_yaml_str;
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -419,8 +418,9 @@ async fn interop(api_type: &str) {
             all_v3.clone()
         })
     };
-    let (models_tx, models) = watch::channel(Some(Arc::new(Model::default())));
-    let (_errors, errors) = watch::channel(Vec::new());
+    let (feed, sources) = Sources::channel();
+    let models_tx = feed.models;
+    models_tx.send_replace(Some(Arc::new(Model::default())));
     let options = ServeOptions {
         config_dir: ".".into(),
         xds_address: "127.0.0.1:0".parse().unwrap(),
@@ -428,7 +428,7 @@ async fn interop(api_type: &str) {
         local_mode: true,
         debounce: DebounceConfig::default(),
     };
-    let running: Running = app::start(&options, Sources { models, errors }, Arc::new(generator))
+    let running: Running = app::start(&options, sources, Arc::new(generator))
         .await
         .unwrap();
     let Some(envoy) = start_envoy(api_type, &bootstrap(api_type, running.xds_address)).await else {
