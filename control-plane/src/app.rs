@@ -206,19 +206,22 @@ async fn watch_errors(mut errors: watch::Receiver<Arc<Vec<ModelError>>>, metrics
 }
 
 /// `ferry-control serve`: the directory source, the translator, the server, until stopped.
-/// The listeners open at once; proxies that connect before the directory's initial read are
-/// held until it completes.
 pub async fn run(options: ServeOptions) -> Result<(), AppError> {
+    serve(&options).await?.wait().await
+}
+
+/// Starts the directory source, the translator and the server, and returns once the directory's
+/// initial read is served. The listeners open first; proxies that connect before the initial
+/// read completes are held until it does.
+pub async fn serve(options: &ServeOptions) -> Result<Running, AppError> {
     let (feed, sources) = Sources::channel();
     let generator = Arc::new(TranslateGenerator {
         local_mode: options.local_mode,
     });
-    let running = start(&options, sources, generator).await?;
+    let mut running = start(options, sources, generator).await?;
     tracing::info!(xds = %running.xds_address, debug = %running.debug_address, "ferry-control listening");
     let handle = watch_dir(&options.config_dir).await?;
     tracing::info!(dir = %options.config_dir.display(), "initial sync complete; serving");
-    let forward = tokio::spawn(feed.forward(handle));
-    let result = running.wait().await;
-    forward.abort();
-    result
+    running.helpers.push(tokio::spawn(feed.forward(handle)));
+    Ok(running)
 }

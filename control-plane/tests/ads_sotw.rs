@@ -356,3 +356,31 @@ async fn validation_errors_are_visible_on_the_debug_endpoint() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_panicking_generator_costs_an_update_not_the_connection() {
+    let h = Harness::start(model(vec![service("reviews", "default", &["10.1.0.1"])])).await;
+    let n = node("10.0.0.7", "p", "default");
+    let id = n.id.clone();
+    let mut c = Client::connect(&h, n).await;
+    c.send(type_url::CLUSTER, &[], None).await;
+    let cds = c.recv().await;
+    c.send(type_url::CLUSTER, &[], Some(&cds)).await;
+    h.models
+        .send_replace(model(vec![service("boom", "default", &[])]));
+    let status = h.wait_for(&id, |s| s.generate_error.is_some()).await;
+    assert!(status.generate_error.unwrap().contains("panicked"));
+    h.models.send_replace(model(vec![
+        service("reviews", "default", &["10.1.0.1"]),
+        service("ratings", "default", &["10.1.0.2"]),
+    ]));
+    let cds = c.recv().await;
+    assert_eq!(names(&cds), vec![RATINGS, REVIEWS]);
+    assert_eq!(
+        h.wait_for(&id, |s| s.generate_error.is_none())
+            .await
+            .types
+            .len(),
+        1
+    );
+}

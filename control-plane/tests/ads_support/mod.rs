@@ -98,7 +98,12 @@ fn socket(ip: &str, port: u32) -> Address {
 
 /// Services of the proxy's own namespace become `outbound|80||HOST` EDS clusters, their
 /// assignments, a virtual host each in route `80`, behind listener `0.0.0.0_80`.
+/// A service named `boom` makes it panic, standing in for a translator bug.
 pub fn generate(model: &Model, proxy: &ProxyNode) -> Result<Resources, GenerateError> {
+    assert!(
+        !model.services.values().any(|s| s.name == "boom"),
+        "translator bug"
+    );
     let mut out = Resources::default();
     let mut vhosts = Vec::new();
     for svc in model
