@@ -10,6 +10,7 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod bootstrap;
+pub mod circuit_breaker;
 pub mod cluster;
 pub mod error;
 pub mod http_connection_manager;

@@ -1,0 +1,292 @@
+//! Circuit breakers: per-cluster, per-priority limits on connections, pending requests, active
+//! requests and concurrent retries (`circuit_breakers.thresholds`), enforced with RAII guards so
+//! a count can never leak on an early return or a cancelled future.
+//!
+//! Envoy answers an overflow at once with 503, response flag UO and `x-envoy-overloaded: true`
+//! instead of queueing: a saturated upstream sheds load immediately and callers see why
+//! ([`overflow_reply`]). Retries are admitted by the threshold's `retry_budget` when configured,
+//! else by `max_retries` plus Ferry's default [`RatioBudget`] (see [`crate::retry::budget`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::body::Body;
+use crate::cluster::{CircuitBreakers, Thresholds, UpstreamError};
+use crate::error::ResponseFlag;
+use crate::http_connection_manager::local_reply;
+use crate::retry::{RatioBudget, RetryBudget};
+
+/// A resource a circuit breaker counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// Upstream connections (`max_connections`).
+    Connections = 0,
+    /// Requests waiting for a connection (`max_pending_requests`).
+    PendingRequests = 1,
+    /// Requests in flight (`max_requests`).
+    Requests = 2,
+    /// Retries in flight (`max_retries` / `retry_budget`).
+    Retries = 3,
+}
+
+/// One priority's limits and live counts.
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    limits: [u64; 4],
+    budget: Option<RetryBudget>,
+    ratio: Option<RatioBudget>,
+    counts: [AtomicU64; 4],
+}
+
+impl CircuitBreaker {
+    /// A breaker for one `thresholds` entry.
+    pub fn new(t: &Thresholds) -> Self {
+        let budget = t
+            .retry_budget
+            .map(|(percent, min_concurrency)| RetryBudget {
+                percent,
+                min_concurrency,
+            });
+        Self {
+            limits: [
+                u64::from(t.max_connections),
+                u64::from(t.max_pending_requests),
+                u64::from(t.max_requests),
+                u64::from(t.max_retries),
+            ],
+            ratio: if budget.is_none() {
+                Some(RatioBudget::default())
+            } else {
+                None
+            },
+            budget,
+            counts: Default::default(),
+        }
+    }
+
+    /// How many of `resource` are in use.
+    pub fn active(&self, resource: Resource) -> u64 {
+        self.counts[resource as usize].load(Ordering::Acquire)
+    }
+
+    fn try_increment(&self, resource: Resource, limit: u64) -> bool {
+        self.counts[resource as usize]
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Takes one unit of `resource` (not retries: use [`Self::try_acquire_retry`]); overflow is
+    /// [`UpstreamError::Overflow`].
+    pub fn try_acquire(self: &Arc<Self>, resource: Resource) -> Result<Guard, UpstreamError> {
+        if self.try_increment(resource, self.limits[resource as usize]) {
+            if resource == Resource::Requests
+                && let Some(ratio) = &self.ratio
+            {
+                ratio.deposit();
+            }
+            Ok(Guard {
+                breaker: Arc::clone(self),
+                resource,
+            })
+        } else {
+            tracing::debug!(
+                ?resource,
+                limit = self.limits[resource as usize],
+                "circuit breaker overflow"
+            );
+            Err(UpstreamError::Overflow)
+        }
+    }
+
+    /// Admits one retry: by `retry_budget` when configured, else by `max_retries` and the
+    /// default ratio budget. `None` = refused (the request ends with flag UO).
+    pub fn try_acquire_retry(self: &Arc<Self>) -> Option<Guard> {
+        let limit = match &self.budget {
+            Some(b) => b.limit(
+                self.active(Resource::Requests),
+                self.active(Resource::PendingRequests),
+            ),
+            None => self.limits[Resource::Retries as usize],
+        };
+        if !self.try_increment(Resource::Retries, limit) {
+            return None;
+        }
+        let guard = Guard {
+            breaker: Arc::clone(self),
+            resource: Resource::Retries,
+        };
+        match &self.ratio {
+            Some(ratio) if !ratio.try_withdraw() => None,
+            _ => Some(guard),
+        }
+    }
+}
+
+/// Holds one unit of a resource; dropping it gives the unit back.
+#[derive(Debug)]
+pub struct Guard {
+    breaker: Arc<CircuitBreaker>,
+    resource: Resource,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.breaker.counts[self.resource as usize].fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A cluster's breakers for the DEFAULT and HIGH routing priorities.
+#[derive(Debug, Clone)]
+pub struct CircuitBreakerSet {
+    default: Arc<CircuitBreaker>,
+    high: Arc<CircuitBreaker>,
+}
+
+impl Default for CircuitBreakerSet {
+    /// Envoy's default thresholds for both priorities.
+    fn default() -> Self {
+        Self::from(&CircuitBreakers::default())
+    }
+}
+
+fn envoy_defaults(high_priority: bool) -> Thresholds {
+    Thresholds {
+        high_priority,
+        max_connections: 1024,
+        max_pending_requests: 1024,
+        max_requests: 1024,
+        max_retries: 3,
+        retry_budget: None,
+    }
+}
+
+impl From<&CircuitBreakers> for CircuitBreakerSet {
+    fn from(cb: &CircuitBreakers) -> Self {
+        let find = |high: bool| {
+            cb.thresholds
+                .iter()
+                .find(|t| t.high_priority == high)
+                .cloned()
+                .unwrap_or_else(|| envoy_defaults(high))
+        };
+        Self {
+            default: Arc::new(CircuitBreaker::new(&find(false))),
+            high: Arc::new(CircuitBreaker::new(&find(true))),
+        }
+    }
+}
+
+impl CircuitBreakerSet {
+    /// The breaker for a route's priority (`false` = DEFAULT).
+    pub fn for_priority(&self, high: bool) -> &Arc<CircuitBreaker> {
+        if high { &self.high } else { &self.default }
+    }
+}
+
+/// Envoy's overflow answer: 503, flag UO, `x-envoy-overloaded: true`.
+pub fn overflow_reply() -> Response<Body> {
+    let mut reply = local_reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+        Some(ResponseFlag::UpstreamOverflow),
+    );
+    reply
+        .headers_mut()
+        .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+    reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thresholds(max_requests: u32, max_retries: u32) -> Thresholds {
+        Thresholds {
+            max_requests,
+            max_retries,
+            ..envoy_defaults(false)
+        }
+    }
+
+    #[test]
+    fn requests_beyond_the_limit_overflow_and_guards_release() {
+        let cb = Arc::new(CircuitBreaker::new(&thresholds(2, 3)));
+        let a = cb.try_acquire(Resource::Requests).expect("first");
+        let _b = cb.try_acquire(Resource::Requests).expect("second");
+        let err = cb
+            .try_acquire(Resource::Requests)
+            .expect_err("third overflows");
+        assert_eq!(err.response_flag(), ResponseFlag::UpstreamOverflow);
+        assert_eq!(cb.active(Resource::Requests), 2);
+        drop(a);
+        assert_eq!(cb.active(Resource::Requests), 1);
+        assert!(cb.try_acquire(Resource::Requests).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_retries_bounds_concurrent_retries() {
+        let cb = Arc::new(CircuitBreaker::new(&thresholds(1024, 2)));
+        let mut held = Vec::new();
+        for _ in 0..100 {
+            held.push(cb.try_acquire(Resource::Requests).expect("request"));
+        }
+        let r1 = cb.try_acquire_retry().expect("retry 1");
+        let _r2 = cb.try_acquire_retry().expect("retry 2");
+        assert!(cb.try_acquire_retry().is_none());
+        drop(r1);
+        assert!(cb.try_acquire_retry().is_some());
+    }
+
+    #[test]
+    fn retry_budget_scales_with_active_requests() {
+        let mut t = thresholds(1024, 3);
+        t.retry_budget = Some((20.0, 3));
+        let cb = Arc::new(CircuitBreaker::new(&t));
+        let mut retries: Vec<Guard> = std::iter::from_fn(|| cb.try_acquire_retry()).collect();
+        assert_eq!(retries.len(), 3, "floor is min_retry_concurrency");
+        let _requests: Vec<Guard> = (0..50)
+            .map(|_| cb.try_acquire(Resource::Requests).expect("request"))
+            .collect();
+        retries.extend(std::iter::from_fn(|| cb.try_acquire_retry()));
+        assert_eq!(retries.len(), 10, "20% of 50 active requests");
+    }
+
+    #[test]
+    fn priorities_have_separate_breakers_with_envoy_defaults() {
+        let cb = CircuitBreakers {
+            thresholds: vec![thresholds(1, 3)],
+            per_host_max_connections: None,
+        };
+        let set = CircuitBreakerSet::from(&cb);
+        let _held = set
+            .for_priority(false)
+            .try_acquire(Resource::Requests)
+            .expect("one");
+        assert!(
+            set.for_priority(false)
+                .try_acquire(Resource::Requests)
+                .is_err()
+        );
+        assert!(
+            set.for_priority(true)
+                .try_acquire(Resource::Requests)
+                .is_ok()
+        );
+        assert_eq!(set.for_priority(true).limits, [1024, 1024, 1024, 3]);
+    }
+
+    #[test]
+    fn overflow_reply_is_503_uo_overloaded() {
+        let r = overflow_reply();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()["x-envoy-overloaded"], "true");
+        assert_eq!(
+            r.extensions().get::<ResponseFlag>(),
+            Some(&ResponseFlag::UpstreamOverflow)
+        );
+    }
+}
