@@ -16,6 +16,7 @@ pub mod error;
 pub mod http_connection_manager;
 pub mod listener;
 pub mod load_balancer;
+pub mod outlier;
 pub mod pool;
 pub mod retry;
 pub mod route;
