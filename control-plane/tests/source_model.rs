@@ -335,3 +335,18 @@ fn service_entry_hosts_do_not_override_services_and_cidrs_are_refused() {
             .any(|e| e.field == "spec.hosts" && e.reason.contains("already defined"))
     );
 }
+
+#[test]
+fn subsets_are_checked_against_resolved_hosts() {
+    // `reviews.default` from namespace prod names the same service as `reviews` in default.
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+        metadata: {name: reviews, namespace: default}\nspec: {host: reviews, subsets: [{name: v1, labels: {version: v1}}]}\n\
+        ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: prod}\n\
+        spec: {hosts: [reviews.default], http: [{route: [{destination: {host: reviews.default, subset: v1}}]}]}\n\
+        ---\napiVersion: v1\nkind: Namespace\nmetadata: {name: prod}\n";
+    let (model, errors) = ferry_control::source::dir::model_from_yaml(yaml, "x.yaml");
+    assert!(errors.is_empty(), "{errors:#?}");
+    let route = &model.virtual_services[0].spec.http[0].route[0];
+    assert_eq!(route.destination.host, "reviews.default.svc.cluster.local");
+    assert_eq!(route.destination.subset.as_deref(), Some("v1"));
+}
