@@ -350,3 +350,15 @@ fn subsets_are_checked_against_resolved_hosts() {
     assert_eq!(route.destination.host, "reviews.default.svc.cluster.local");
     assert_eq!(route.destination.subset.as_deref(), Some("v1"));
 }
+
+#[test]
+fn the_local_mesh_sample_builds_a_clean_model() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples/local-mesh");
+    let (model, errors) = model_from_dir(&dir).expect("samples/local-mesh");
+    assert!(errors.is_empty(), "{errors:#?}");
+    let reviews = service(&model, "reviews.default.svc.cluster.local");
+    let addresses: Vec<&str> = reviews.endpoints.iter().map(|e| e.address.as_str()).collect();
+    assert_eq!(addresses, ["127.0.0.2", "127.0.0.3"]);
+    assert_eq!(model.virtual_services.len(), 1);
+    assert_eq!(model.destination_rules.len(), 1);
+}
