@@ -357,7 +357,11 @@ fn the_local_mesh_sample_builds_a_clean_model() {
     let (model, errors) = model_from_dir(&dir).expect("samples/local-mesh");
     assert!(errors.is_empty(), "{errors:#?}");
     let reviews = service(&model, "reviews.default.svc.cluster.local");
-    let addresses: Vec<&str> = reviews.endpoints.iter().map(|e| e.address.as_str()).collect();
+    let addresses: Vec<&str> = reviews
+        .endpoints
+        .iter()
+        .map(|e| e.address.as_str())
+        .collect();
     assert_eq!(addresses, ["127.0.0.2", "127.0.0.3"]);
     assert_eq!(model.virtual_services.len(), 1);
     assert_eq!(model.destination_rules.len(), 1);
