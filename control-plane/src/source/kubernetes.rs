@@ -173,7 +173,16 @@ impl State {
                 self.store.apply(Event::Delete(key)) | cleared
             }
             Err(err) => {
-                warn!(%kind, error = %err, "kubernetes watch failed; retrying with backoff, serving the last model");
+                let not_served = matches!(
+                    &err,
+                    watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.is_not_found()
+                );
+                if not_served {
+                    let resource = api_resource(kind);
+                    warn!(%kind, api_version = %resource.api_version, error = %err, "resource not served by the API server (is its CRD installed?); retrying");
+                } else {
+                    warn!(%kind, error = %err, "kubernetes watch failed; retrying with backoff, serving the last model");
+                }
                 false
             }
         }
