@@ -70,7 +70,11 @@ fn main() -> anyhow::Result<ExitCode> {
                 "{} documents checked ({} ignored), {} errors",
                 summary.documents, summary.ignored, summary.errors
             );
-            Ok(if summary.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if summary.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Crds => {
             cli::crds::run(&mut stdout)?;
