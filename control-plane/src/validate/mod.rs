@@ -206,12 +206,6 @@ mod tests {
         (
             "VirtualService",
             "networking",
-            "hosts: [a]\nhttp: [{route: [{destination: {host: a}}], mirror: {host: b}, mirrors: [{destination: {host: c}}]}]",
-            "spec.http[0].mirrors: mirror and mirrors cannot both be set",
-        ),
-        (
-            "VirtualService",
-            "networking",
             "hosts: [a]\ntcp: [{route: []}]",
             "spec.tcp[0].route: at least one route destination is required",
         ),
