@@ -9,6 +9,7 @@
 pub mod backoff;
 pub mod budget;
 pub mod decision;
+pub mod driver;
 pub mod policy;
 
 pub use backoff::Backoff;
