@@ -1,0 +1,246 @@
+//! Resilience scenarios against real HTTP/1.1 upstreams on loopback that misbehave on command
+//! (always 503, fail N times then succeed, reset the connection, refuse connections, hang):
+//! the retry loop (`retry::driver::run`) over a real STATIC cluster and real hosts, with the
+//! cluster's circuit breaker admitting retries and outlier detection fed by every attempt.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use ferry_proxy::circuit_breaker::{CircuitBreakerSet, Resource};
+use ferry_proxy::cluster::{Cluster, ClusterConfig, ClusterManager, LbContext};
+use ferry_proxy::error::ResponseFlag;
+use ferry_proxy::outlier::Detector;
+use ferry_proxy::retry::driver::{self, Timeouts};
+use ferry_proxy::retry::{HeaderOverrides, RetryPolicy, RetryState};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use xds_proto::envoy::config::cluster::v3::Cluster as ClusterPb;
+use xds_proto::envoy::config::route::v3::RetryPolicy as RetryPolicyPb;
+
+/// How an upstream misbehaves.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// Answers this status.
+    Status(u16),
+    /// Answers 503 for the first N requests, then 200.
+    FailFirst(usize),
+    /// Accepts and closes the connection without answering.
+    Reset,
+    /// Accepts and never answers.
+    Hang,
+}
+
+/// A misbehaving upstream; counts requests (or connections for Reset/Hang).
+async fn upstream(mode: Mode) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        let mut hung = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            match mode {
+                Mode::Reset => {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    drop(stream);
+                    continue;
+                }
+                Mode::Hang => {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    hung.push(stream);
+                    continue;
+                }
+                _ => {}
+            }
+            let count = count.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: http::Request<Incoming>| {
+                    let n = count.fetch_add(1, Ordering::SeqCst);
+                    let status = match mode {
+                        Mode::Status(s) => s,
+                        Mode::FailFirst(k) if n < k => 503,
+                        _ => 200,
+                    };
+                    async move {
+                        let mut r = http::Response::new(Full::new(Bytes::from_static(b"x")));
+                        *r.status_mut() = http::StatusCode::from_u16(status).expect("status");
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A closed port: bind, note the port, drop the listener.
+async fn refusing() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+fn cluster(addrs: &[SocketAddr]) -> Arc<Cluster> {
+    cluster_with(addrs, "")
+}
+
+fn cluster_with(addrs: &[SocketAddr], extra: &str) -> Arc<Cluster> {
+    let endpoints: Vec<String> = addrs
+        .iter()
+        .map(|a| {
+            format!(
+                "{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}",
+                a.port()
+            )
+        })
+        .collect();
+    let yaml = format!(
+        "name: c\ntype: STATIC\nconnect_timeout: 1s\nlb_policy: ROUND_ROBIN\nload_assignment: {{ cluster_name: c, endpoints: [ {{ lb_endpoints: [ {} ] }} ] }}\n{extra}\n",
+        endpoints.join(", ")
+    );
+    let pb: ClusterPb = xds_proto::json::from_yaml_str(&yaml).expect("cluster yaml");
+    let config = Arc::new(ClusterConfig::try_from(&pb).expect("valid cluster"));
+    let manager = ClusterManager::new(Default::default());
+    let set = manager.update(
+        &BTreeMap::from([("c".to_owned(), config)]),
+        &BTreeMap::new(),
+    );
+    set.get("c").expect("cluster").clone()
+}
+
+fn policy(yaml: &str) -> RetryPolicy {
+    let pb: RetryPolicyPb = xds_proto::json::from_yaml_str(yaml).expect("policy yaml");
+    RetryPolicy::try_from(&pb).expect("valid policy")
+}
+
+/// One GET through the retry loop; returns (status, flag).
+async fn request(
+    cluster: &Arc<Cluster>,
+    policy: &RetryPolicy,
+    breakers: &CircuitBreakerSet,
+    detector: Option<&Detector>,
+) -> (u16, Option<ResponseFlag>) {
+    let mut state = RetryState::new(Some(policy), &HeaderOverrides::default());
+    let breaker = breakers.for_priority(false);
+    let Ok(_request) = breaker.try_acquire(Resource::Requests) else {
+        return (503, Some(ResponseFlag::UpstreamOverflow));
+    };
+    let response = driver::run(
+        &mut state,
+        Timeouts {
+            route: Some(std::time::Duration::from_secs(10)),
+        },
+        Some(breaker),
+        detector,
+        |attempt, excluded| {
+            let ctx = LbContext {
+                excluded,
+                ..LbContext::default()
+            };
+            let host = cluster.select_host(&ctx)?;
+            let request = http::Request::get(format!("http://{}/", host.address()))
+                .header("x-envoy-attempt-count", attempt)
+                .body(ferry_proxy::body::empty())
+                .expect("request");
+            let addr = host.address();
+            Some((addr, async move { host.send(request).await }))
+        },
+    )
+    .await;
+    (
+        response.status().as_u16(),
+        response.extensions().get::<ResponseFlag>().copied(),
+    )
+}
+
+const PREVIOUS_HOSTS: &str = r#"
+retry_on: 5xx
+num_retries: 2
+retry_host_predicate: [ { name: envoy.retry_host_predicates.previous_hosts } ]
+host_selection_retry_max_attempts: 5
+retry_back_off: { base_interval: 0.001s }
+"#;
+
+#[tokio::test]
+async fn retries_skip_a_failing_host_a_reset_and_a_refused_port() {
+    let (bad, bad_seen) = upstream(Mode::Status(503)).await;
+    let (reset, reset_seen) = upstream(Mode::Reset).await;
+    let closed = refusing().await;
+    let (good, good_seen) = upstream(Mode::Status(200)).await;
+    // Without the good host, every request fails over all three bad ones and ends with URX.
+    let c = cluster(&[bad, reset, closed]);
+    let p = policy(PREVIOUS_HOSTS);
+    let breakers = CircuitBreakerSet::default();
+    let (status, flag) = request(&c, &p, &breakers, None).await;
+    assert_eq!(flag, Some(ResponseFlag::UpstreamRetryLimitExceeded));
+    assert!(status == 503, "{status}");
+    assert_eq!(bad_seen.load(Ordering::SeqCst), 1, "each host tried once");
+    assert_eq!(reset_seen.load(Ordering::SeqCst), 1);
+
+    let c = cluster(&[bad, reset, good]);
+    for _ in 0..6 {
+        let (status, flag) = request(&c, &p, &breakers, None).await;
+        assert_eq!((status, flag), (200, None));
+    }
+    assert_eq!(
+        good_seen.load(Ordering::SeqCst),
+        6,
+        "every request ends on the good host"
+    );
+}
+
+#[tokio::test]
+async fn fail_twice_then_succeed_on_the_same_host() {
+    let (flaky, seen) = upstream(Mode::FailFirst(2)).await;
+    let c = cluster(&[flaky]);
+    let p = policy("{ retry_on: 5xx, num_retries: 2, retry_back_off: { base_interval: 0.001s } }");
+    let (status, flag) = request(&c, &p, &CircuitBreakerSet::default(), None).await;
+    assert_eq!((status, flag), (200, None));
+    assert_eq!(seen.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_hanging_host_is_cut_by_the_per_try_timeout() {
+    let (hang, hang_seen) = upstream(Mode::Hang).await;
+    let (good, _) = upstream(Mode::Status(200)).await;
+    let c = cluster(&[hang, good]);
+    let p = policy(
+        r#"{ retry_on: "reset", num_retries: 1, per_try_timeout: 0.2s,
+             retry_host_predicate: [ { name: envoy.retry_host_predicates.previous_hosts } ],
+             retry_back_off: { base_interval: 0.001s } }"#,
+    );
+    for _ in 0..4 {
+        let (status, flag) = request(&c, &p, &CircuitBreakerSet::default(), None).await;
+        assert_eq!((status, flag), (200, None));
+    }
+    assert!(hang_seen.load(Ordering::SeqCst) >= 1);
+}
+
+#[tokio::test]
+async fn outlier_detection_ejects_the_failing_host() {
+    let (bad, _) = upstream(Mode::Status(503)).await;
+    let (g1, _) = upstream(Mode::Status(200)).await;
+    let (g2, _) = upstream(Mode::Status(200)).await;
+    let c = cluster_with(&[bad, g1, g2], "outlier_detection: { consecutive_5xx: 3 }");
+    let config = c
+        .config
+        .outlier_detection
+        .clone()
+        .expect("outlier_detection");
+    let detector = Detector::new(config, [bad, g1, g2]);
+    let p = policy(PREVIOUS_HOSTS);
+    for _ in 0..9 {
+        let (status, _) = request(&c, &p, &CircuitBreakerSet::default(), Some(&detector)).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(detector.ejected_hosts(), vec![bad]);
+}
