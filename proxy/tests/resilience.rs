@@ -244,3 +244,65 @@ async fn outlier_detection_ejects_the_failing_host() {
     }
     assert_eq!(detector.ejected_hosts(), vec![bad]);
 }
+
+/// An upstream that holds every request until `gate` opens; counts arrivals.
+async fn gated(gate: Arc<tokio::sync::Semaphore>) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (gate, count) = (gate.clone(), count.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: http::Request<Incoming>| {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let gate = gate.clone();
+                    async move {
+                        let _open = gate.acquire().await;
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn requests_beyond_max_requests_get_an_immediate_503_uo() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (addr, seen) = gated(gate.clone()).await;
+    let c = cluster_with(
+        &[addr],
+        "circuit_breakers: { thresholds: [ { max_requests: 2 } ] }",
+    );
+    let breakers = CircuitBreakerSet::from(&c.config.circuit_breakers);
+    let p = policy("{ retry_on: 5xx, num_retries: 1 }");
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let (c, p, breakers) = (c.clone(), p.clone(), breakers.clone());
+            tokio::spawn(async move { request(&c, &p, &breakers, None).await })
+        })
+        .collect();
+    // Wait until both held requests reached the upstream (poll, no sleeps for timing).
+    while seen.load(Ordering::SeqCst) < 2 {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let (status, flag) = request(&c, &p, &breakers, None).await;
+    assert_eq!((status, flag), (503, Some(ResponseFlag::UpstreamOverflow)));
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        2,
+        "the overflowing request never left"
+    );
+    gate.add_permits(10);
+    for h in held {
+        assert_eq!(h.await.expect("join"), (200, None));
+    }
+    assert_eq!(request(&c, &p, &breakers, None).await, (200, None));
+}
