@@ -6,7 +6,7 @@ use xds_proto::envoy::config::cluster::v3::Cluster as ProtoCluster;
 use xds_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 
 use super::*;
-use crate::cluster::LbContext;
+use crate::cluster::{ClusterStats, LbContext};
 use crate::pool::tests::upstream;
 
 fn cluster(yaml: &str) -> Arc<ClusterConfig> {
@@ -328,6 +328,50 @@ load_assignment:
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"HTTP/1.1 /x");
     assert_eq!(up.opened.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn in_flight_requests_finish_when_their_cluster_is_removed() {
+    let up = upstream(false, 2).await;
+    let manager = ClusterManager::default();
+    let config = cluster(&format!(
+        "name: c\nload_assignment: {{ cluster_name: c, endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }} ] }} ] }}",
+        up.addr.port()
+    ));
+    let set = manager.update(&configs(&[config]), &BTreeMap::new());
+    let host = set
+        .get("c")
+        .unwrap()
+        .select_host(&LbContext::default())
+        .unwrap();
+    drop(set);
+    let wait = || {
+        http::Request::get("http://c/wait")
+            .body(crate::body::empty())
+            .unwrap()
+    };
+    let in_flight = tokio::spawn({
+        let host = host.clone();
+        async move { host.send(wait()).await.map(|r| r.status()) }
+    });
+    // Once the first request is at the upstream, remove the cluster, then release it.
+    let mut tries = 0;
+    while up.opened.load(Ordering::SeqCst) == 0 && tries < 1000 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        tries += 1;
+    }
+    let set = manager.update(&BTreeMap::new(), &BTreeMap::new());
+    assert!(set.get("c").is_none());
+    drop(host);
+    let other = crate::cluster::Host::new(
+        up.addr,
+        String::new(),
+        crate::cluster::TransportSocket::Plaintext,
+        Arc::default(),
+        Arc::new(ClusterStats::new(&Store::default(), "other")),
+    );
+    assert_eq!(other.send(wait()).await.unwrap().status(), 200);
+    assert_eq!(in_flight.await.unwrap().unwrap(), 200);
 }
 
 #[tokio::test]

@@ -172,6 +172,32 @@ async fn http1_keep_alive_reuses_one_connection() {
 }
 
 #[tokio::test]
+async fn http1_connections_the_server_closed_are_not_reused() {
+    // The server answers with an implicit keep-alive and then closes the socket: every request
+    // must still succeed, each on a new connection (skipped or re-sent, never failed).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+        }
+    });
+    let (host, _) = host(addr, PoolSettings::default());
+    for _ in 0..3 {
+        let resp = host.send(get("/")).await.unwrap();
+        assert_eq!(body(resp).await, "ok");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
 async fn http1_concurrent_requests_use_separate_connections() {
     let up = upstream(false, 2).await;
     let (host, _) = host(up.addr, PoolSettings::default());
@@ -301,6 +327,7 @@ async fn connection_refused_is_an_upstream_connect_failure() {
     assert!(err.is_connect_failure());
     assert_eq!(stats.upstream_cx_connect_fail.get(), 1);
     assert_eq!(host.stats().rq_error.get(), 1);
+    assert_eq!(host.stats().cx_connect_fail.get(), 1);
     assert_eq!(host.active_requests(), 0);
 }
 
