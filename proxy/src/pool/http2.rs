@@ -34,6 +34,7 @@ struct Inner {
     stats: PoolStats,
     conns: Mutex<Vec<Conn>>,
     connecting: tokio::sync::Mutex<()>,
+    connect_failures: AtomicU64,
     next_id: AtomicU64,
 }
 
@@ -73,6 +74,7 @@ impl Http2Pool {
                 stats,
                 conns: Mutex::new(Vec::new()),
                 connecting: tokio::sync::Mutex::new(()),
+                connect_failures: AtomicU64::new(0),
                 next_id: AtomicU64::new(0),
             }),
         }
@@ -90,21 +92,24 @@ impl Http2Pool {
     ) -> Result<http::Response<Body>, UpstreamError> {
         let active = ActiveRequest::new(&self.inner.stats.host);
         super::to_http2(&mut request);
-        let (mut sender, slot) = match self.inner.claim() {
-            Some(claimed) => claimed,
-            None => {
-                let _connecting = self.inner.connecting.lock().await;
-                match self.inner.claim() {
-                    Some(claimed) => claimed,
-                    None => self.inner.connect().await?,
-                }
-            }
-        };
-        match sender.send_request(request).await {
-            Ok(response) => Ok(TrackedBody::boxed(response, (active, slot))),
-            Err(error) => {
-                tracing::debug!(upstream.addr = %self.inner.addr, %error, "upstream stream failed");
-                Err(UpstreamError::Reset(error.to_string()))
+        let mut retried = false;
+        loop {
+            let (mut sender, slot, fresh) = self.inner.checkout().await?;
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(TrackedBody::boxed(response, (active, slot))),
+                Err(mut error) => match error.take_message() {
+                    // The pooled connection went away before the stream was opened: nothing
+                    // was sent, so open the stream elsewhere (once).
+                    Some(unsent) if !fresh && !retried => {
+                        retried = true;
+                        request = unsent;
+                    }
+                    _ => {
+                        let error = error.into_error();
+                        tracing::debug!(upstream.addr = %self.inner.addr, %error, "upstream stream failed");
+                        return Err(UpstreamError::Reset(error.to_string()));
+                    }
+                },
             }
         }
     }
@@ -123,6 +128,36 @@ impl Inner {
             .max_requests_per_connection
             .is_none_or(|max| conn.served < max);
         (conn.active as usize) < max_streams && below_max_requests
+    }
+
+    /// A stream slot on an open connection with room, or on a new connection (`true`).
+    ///
+    /// Connections are opened one at a time; requests that queued behind an attempt that
+    /// failed fail with it (UF) instead of each waiting out their own connect timeout, as
+    /// Envoy fails the pending requests of a failed connection.
+    async fn checkout(
+        self: &Arc<Self>,
+    ) -> Result<(SendRequest<Body>, StreamSlot, bool), UpstreamError> {
+        if let Some((sender, slot)) = self.claim() {
+            return Ok((sender, slot, false));
+        }
+        let failures = self.connect_failures.load(Ordering::Acquire);
+        let _connecting = self.connecting.lock().await;
+        if let Some((sender, slot)) = self.claim() {
+            return Ok((sender, slot, false));
+        }
+        if self.connect_failures.load(Ordering::Acquire) != failures {
+            return Err(UpstreamError::ConnectFailure(std::io::Error::other(
+                "the connection attempt this request waited for failed",
+            )));
+        }
+        match self.connect().await {
+            Ok((sender, slot)) => Ok((sender, slot, true)),
+            Err(error) => {
+                self.connect_failures.fetch_add(1, Ordering::AcqRel);
+                Err(error)
+            }
+        }
     }
 
     /// Takes a stream slot on an open connection with room.

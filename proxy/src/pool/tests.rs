@@ -362,6 +362,25 @@ async fn connect_timeout_is_an_upstream_connect_failure() {
 }
 
 #[tokio::test]
+async fn http2_requests_queued_behind_a_failed_connect_fail_together() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let (host, stats) = host(addr, h2_settings());
+    let results = futures::future::join_all((0..5).map(|_| host.send(get("/")))).await;
+    for result in results {
+        let err = result.unwrap_err();
+        assert_eq!(
+            err.response_flag(),
+            ResponseFlag::UpstreamConnectionFailure,
+            "{err}"
+        );
+    }
+    // Only the first request tried to connect; the others failed with it.
+    assert_eq!(stats.upstream_cx_connect_fail.get(), 1);
+}
+
+#[tokio::test]
 async fn connection_closed_before_response_is_a_reset() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
