@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use hyper::client::conn::http2::{self, SendRequest};
@@ -35,6 +35,8 @@ struct Inner {
     conns: Mutex<Vec<Conn>>,
     connecting: tokio::sync::Mutex<()>,
     connect_failures: AtomicU64,
+    /// Whether the idle reaper task is running (at most one per pool).
+    reaping: AtomicBool,
     next_id: AtomicU64,
 }
 
@@ -75,6 +77,7 @@ impl Http2Pool {
                 conns: Mutex::new(Vec::new()),
                 connecting: tokio::sync::Mutex::new(()),
                 connect_failures: AtomicU64::new(0),
+                reaping: AtomicBool::new(false),
                 next_id: AtomicU64::new(0),
             }),
         }
@@ -257,20 +260,41 @@ impl Inner {
             conns.remove(i);
             return;
         }
-        let since = Instant::now();
-        conn.idle_since = since;
-        if let (Some(timeout), Ok(runtime)) = (
-            self.settings.idle_timeout,
-            tokio::runtime::Handle::try_current(),
-        ) {
-            let pool = Arc::downgrade(self);
-            runtime.spawn(async move {
-                tokio::time::sleep_until(since + timeout).await;
-                if let Some(pool) = pool.upgrade() {
-                    pool.lock_conns()
-                        .retain(|c| !(c.id == id && c.active == 0 && c.idle_since == since));
-                }
-            });
+        conn.idle_since = Instant::now();
+        if let Some(timeout) = self.settings.idle_timeout
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && !self.reaping.swap(true, Ordering::AcqRel)
+        {
+            runtime.spawn(reap_idle(Arc::downgrade(self), timeout));
         }
+    }
+}
+
+/// Closes connections without streams once they have been idle for `timeout`: one task per
+/// pool, which sleeps until the oldest idle connection expires and exits when none is idle.
+async fn reap_idle(pool: Weak<Inner>, timeout: std::time::Duration) {
+    loop {
+        let next = {
+            let Some(pool) = pool.upgrade() else { return };
+            let now = Instant::now();
+            let mut conns = pool.lock_conns();
+            conns.retain(|c| {
+                !(c.active == 0 && now.duration_since(c.idle_since) >= timeout)
+                    && !c.sender.is_closed()
+            });
+            let oldest = conns
+                .iter()
+                .filter(|c| c.active == 0)
+                .map(|c| c.idle_since)
+                .min();
+            match oldest {
+                Some(oldest) => oldest + timeout,
+                None => {
+                    pool.reaping.store(false, Ordering::Release);
+                    return;
+                }
+            }
+        };
+        tokio::time::sleep_until(next).await;
     }
 }

@@ -240,6 +240,10 @@ async fn http1_idle_connections_close_after_idle_timeout() {
     eventually(|| up.closed.load(Ordering::SeqCst) == 1).await;
     assert_eq!(host.connections().0, 0);
     eventually(|| stats.upstream_cx_active.get() == 0).await;
+    // The reaper exits when nothing is idle and starts again for the next idle connection.
+    body(host.send(get("/")).await.unwrap()).await;
+    eventually(|| up.closed.load(Ordering::SeqCst) == 2).await;
+    assert_eq!(up.opened.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
@@ -276,6 +280,8 @@ async fn http2_idle_connection_closes_after_idle_timeout() {
     body(host.send(get("/")).await.unwrap()).await;
     eventually(|| host.connections().1 == 0).await;
     eventually(|| up.closed.load(Ordering::SeqCst) == 1).await;
+    body(host.send(get("/")).await.unwrap()).await;
+    eventually(|| up.closed.load(Ordering::SeqCst) == 2).await;
 }
 
 #[tokio::test]
