@@ -454,3 +454,31 @@ async fn tcp_connect_reaches_the_host() {
     server.unwrap();
     assert_eq!(stats.upstream_cx_total.get(), 1);
 }
+
+#[tokio::test]
+async fn http2_response_trailers_are_preserved() {
+    use http_body_util::StreamBody;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let svc = service_fn(|_req: http::Request<Incoming>| async {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            let frames = vec![
+                Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from_static(b"msg"))),
+                Ok(hyper::body::Frame::trailers(trailers)),
+            ];
+            let body = StreamBody::new(futures::stream::iter(frames));
+            Ok::<_, Infallible>(http::Response::new(body))
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), svc)
+            .await;
+    });
+    let (host, _) = host(addr, h2_settings());
+    let resp = host.send(get("/grpc")).await.unwrap();
+    let collected = resp.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    assert_eq!(&collected.to_bytes()[..], b"msg");
+}
