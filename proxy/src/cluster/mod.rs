@@ -8,7 +8,8 @@
 //! [`resilience`] (circuit breakers and outlier detection, parsed but not enforced yet),
 //! [`protocol`] and [`transport`] (how to talk to hosts), [`host`] (one endpoint and its pool),
 //! [`priority`] (Envoy's priority/health/panic arithmetic), [`runtime`] (a live cluster),
-//! [`manager`] (reconciliation across snapshots) and [`dns`] (STRICT_DNS and LOGICAL_DNS).
+//! [`manager`] (reconciliation across snapshots), [`dns`] (STRICT_DNS and LOGICAL_DNS) and
+//! [`status`] (what admin `/clusters` prints).
 
 use std::net::SocketAddr;
 
@@ -25,6 +26,7 @@ pub mod protocol;
 pub mod resilience;
 pub mod runtime;
 pub mod stats;
+pub mod status;
 pub mod transport;
 
 pub use config::{ClusterConfig, Discovery, LbPolicy};
