@@ -279,8 +279,8 @@ async fn reap_idle(pool: Weak<Inner>, timeout: std::time::Duration) {
             let now = Instant::now();
             let mut conns = pool.lock_conns();
             conns.retain(|c| {
-                !(c.active == 0 && now.duration_since(c.idle_since) >= timeout)
-                    && !c.sender.is_closed()
+                let expired = c.active == 0 && now.duration_since(c.idle_since) >= timeout;
+                !expired && !c.sender.is_closed()
             });
             let oldest = conns
                 .iter()
