@@ -94,6 +94,10 @@ pub enum UpstreamError {
     /// configured protocol (e.g. HTTP/2 prior knowledge against an HTTP/1.1-only server).
     #[error("upstream protocol handshake failed: {0}")]
     Handshake(String),
+    /// The HTTP/2 upstream refused the stream (`REFUSED_STREAM`, or a GOAWAY before it was
+    /// processed): nothing was processed, so any request may be retried (UR).
+    #[error("upstream refused the stream: {0}")]
+    RefusedStream(String),
     /// The endpoint needs a transport Ferry does not implement yet (TLS via
     /// `transport_socket_matches`); no bytes were sent (UF).
     #[error("upstream transport not implemented: {0}")]
@@ -109,14 +113,26 @@ impl UpstreamError {
             | Self::Handshake(_)
             | Self::TransportNotImplemented(_) => ResponseFlag::UpstreamConnectionFailure,
             Self::Reset(_) => ResponseFlag::UpstreamConnectionTermination,
+            Self::RefusedStream(_) => ResponseFlag::UpstreamRemoteReset,
             Self::Overflow => ResponseFlag::UpstreamOverflow,
         }
     }
 
-    /// Whether the request was certainly not processed by the upstream, so a retry is safe for
-    /// any method (Envoy's `connect-failure` / `refused-stream` conditions).
+    /// Whether no connection could be made (Envoy's `connect-failure` retry condition).
     pub fn is_connect_failure(&self) -> bool {
-        !matches!(self, Self::Reset(_))
+        matches!(
+            self,
+            Self::ConnectFailure(_)
+                | Self::ConnectTimeout
+                | Self::Handshake(_)
+                | Self::TransportNotImplemented(_)
+        )
+    }
+
+    /// Whether the upstream certainly did not process the request, so a retry is safe for any
+    /// method (`connect-failure`, `refused-stream`).
+    pub fn is_unprocessed(&self) -> bool {
+        self.is_connect_failure() || matches!(self, Self::RefusedStream(_))
     }
 }
 

@@ -110,7 +110,11 @@ impl Http2Pool {
                     _ => {
                         let error = error.into_error();
                         tracing::debug!(upstream.addr = %self.inner.addr, %error, "upstream stream failed");
-                        return Err(UpstreamError::Reset(error.to_string()));
+                        return Err(if refused(&error) {
+                            UpstreamError::RefusedStream(error.to_string())
+                        } else {
+                            UpstreamError::Reset(error.to_string())
+                        });
                     }
                 },
             }
@@ -268,6 +272,22 @@ impl Inner {
             runtime.spawn(reap_idle(Arc::downgrade(self), timeout));
         }
     }
+}
+
+/// Whether the peer refused the stream before processing it (REFUSED_STREAM reset, or a
+/// GOAWAY that did not cover it).
+fn refused(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away()
+                    && h2.is_remote()
+                    && h2.reason() == Some(h2::Reason::NO_ERROR));
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Closes connections without streams once they have been idle for `timeout`: one task per

@@ -482,3 +482,22 @@ async fn http2_response_trailers_are_preserved() {
     assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
     assert_eq!(&collected.to_bytes()[..], b"msg");
 }
+
+#[tokio::test]
+async fn http2_refused_stream_is_retriable() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut conn = h2::server::handshake(stream).await.unwrap();
+        while let Some(Ok((_req, mut respond))) = conn.accept().await {
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+        }
+    });
+    let (host, _) = host(addr, h2_settings());
+    let err = host.send(get("/")).await.unwrap_err();
+    assert!(matches!(err, UpstreamError::RefusedStream(_)), "{err}");
+    assert!(err.is_unprocessed());
+    assert!(!err.is_connect_failure());
+    assert_eq!(err.response_flag(), ResponseFlag::UpstreamRemoteReset);
+}
