@@ -377,21 +377,12 @@ async fn dns_refresh(
         // The previous version's hosts are offered once, to the first resolution.
         cluster.apply(&la, &resolved, &std::mem::take(&mut donors));
         drop(cluster);
-        let mut wait = if failed {
-            failures = failures.saturating_add(1);
-            match dns.failure_refresh {
-                Some((base, max)) => base
-                    .saturating_mul(1 << failures.min(16).saturating_sub(1))
-                    .min(max),
-                None => dns.refresh_rate,
-            }
+        failures = if failed {
+            failures.saturating_add(1)
         } else {
-            failures = 0;
-            match ttl {
-                Some(ttl) if dns.respect_dns_ttl && !ttl.is_zero() => ttl,
-                _ => dns.refresh_rate,
-            }
+            0
         };
+        let mut wait = dns.next_refresh(failures, ttl);
         if let Some(jitter) = dns.jitter.filter(|j| !j.is_zero()) {
             wait += jitter.mul_f64(rand::rng().random::<f64>());
         }
