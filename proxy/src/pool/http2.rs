@@ -56,6 +56,9 @@ struct Conn {
 struct StreamSlot {
     pool: Weak<Inner>,
     id: u64,
+    /// Keeps the connection open for this stream even if the pool (its host, its cluster) is
+    /// dropped meanwhile: a removed endpoint drains instead of cutting the response.
+    _connection: SendRequest<Body>,
 }
 
 impl Drop for StreamSlot {
@@ -187,6 +190,7 @@ impl Inner {
             StreamSlot {
                 pool: Arc::downgrade(self),
                 id: conn.id,
+                _connection: conn.sender.clone(),
             },
         ))
     }
@@ -235,13 +239,12 @@ impl Inner {
         };
         // Listed even when it may take no more streams, so `finish_stream` finds it.
         self.lock_conns().push(conn);
-        Ok((
-            sender,
-            StreamSlot {
-                pool: Arc::downgrade(self),
-                id,
-            },
-        ))
+        let slot = StreamSlot {
+            pool: Arc::downgrade(self),
+            id,
+            _connection: sender.clone(),
+        };
+        Ok((sender, slot))
     }
 
     /// A stream ended: free its slot, drop a connection that has served its maximum, and arm the

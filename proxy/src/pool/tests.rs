@@ -501,3 +501,27 @@ async fn http2_refused_stream_is_retriable() {
     assert!(!err.is_connect_failure());
     assert_eq!(err.response_flag(), ResponseFlag::UpstreamRemoteReset);
 }
+
+#[tokio::test]
+async fn http2_streams_finish_after_their_host_is_dropped() {
+    let up = upstream(true, 2).await;
+    let (host, _) = host(up.addr, h2_settings());
+    let host = Arc::new(host);
+    let first = tokio::spawn({
+        let host = host.clone();
+        async move {
+            let resp = host.send(get("/wait")).await.unwrap();
+            drop(host);
+            body(resp).await
+        }
+    });
+    eventually(|| host.active_requests() == 1).await;
+    drop(host);
+    // Release the first stream with a second request from an unrelated host.
+    let (other, _) = self::host(up.addr, h2_settings());
+    assert_eq!(
+        body(other.send(get("/wait")).await.unwrap()).await,
+        "HTTP/2.0 /wait"
+    );
+    assert_eq!(first.await.unwrap(), "HTTP/2.0 /wait");
+}
