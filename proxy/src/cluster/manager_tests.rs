@@ -265,6 +265,41 @@ async fn original_dst_hosts_are_cleaned_up_when_unused() {
     assert_eq!(cluster.stats().membership_total.get(), 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn dns_clusters_re_resolve_at_the_refresh_rate() {
+    let manager = ClusterManager::default();
+    let config = cluster(
+        r#"
+name: refresh
+type: STRICT_DNS
+dns_refresh_rate: 2s
+dns_lookup_family: V4_ONLY
+load_assignment:
+  cluster_name: refresh
+  endpoints:
+  - lb_endpoints:
+    - endpoint: { address: { socket_address: { address: localhost, port_value: 9 } } }
+"#,
+    );
+    let set = manager.update(&configs(&[config]), &BTreeMap::new());
+    let cluster = set.get("refresh").unwrap().clone();
+    cluster.warmed().await;
+    let host = cluster.hosts()[0].clone();
+    let updates = cluster.stats().update_success.get();
+    for round in 1..=3 {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        for _ in 0..50 {
+            if cluster.stats().update_success.get() >= updates + round {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(cluster.stats().update_success.get() >= updates + round);
+    }
+    // The same address again: the host (and its pool) is kept.
+    assert!(Arc::ptr_eq(&host, &cluster.hosts()[0]));
+}
+
 #[tokio::test]
 async fn logical_dns_cluster_has_one_host() {
     let manager = ClusterManager::default();
