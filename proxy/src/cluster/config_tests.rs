@@ -319,3 +319,15 @@ fn error_names_cluster_and_field() {
         "cluster reviews: lb_subset_config: not implemented"
     );
 }
+
+#[test]
+fn out_of_range_durations_from_the_wire_are_refused() {
+    // JSON parsing already bounds durations; binary xDS does not.
+    let mut proto: ProtoCluster = xds_proto::json::from_yaml_str("name: a").unwrap();
+    proto.connect_timeout = Some(xds_proto::google::protobuf::Duration {
+        seconds: i64::MAX,
+        nanos: 0,
+    });
+    let err = ClusterConfig::try_from(&proto).unwrap_err();
+    assert_eq!(err.field, "connect_timeout");
+}
