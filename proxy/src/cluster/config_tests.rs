@@ -264,6 +264,14 @@ fn unsupported_fields_are_refused_by_name() {
         ),
         ("name: a\nconnect_timeout: -1s", "connect_timeout"),
         (
+            "name: a\nhttp2_protocol_options: { initial_connection_window_size: 4294967295 }",
+            "http2_protocol_options.initial_connection_window_size",
+        ),
+        (
+            "name: a\nhttp2_protocol_options: { initial_stream_window_size: 10 }",
+            "http2_protocol_options.initial_stream_window_size",
+        ),
+        (
             "name: a\ntype: STATIC\neds_cluster_config: {}",
             "eds_cluster_config",
         ),
