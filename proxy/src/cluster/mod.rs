@@ -10,6 +10,17 @@
 //! [`priority`] (Envoy's priority/health/panic arithmetic), [`runtime`] (a live cluster),
 //! [`manager`] (reconciliation across snapshots), [`dns`] (STRICT_DNS and LOGICAL_DNS) and
 //! [`status`] (what admin `/clusters` prints).
+//!
+//! The router's side of the contract: `Cluster::select_host(&LbContext)` (`None` is 503 UH),
+//! `Host::send` (errors carry their response flag and whether a retry is safe), and
+//! `Cluster::record_response(status)` once per request, which feeds `upstream_rq_<class>xx`.
+//!
+//! Accepted but not enforced yet (seams for the resilience work): `circuit_breakers`,
+//! `outlier_detection` (a host's ejection state will live on [`Host`], which survives EDS
+//! updates), and upstream TLS (endpoints matched to a TLS transport socket fail at send with
+//! [`UpstreamError::TransportNotImplemented`]). Accepted and ignored because they only tune
+//! Envoy internals: `per_connection_buffer_limit_bytes`, `stats_matcher`,
+//! `track_cluster_stats`, `common_lb_config.update_merge_window`, HPACK and frame-flood limits.
 
 use std::net::SocketAddr;
 
