@@ -19,12 +19,19 @@ use tokio::net::TcpStream;
 const HCM: &str = "'@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER: &str = "http_filters: [{ name: envoy.filters.http.router, typed_config: { '@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }]";
 
+/// A static cluster that speaks the downstream's protocol upstream, as Istio configures
+/// outbound clusters (`use_downstream_protocol_config`); without it Envoy, and Ferry, talk
+/// HTTP/1.1 to the upstream whatever the client spoke.
 fn cluster(name: &str, addr: SocketAddr) -> String {
     format!(
         r#"
   - name: "{name}"
     type: STATIC
     connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        use_downstream_protocol_config: {{}}
     load_assignment:
       cluster_name: "{name}"
       endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}] }}]"#,
