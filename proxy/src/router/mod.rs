@@ -74,14 +74,15 @@ pub fn rewrite_path(
     matched_prefix: Option<&str>,
     path_and_query: &str,
 ) -> String {
-    if let (Some(new), Some(old)) = (&forward.prefix_rewrite, matched_prefix) {
-        if path_and_query.len() >= old.len() && path_and_query.is_char_boundary(old.len()) {
-            let mut rewritten = format!("{new}{}", &path_and_query[old.len()..]);
-            if !rewritten.starts_with('/') {
-                rewritten.insert(0, '/');
-            }
-            return rewritten;
+    if let (Some(new), Some(old)) = (&forward.prefix_rewrite, matched_prefix)
+        && path_and_query.len() >= old.len()
+        && path_and_query.is_char_boundary(old.len())
+    {
+        let mut rewritten = format!("{new}{}", &path_and_query[old.len()..]);
+        if !rewritten.starts_with('/') {
+            rewritten.insert(0, '/');
         }
+        return rewritten;
     }
     if let Some((regex, substitution)) = &forward.regex_rewrite {
         let (path, query) = match path_and_query.split_once('?') {
