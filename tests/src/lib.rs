@@ -7,7 +7,9 @@
 //! - [`net`]: free ports and a one-request-per-connection HTTP/1.1 and h2c client.
 //! - [`poll`]: waiting for a condition with a safety-net deadline.
 //! - [`upstream`]: echo, gRPC-like, upgrade and TCP upstream servers for proxy tests.
+//! - [`ads`]: a scriptable ADS server (SotW and delta) that records what clients send.
 
+pub mod ads;
 pub mod envoy;
 pub mod net;
 pub mod poll;

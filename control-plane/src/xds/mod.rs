@@ -63,8 +63,8 @@ where
     }
 }
 
-/// The translator as a [`Generator`]: not wired yet, so it refuses with a clear error rather
-/// than serving an empty config that would look like a working mesh.
+/// The translator as a [`Generator`]: [`crate::translate::generate`]. Rules it refuses are
+/// logged by the translator and left out; the rest of the proxy's config is served.
 #[derive(Debug, Clone, Default)]
 pub struct TranslateGenerator {
     /// Local mode: listeners bind to the proxy's own loopback address.
@@ -72,11 +72,16 @@ pub struct TranslateGenerator {
 }
 
 impl Generator for TranslateGenerator {
-    fn generate(&self, _model: &Model, proxy: &ProxyNode) -> Result<Resources, GenerateError> {
-        Err(GenerateError {
-            proxy: proxy.id.clone(),
-            reason: "not implemented: the translator (translate::generate) is not merged yet"
-                .into(),
+    fn generate(&self, model: &Model, proxy: &ProxyNode) -> Result<Resources, GenerateError> {
+        let options = crate::translate::Options {
+            local_mode: self.local_mode,
+        };
+        let generated = crate::translate::generate(model, proxy, &options);
+        Ok(Resources {
+            listeners: generated.listeners,
+            routes: generated.routes,
+            clusters: generated.clusters,
+            endpoints: generated.endpoints,
         })
     }
 }
