@@ -184,7 +184,8 @@ pub async fn start(bootstrap: &Bootstrap) -> Result<Running, StartError> {
     let admin_address = crate::admin::address(bootstrap)?;
     let stats = Arc::new(Store::default());
     let store = Arc::new(ConfigStore::new(ClusterManager::new(stats.clone())));
-    let (tracker, client) = crate::xds::start(Arc::new(bootstrap.clone()), store.clone(), stats.clone())?;
+    let (tracker, client) =
+        crate::xds::start(Arc::new(bootstrap.clone()), store.clone(), stats.clone())?;
     let lifecycle = Lifecycle::new();
     let listeners = ListenerManager::new(store.clone(), stats.clone());
     listeners.reconcile().await;

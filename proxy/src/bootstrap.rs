@@ -11,13 +11,6 @@ use std::path::Path;
 use serde_json::json;
 use xds_proto::envoy::config::bootstrap::v3::Bootstrap;
 
-<<<<<<< HEAD
-=======
-use crate::cluster::ClusterConfig;
-use crate::listener::Listener;
-use crate::snapshot::Resources;
-
->>>>>>> main
 /// Why a bootstrap cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
@@ -154,47 +147,6 @@ pub fn sidecar(identity: &SidecarIdentity) -> Result<Bootstrap, BootstrapError> 
     Ok(xds_proto::json::from_value(value)?)
 }
 
-<<<<<<< HEAD
-=======
-/// Validates the bootstrap's `static_resources` into [`Resources`]; any refusal names the
-/// resource and field.
-pub fn static_resources(bootstrap: &Bootstrap) -> Result<Resources, BootstrapError> {
-    let mut resources = Resources::default();
-    let Some(statics) = &bootstrap.static_resources else {
-        return Ok(resources);
-    };
-    if !statics.secrets.is_empty() {
-        return Err(BootstrapError::Unsupported {
-            field: "static_resources.secrets".into(),
-            reason: "static secrets are not implemented".into(),
-        });
-    }
-    for (index, pb) in statics.listeners.iter().enumerate() {
-        let listener = Listener::try_from(pb).map_err(|e| BootstrapError::Static {
-            kind: "listeners",
-            index,
-            reason: e.to_string(),
-        })?;
-        resources
-            .listeners
-            .insert(listener.name.clone(), Arc::new(listener));
-    }
-    for (index, pb) in statics.clusters.iter().enumerate() {
-        let cluster = ClusterConfig::try_from(pb).map_err(|e| BootstrapError::Static {
-            kind: "clusters",
-            index,
-            reason: e.to_string(),
-        })?;
-        // The inline `load_assignment` is validated and kept by `ClusterConfig` itself (with
-        // hostnames allowed for DNS clusters); `load_assignments` holds EDS resources only.
-        resources
-            .clusters
-            .insert(cluster.name.clone(), Arc::new(cluster));
-    }
-    Ok(resources)
-}
-
->>>>>>> main
 /// Worker threads: `requested`, else the container's CPU limit, else the host's parallelism.
 pub fn concurrency(requested: Option<usize>) -> usize {
     if let Some(n) = requested.filter(|n| *n > 0) {
