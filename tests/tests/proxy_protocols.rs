@@ -85,8 +85,8 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let echo = Upstream::echo("echo").await.unwrap();
-    let tcp = Upstream::tcp_echo("tcp").await.unwrap();
+    let echo = Upstream::echo("echo").await.expect("echo upstream");
+    let tcp = Upstream::tcp_echo("tcp").await.expect("tcp upstream");
     let proxy = start(echo.addr, tcp.addr).await;
     Fixture {
         proxy,
