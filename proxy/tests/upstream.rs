@@ -1,6 +1,9 @@
 //! The upstream side end to end: the real proxy (static bootstrap, listener, router) in front of
 //! real HTTP/1.1 and HTTP/2 servers on loopback, through STATIC and STRICT_DNS clusters.
 
+// Test helpers fail the test by panicking.
+#![allow(clippy::unwrap_used)]
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -7,6 +7,8 @@
 //!   trailers (gRPC unary and streaming without a gRPC stack). An HTTP/1.1 `Upgrade` request is
 //!   switched (`101`) and the upgraded bytes echoed back (WebSocket-style pass-through).
 //! - [`Upstream::tcp_echo`]: a TCP echo server.
+//! - [`Upstream::gated`]: an HTTP server whose answers wait until its [`Gate`] opens, so a test
+//!   can hold requests in flight without timing assumptions.
 //!
 //! Servers stop when the [`Upstream`] is dropped.
 
@@ -100,6 +102,68 @@ impl Upstream {
             name: name.to_owned(),
             task,
         })
+    }
+}
+
+/// Holds a gated upstream's answers until opened; counts requests that arrived.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    open: tokio::sync::watch::Sender<bool>,
+    arrived: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Gate {
+    /// Lets every held and future request through.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// How many requests reached the upstream.
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Upstream {
+    /// Starts an HTTP server that answers 200 `released` only once the returned gate opens.
+    pub async fn gated(name: &str) -> std::io::Result<(Self, Gate)> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let gate = Gate {
+            open: tokio::sync::watch::Sender::new(false),
+            arrived: Default::default(),
+        };
+        let server_gate = gate.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let gate = server_gate.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req| {
+                        let gate = gate.clone();
+                        async move {
+                            gate.arrived
+                                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let _ = gate.open.subscribe().wait_for(|open| *open).await;
+                            Ok::<_, Infallible>(Response::new(full("released")))
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok((
+            Self {
+                addr,
+                name: name.to_owned(),
+                task,
+            },
+            gate,
+        ))
     }
 }
 

@@ -19,12 +19,20 @@ use tokio::net::TcpStream;
 const HCM: &str = "'@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER: &str = "http_filters: [{ name: envoy.filters.http.router, typed_config: { '@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }]";
 
-fn cluster(name: &str, addr: SocketAddr) -> String {
+/// A STATIC cluster; `protocol` is extra cluster YAML (e.g. upstream HTTP protocol options).
+/// Upstream HTTP/1.1 or HTTP/2 as downstream spoke (Envoy's default upstream is HTTP/1.1).
+const USE_DOWNSTREAM: &str = r#"
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        '@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        use_downstream_protocol_config: { http_protocol_options: {}, http2_protocol_options: {} }"#;
+
+fn cluster(name: &str, addr: SocketAddr, protocol: &str) -> String {
     format!(
         r#"
   - name: "{name}"
     type: STATIC
-    connect_timeout: 1s
+    connect_timeout: 1s{protocol}
     load_assignment:
       cluster_name: "{name}"
       endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}] }}]"#,
@@ -64,10 +72,10 @@ static_resources:
     - filters: [{{ name: envoy.filters.network.tcp_proxy, typed_config: {{ '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: tcp, cluster: tcp }} }}]
   clusters: {}
 "#,
-        cluster("echo", echo) + &cluster("tcp", tcp)
+        cluster("echo", echo, USE_DOWNSTREAM) + &cluster("tcp", tcp, "")
     );
     let bootstrap = xds_proto::json::from_yaml_str(&yaml).expect("bootstrap parses");
-    app::start(bootstrap).await.expect("proxy starts")
+    app::start(&bootstrap).await.expect("proxy starts")
 }
 
 struct Fixture {
@@ -77,8 +85,8 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let echo = Upstream::echo("echo").await.unwrap();
-    let tcp = Upstream::tcp_echo("tcp").await.unwrap();
+    let echo = Upstream::echo("echo").await.expect("echo upstream");
+    let tcp = Upstream::tcp_echo("tcp").await.expect("tcp upstream");
     let proxy = start(echo.addr, tcp.addr).await;
     Fixture {
         proxy,

@@ -59,7 +59,7 @@ static_resources:
 
 async fn start(yaml: &str) -> Running {
     let bootstrap = xds_proto::json::from_yaml_str(yaml).expect("bootstrap parses");
-    app::start(bootstrap).await.expect("proxy starts")
+    app::start(&bootstrap).await.expect("proxy starts")
 }
 
 async fn get(proxy: SocketAddr, authority: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
@@ -188,6 +188,10 @@ async fn matching_rewrites_and_request_ids() {
     assert!(generated["headers"].get("x-envoy-retry-on").is_none());
     let kept = echoed(&get(addr, "main.test", "/x", &[("x-request-id", "abc")]).await);
     assert_eq!(kept["headers"]["x-request-id"], "abc");
+
+    let counters: BTreeMap<String, u64> = proxy.stats.counters().into_iter().collect();
+    let b_2xx = counters.get("cluster.b.upstream_rq_2xx").copied();
+    assert_eq!(b_2xx, Some(2), "{counters:?}");
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@
 
 pub mod config;
 mod local_reply;
+pub mod path;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -206,11 +207,17 @@ async fn route_request(
     body: Incoming,
 ) -> Response<Body> {
     let authority = authority(&parts).to_owned();
-    let path_and_query = parts
+    let mut path_and_query = parts
         .uri
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
+    if hcm.normalize_path {
+        match path::normalize(&path_and_query) {
+            Some(normalized) => path_and_query = normalized,
+            None => return local_reply(StatusCode::BAD_REQUEST, "", None),
+        }
+    }
     let head = RequestHead {
         method: &parts.method,
         scheme: "http",

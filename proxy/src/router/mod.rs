@@ -210,6 +210,7 @@ pub async fn forward(
                     timeout_ms = timeout.as_millis() as u64,
                     "upstream request timeout"
                 );
+                cluster.record_response(StatusCode::GATEWAY_TIMEOUT);
                 return local_reply(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream request timeout",
@@ -241,9 +242,11 @@ pub async fn forward(
                     .headers_mut()
                     .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
             }
+            cluster.record_response(reply.status());
             return reply;
         }
     };
+    cluster.record_response(response.status());
     tracing::debug!(status = response.status().as_u16(), "upstream response");
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(downstream_upgrade) = on_upgrade {
