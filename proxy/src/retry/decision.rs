@@ -53,7 +53,11 @@ impl From<&UpstreamError> for FailureKind {
         match e {
             UpstreamError::Overflow => Self::Overflow,
             UpstreamError::Reset(_) => Self::Reset,
-            _ => Self::ConnectFailure,
+            UpstreamError::RefusedStream(_) => Self::RefusedStream,
+            UpstreamError::ConnectFailure(_)
+            | UpstreamError::ConnectTimeout
+            | UpstreamError::Handshake(_)
+            | UpstreamError::TransportNotImplemented(_) => Self::ConnectFailure,
         }
     }
 }

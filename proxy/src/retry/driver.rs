@@ -55,6 +55,9 @@ pub fn failure_reply(error: &UpstreamError) -> Response<Body> {
         ResponseFlag::UpstreamConnectionFailure => {
             "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
         }
+        ResponseFlag::UpstreamRemoteReset => {
+            "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset"
+        }
         _ => {
             "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
         }
@@ -65,7 +68,7 @@ pub fn failure_reply(error: &UpstreamError) -> Response<Body> {
 fn outlier_outcome(error: &UpstreamError) -> Option<outlier::Outcome> {
     match error {
         UpstreamError::Overflow | UpstreamError::TransportNotImplemented(_) => None,
-        UpstreamError::Reset(_) => Some(outlier::Outcome::Reset),
+        UpstreamError::Reset(_) | UpstreamError::RefusedStream(_) => Some(outlier::Outcome::Reset),
         UpstreamError::ConnectFailure(_)
         | UpstreamError::ConnectTimeout
         | UpstreamError::Handshake(_) => Some(outlier::Outcome::ConnectFailed),
