@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use rand::Rng;
 use tokio::time::Instant;
 
@@ -59,6 +60,9 @@ struct State {
 pub struct Detector {
     config: OutlierDetection,
     state: Mutex<State>,
+    /// The ejected hosts, sorted, republished on every change so host selection reads them
+    /// without taking the lock.
+    ejected: ArcSwap<Vec<SocketAddr>>,
 }
 
 fn roll(percent: u32) -> bool {
@@ -75,6 +79,7 @@ impl Detector {
         let detector = Self {
             config,
             state: Mutex::new(State::default()),
+            ejected: ArcSwap::from_pointee(Vec::new()),
         };
         detector.update_hosts(hosts);
         detector
@@ -85,6 +90,53 @@ impl Detector {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         }
+    }
+
+    fn publish(&self, state: &State) {
+        let mut v: Vec<SocketAddr> = state
+            .hosts
+            .iter()
+            .filter(|(_, h)| h.ejected_at.is_some())
+            .map(|(a, _)| *a)
+            .collect();
+        v.sort();
+        self.ejected.store(Arc::new(v));
+    }
+
+    /// The ejected hosts (sorted), lock-free: what host selection avoids.
+    pub fn ejected(&self) -> Arc<Vec<SocketAddr>> {
+        self.ejected.load_full()
+    }
+
+    /// The hosts selection should avoid: the ejected ones, unless too few would remain. Like
+    /// Envoy's healthy panic threshold, when fewer than `panic_threshold` percent of the hosts
+    /// are not ejected, ejection is ignored and load is balanced over all hosts (None).
+    /// (Approximation: EDS health is not counted here; the host set applies its own panic
+    /// arithmetic to EDS-unhealthy hosts.)
+    pub fn avoid(&self, panic_threshold: f64) -> Option<Arc<Vec<SocketAddr>>> {
+        let ejected = self.ejected();
+        if ejected.is_empty() {
+            return None;
+        }
+        let total = self.host_count();
+        if total == 0 {
+            return None;
+        }
+        let healthy = total.saturating_sub(ejected.len()) as f64 * 100.0 / total as f64;
+        if healthy < panic_threshold {
+            tracing::debug!(
+                ejected = ejected.len(),
+                total,
+                "outlier panic: balancing over all hosts"
+            );
+            return None;
+        }
+        Some(ejected)
+    }
+
+    /// How many hosts the detector tracks.
+    pub fn host_count(&self) -> usize {
+        self.lock().hosts.len()
     }
 
     /// Applies an EDS update: hosts that remain keep their state (ejection included), new hosts
@@ -98,6 +150,7 @@ impl Detector {
         }
         state.ejected = next.values().filter(|h| h.ejected_at.is_some()).count();
         state.hosts = next;
+        self.publish(&state);
     }
 
     /// Whether `host` is ejected (the load balancer treats it as unhealthy).
@@ -110,15 +163,7 @@ impl Detector {
 
     /// The ejected hosts.
     pub fn ejected_hosts(&self) -> Vec<SocketAddr> {
-        let state = self.lock();
-        let mut v: Vec<_> = state
-            .hosts
-            .iter()
-            .filter(|(_, h)| h.ejected_at.is_some())
-            .map(|(a, _)| *a)
-            .collect();
-        v.sort();
-        v
+        self.ejected().to_vec()
     }
 
     /// How many times `host` has been ejected since it appeared.
@@ -228,6 +273,7 @@ impl Detector {
         }
         let duration = self.ejection_time(h.multiplier);
         state.ejected += 1;
+        self.publish(state);
         tracing::info!(host = %host, ?reason, ejection_ms = duration.as_millis() as u64, "outlier ejected");
     }
 
@@ -264,6 +310,9 @@ impl Detector {
             }
         }
         state.ejected -= returned;
+        if returned > 0 {
+            self.publish(&state);
+        }
 
         let mut addrs: Vec<SocketAddr> = state.hosts.keys().copied().collect();
         addrs.sort();

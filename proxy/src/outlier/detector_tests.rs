@@ -255,3 +255,27 @@ async fn timer_runs_the_sweep_and_stops_with_the_detector() {
     tokio::time::sleep(Duration::from_secs(11)).await;
     assert!(timer.is_finished());
 }
+
+#[tokio::test(start_paused = true)]
+async fn panic_threshold_stops_avoiding_ejected_hosts() {
+    let hs = hosts(3);
+    let d = Detector::new(
+        config(|c| c.max_ejection_percent = Some(u(100))),
+        hs.clone(),
+    );
+    assert_eq!(d.avoid(50.0), None, "nothing ejected");
+    fail(&d, hs[0], 5);
+    assert_eq!(
+        d.avoid(50.0).as_deref(),
+        Some(&vec![hs[0]]),
+        "2 of 3 healthy: 67% >= 50%"
+    );
+    fail(&d, hs[1], 5);
+    assert_eq!(d.ejected_hosts(), vec![hs[0], hs[1]]);
+    assert_eq!(
+        d.avoid(50.0),
+        None,
+        "1 of 3 healthy: panic, balance over all"
+    );
+    assert!(d.avoid(0.0).is_some(), "a zero threshold never panics");
+}
