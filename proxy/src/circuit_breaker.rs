@@ -7,12 +7,16 @@
 //! ([`overflow_reply`]). Retries are admitted by the threshold's `retry_budget` when configured,
 //! else by `max_retries` plus Ferry's default [`RatioBudget`] (see [`crate::retry::budget`]).
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
+use http_body::{Frame, SizeHint};
 
-use crate::body::Body;
+use crate::body::{Body, BoxError};
 use crate::cluster::{CircuitBreakers, Thresholds, UpstreamError};
 use crate::error::ResponseFlag;
 use crate::http_connection_manager::local_reply;
@@ -137,6 +141,43 @@ impl Drop for Guard {
     fn drop(&mut self) {
         self.breaker.counts[self.resource as usize].fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// A body that holds a [`Guard`] until it is fully read or dropped, so an active request counts
+/// against `max_requests` for as long as its response streams, as in Envoy.
+struct GuardedBody {
+    inner: Body,
+    _guard: Guard,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Ties `guard` to `response`'s body: the unit is returned when the body ends or is dropped.
+pub fn hold_until_body_ends(response: Response<Body>, guard: Guard) -> Response<Body> {
+    response.map(|inner| {
+        http_body_util::BodyExt::boxed(GuardedBody {
+            inner,
+            _guard: guard,
+        })
+    })
 }
 
 /// A cluster's breakers for the DEFAULT and HIGH routing priorities.
@@ -277,6 +318,23 @@ mod tests {
                 .is_ok()
         );
         assert_eq!(set.for_priority(true).limits, [1024, 1024, 1024, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_guard_held_by_a_body_is_released_when_the_body_ends() {
+        use http_body_util::BodyExt;
+        let cb = Arc::new(CircuitBreaker::new(&thresholds(1, 3)));
+        let guard = cb.try_acquire(Resource::Requests).expect("one");
+        let response = hold_until_body_ends(Response::new(crate::body::full("abc")), guard);
+        assert_eq!(cb.active(Resource::Requests), 1);
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(&bytes[..], b"abc");
+        assert_eq!(cb.active(Resource::Requests), 0);
     }
 
     #[test]

@@ -44,3 +44,21 @@ impl Outcome {
         !matches!(self, Self::Response(_))
     }
 }
+
+impl Outcome {
+    /// Classifies an upstream attempt's result; `None` for results that say nothing about the
+    /// host (circuit breaker overflow, a transport Ferry does not implement).
+    pub fn from_result(
+        result: Result<http::StatusCode, &crate::cluster::UpstreamError>,
+    ) -> Option<Self> {
+        use crate::cluster::UpstreamError as E;
+        match result {
+            Ok(status) => Some(Self::Response(status.as_u16())),
+            Err(E::Overflow | E::TransportNotImplemented(_)) => None,
+            Err(E::Reset(_) | E::RefusedStream(_)) => Some(Self::Reset),
+            Err(E::ConnectFailure(_) | E::ConnectTimeout | E::Handshake(_)) => {
+                Some(Self::ConnectFailed)
+            }
+        }
+    }
+}

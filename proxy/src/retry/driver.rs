@@ -66,13 +66,7 @@ pub fn failure_reply(error: &UpstreamError) -> Response<Body> {
 }
 
 fn outlier_outcome(error: &UpstreamError) -> Option<outlier::Outcome> {
-    match error {
-        UpstreamError::Overflow | UpstreamError::TransportNotImplemented(_) => None,
-        UpstreamError::Reset(_) | UpstreamError::RefusedStream(_) => Some(outlier::Outcome::Reset),
-        UpstreamError::ConnectFailure(_)
-        | UpstreamError::ConnectTimeout
-        | UpstreamError::Handshake(_) => Some(outlier::Outcome::ConnectFailed),
-    }
+    outlier::Outcome::from_result(Err(error))
 }
 
 /// Runs attempts until one is final. `send(attempt, excluded)` picks a host for attempt number
