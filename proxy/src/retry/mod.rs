@@ -11,11 +11,13 @@ pub mod budget;
 pub mod decision;
 pub mod driver;
 pub mod policy;
+pub mod replay;
 
 pub use backoff::Backoff;
 pub use budget::{RatioBudget, RetryBudget};
 pub use decision::{Decision, FailureKind, HeaderOverrides, Outcome, RetryState};
 pub use policy::{RetryOn, RetryPolicy};
+pub use replay::Replay;
 
 /// A `retry_policy` Ferry cannot accept; the route module attaches the route configuration name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
