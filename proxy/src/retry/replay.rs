@@ -49,7 +49,7 @@ impl Replay {
     }
 
     /// The body for the next attempt: a copy when buffered, the stream itself (once) otherwise.
-    pub fn next(&mut self) -> Body {
+    pub fn body_for_attempt(&mut self) -> Body {
         match self {
             Self::Buffered(bytes) => body::full(bytes.clone()),
             Self::Once(stream) => std::mem::replace(stream, body::empty()),
@@ -74,8 +74,8 @@ mod tests {
             .await
             .expect("ok");
         assert!(r.is_replayable());
-        assert_eq!(read(r.next()).await, "hello");
-        assert_eq!(read(r.next()).await, "hello");
+        assert_eq!(read(r.body_for_attempt()).await, "hello");
+        assert_eq!(read(r.body_for_attempt()).await, "hello");
     }
 
     #[tokio::test]
@@ -94,8 +94,8 @@ mod tests {
             .await
             .expect("ok");
         assert!(!r.is_replayable());
-        assert_eq!(read(r.next()).await, "hello");
-        assert_eq!(read(r.next()).await, "");
+        assert_eq!(read(r.body_for_attempt()).await, "hello");
+        assert_eq!(read(r.body_for_attempt()).await, "");
         let mut h = HeaderMap::new();
         h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         let r = Replay::prepare(&h, body::full("hello"), 1024)
