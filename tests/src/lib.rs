@@ -6,8 +6,8 @@
 //! - [`process`]: child processes with captured logs, killed on drop, logs printed on failure.
 //! - [`net`]: free ports and a one-request-per-connection HTTP/1.1 and h2c client.
 //! - [`poll`]: waiting for a condition with a safety-net deadline.
-//! - [`upstream`]: echo, gRPC-like, upgrade and TCP upstream servers for proxy tests.
 //! - [`ads`]: a scriptable ADS server (SotW and delta) that records what clients send.
+//! - [`upstream`]: echo, gRPC-like, upgrade and TCP upstream servers for proxy tests.
 
 pub mod ads;
 pub mod envoy;
