@@ -59,7 +59,7 @@ static_resources:
 
 async fn start(yaml: &str) -> Running {
     let bootstrap = xds_proto::json::from_yaml_str(yaml).expect("bootstrap parses");
-    app::start(&bootstrap).await.expect("proxy starts")
+    app::start(bootstrap).await.expect("proxy starts")
 }
 
 async fn get(proxy: SocketAddr, authority: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
