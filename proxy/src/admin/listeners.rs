@@ -15,9 +15,12 @@ use super::clusters::{address_string, socket_address};
 use crate::xds::Tracker;
 use crate::xds::resources::Kind;
 
+/// A lookup of a listener's bound address by name.
+pub type AddrLookup = dyn Fn(&str) -> Option<SocketAddr> + Send + Sync;
+
 /// Looks up the address a listener is bound to, by name (the listener manager knows).
 #[derive(Clone)]
-pub struct ListenerAddrs(pub Arc<dyn Fn(&str) -> Option<SocketAddr> + Send + Sync>);
+pub struct ListenerAddrs(pub Arc<AddrLookup>);
 
 impl std::fmt::Debug for ListenerAddrs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
