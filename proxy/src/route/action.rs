@@ -319,16 +319,16 @@ fn weighted(w: &route_pb::WeightedCluster, field: &str) -> Result<ClusterSpecifi
         });
     }
     #[allow(deprecated)]
-    if let Some(expected) = w.total_weight {
-        if u64::from(expected.value) != total {
-            return Err(Invalid::new(
-                format!("{field}.total_weight"),
-                format!(
-                    "total_weight {} differs from the sum of weights {total}",
-                    expected.value
-                ),
-            ));
-        }
+    if let Some(expected) = w.total_weight
+        && u64::from(expected.value) != total
+    {
+        return Err(Invalid::new(
+            format!("{field}.total_weight"),
+            format!(
+                "total_weight {} differs from the sum of weights {total}",
+                expected.value
+            ),
+        ));
     }
     if total == 0 {
         return Err(Invalid::new(
@@ -552,11 +552,11 @@ impl Redirect {
 
 /// Splits `host[:port]`, understanding `[v6]:port`.
 pub fn split_host_port(authority: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = authority.strip_prefix('[') {
-        if let Some((h, tail)) = rest.split_once(']') {
-            let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
-            return (&authority[..h.len() + 2], port);
-        }
+    if let Some(rest) = authority.strip_prefix('[')
+        && let Some((h, tail)) = rest.split_once(']')
+    {
+        let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
+        return (&authority[..h.len() + 2], port);
     }
     match authority.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => match p.parse() {

@@ -312,8 +312,8 @@ impl DomainIndex {
             }
         }
         // Longest wins; ties keep config order (stable sort).
-        index.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        index.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        index.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+        index.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         Ok(index)
     }
 

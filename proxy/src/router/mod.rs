@@ -74,14 +74,15 @@ pub fn rewrite_path(
     matched_prefix: Option<&str>,
     path_and_query: &str,
 ) -> String {
-    if let (Some(new), Some(old)) = (&forward.prefix_rewrite, matched_prefix) {
-        if path_and_query.len() >= old.len() && path_and_query.is_char_boundary(old.len()) {
-            let mut rewritten = format!("{new}{}", &path_and_query[old.len()..]);
-            if !rewritten.starts_with('/') {
-                rewritten.insert(0, '/');
-            }
-            return rewritten;
+    if let (Some(new), Some(old)) = (&forward.prefix_rewrite, matched_prefix)
+        && path_and_query.len() >= old.len()
+        && path_and_query.is_char_boundary(old.len())
+    {
+        let mut rewritten = format!("{new}{}", &path_and_query[old.len()..]);
+        if !rewritten.starts_with('/') {
+            rewritten.insert(0, '/');
         }
+        return rewritten;
     }
     if let Some((regex, substitution)) = &forward.regex_rewrite {
         let (path, query) = match path_and_query.split_once('?') {
@@ -209,6 +210,7 @@ pub async fn forward(
                     timeout_ms = timeout.as_millis() as u64,
                     "upstream request timeout"
                 );
+                cluster.record_response(StatusCode::GATEWAY_TIMEOUT);
                 return local_reply(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream request timeout",
@@ -240,9 +242,11 @@ pub async fn forward(
                     .headers_mut()
                     .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
             }
+            cluster.record_response(reply.status());
             return reply;
         }
     };
+    cluster.record_response(response.status());
     tracing::debug!(status = response.status().as_u16(), "upstream response");
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(downstream_upgrade) = on_upgrade {
