@@ -135,3 +135,203 @@ fn endpoints_from_selected_pods_when_no_endpoint_slice() {
         Some("bookinfo-productpage")
     );
 }
+
+#[test]
+fn rules_keep_their_identity_and_resolve_short_host_names() {
+    let model = mesh();
+    assert_eq!(model.virtual_services.len(), 2);
+    let ratings = &model.virtual_services[0];
+    assert_eq!(
+        (ratings.name.as_str(), ratings.namespace.as_str()),
+        ("ratings", "default")
+    );
+    assert_eq!(ratings.origin, "istio.yaml#2");
+    assert_eq!(ratings.spec.hosts, ["ratings.default.svc.cluster.local"]);
+    let http = &ratings.spec.http[0];
+    assert_eq!(
+        http.route[0].destination.host,
+        "ratings.default.svc.cluster.local"
+    );
+    assert_eq!(
+        http.mirror.as_ref().map(|m| m.host.as_str()),
+        Some("details.default.svc.cluster.local")
+    );
+    assert_eq!(
+        ratings.spec.tcp[0].route[0].destination.host,
+        "api.example.com"
+    );
+
+    let reviews = &model.virtual_services[1];
+    assert_eq!(reviews.spec.hosts, ["reviews.default.svc.cluster.local"]);
+    let hosts: Vec<&str> = reviews.spec.http[0]
+        .route
+        .iter()
+        .map(|r| r.destination.host.as_str())
+        .collect();
+    assert_eq!(hosts, ["reviews.default.svc.cluster.local"; 2]);
+    assert_eq!(model.destination_rules.len(), 1);
+    assert_eq!(
+        model.destination_rules[0].spec.host,
+        "reviews.default.svc.cluster.local"
+    );
+    assert_eq!(model.destination_rules[0].spec.subsets.len(), 3);
+    assert_eq!(model.sidecars.len(), 1);
+    assert_eq!(model.peer_authentications.len(), 1);
+    assert_eq!(model.authorization_policies.len(), 1);
+    assert_eq!(model.service_entries.len(), 3);
+    assert_eq!(model.workload_entries.len(), 1);
+}
+
+#[test]
+fn service_entry_with_dns_resolves_its_host() {
+    let model = mesh();
+    let api = service(&model, "api.example.com");
+    assert_eq!(api.resolution, Resolution::Dns);
+    assert!(api.mesh_external);
+    assert!(api.addresses.is_empty());
+    assert_eq!(api.ports[0].protocol, Protocol::Https);
+    assert_eq!(api.endpoints.len(), 1);
+    assert_eq!(api.endpoints[0].address, "api.example.com");
+    assert_eq!(api.endpoints[0].ports, ports(&[("https", 443)]));
+}
+
+#[test]
+fn static_service_entries_with_workload_entries_and_inline_endpoints() {
+    let model = mesh();
+    let db = service(&model, "db.legacy.internal");
+    assert_eq!(db.resolution, Resolution::Static);
+    assert!(!db.mesh_external);
+    assert_eq!(db.addresses, ["240.0.0.10".parse::<IpAddr>().unwrap()]);
+    assert_eq!(db.ports[0].protocol, Protocol::Tcp);
+    assert_eq!(db.endpoints.len(), 1, "{:#?}", db.endpoints);
+    let vm = endpoint(db, "10.1.0.5");
+    assert_eq!(vm.ports, ports(&[("tcp-postgres", 15432)]));
+    assert_eq!(vm.service_account.as_deref(), Some("legacy-db"));
+    assert_eq!(vm.locality, "us-east1/us-east1-c");
+    assert_eq!(vm.weight, 3);
+    assert_eq!(vm.labels["version"], "v9");
+
+    for host in ["payments.internal", "payments-backup.internal"] {
+        let payments = service(&model, host);
+        assert_eq!(payments.namespace, "default");
+        assert_eq!(payments.ports[0].target_port, Some(9443));
+        assert_eq!(
+            endpoint(payments, "10.2.0.1").ports,
+            ports(&[("http-pay", 9443)])
+        );
+        assert_eq!(
+            endpoint(payments, "10.2.0.2").ports,
+            ports(&[("http-pay", 9444)])
+        );
+        assert_eq!(endpoint(payments, "10.2.0.1").weight, 1);
+    }
+}
+
+#[test]
+fn a_refused_rule_is_reported_and_the_rest_is_kept() {
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+        metadata: {name: bad}\nspec: {hosts: [reviews], http: [{route: [{destination: {host: reviews, subset: nope}}]}]}\n\
+        ---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+        metadata: {name: reviews}\nspec: {host: reviews, circuitBreaker: {}}\n\
+        ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+        metadata: {name: good, namespace: prod}\n\
+        spec: {hosts: [reviews, reviews.default], tcp: [{route: [{destination: {host: reviews.default}}]}]}\n\
+        ---\napiVersion: v1\nkind: Service\nmetadata: {name: reviews}\nspec: {ports: [{port: 80}]}\n";
+    let (model, errors) = ferry_control::source::dir::model_from_yaml(yaml, "inline.yaml");
+    let fields: Vec<(&str, &str)> = errors
+        .iter()
+        .map(|e| (e.origin.as_str(), e.field.as_str()))
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(
+        fields.contains(&("inline.yaml#0", "spec.http[0].route[0].destination.subset")),
+        "{fields:?}"
+    );
+    assert!(
+        errors[1].to_string().contains("circuitBreaker"),
+        "{}",
+        errors[1]
+    );
+    assert_eq!(model.virtual_services.len(), 1);
+    assert_eq!(
+        model.virtual_services[0].spec.hosts,
+        [
+            "reviews.prod.svc.cluster.local",
+            "reviews.default.svc.cluster.local"
+        ]
+    );
+    let tcp = &model.virtual_services[0].spec.tcp[0];
+    assert_eq!(
+        tcp.route[0].destination.host,
+        "reviews.default.svc.cluster.local"
+    );
+    assert!(
+        model
+            .services
+            .contains_key("reviews.default.svc.cluster.local")
+    );
+}
+
+#[test]
+fn headless_external_name_and_broken_services() {
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: db}\n\
+        spec: {clusterIP: None, selector: {app: db}, ports: [{name: tcp, port: 5432}]}\n\
+        ---\napiVersion: v1\nkind: Service\nmetadata: {name: ext}\n\
+        spec: {type: ExternalName, externalName: example.com, ports: [{name: https, port: 443}]}\n\
+        ---\napiVersion: v1\nkind: Service\nmetadata: {name: badip}\nspec: {clusterIP: 10.0.0.300}\n\
+        ---\napiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec: {}\n";
+    let (model, errors) = ferry_control::source::dir::model_from_yaml(yaml, "k.yaml");
+    let db = service(&model, "db.default.svc.cluster.local");
+    assert_eq!(db.resolution, Resolution::Passthrough);
+    assert!(db.addresses.is_empty());
+    let ext = service(&model, "ext.default.svc.cluster.local");
+    assert_eq!(ext.resolution, Resolution::Dns);
+    assert!(ext.mesh_external);
+    assert_eq!(ext.endpoints[0].address, "example.com");
+    assert!(
+        !model
+            .services
+            .contains_key("badip.default.svc.cluster.local")
+    );
+    let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 2, "{reasons:#?}");
+    assert!(
+        reasons[0].starts_with("k.yaml#2 Service default/badip: spec.clusterIP:"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("duplicate object, already defined at k.yaml#0"),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn service_entry_hosts_do_not_override_services_and_cidrs_are_refused() {
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews}\nspec: {ports: [{port: 80}]}\n\
+        ---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: clash}\n\
+        spec: {hosts: [reviews.default.svc.cluster.local, other.example.com], resolution: DNS, \
+        ports: [{number: 80, name: http, protocol: HTTP}]}\n\
+        ---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: range}\n\
+        spec: {hosts: [range.example.com], addresses: [10.9.0.0/16], resolution: NONE, \
+        ports: [{number: 80, name: tcp, protocol: TCP}]}\n";
+    let (model, errors) = ferry_control::source::dir::model_from_yaml(yaml, "se.yaml");
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_eq!(
+        service(&model, "reviews.default.svc.cluster.local").name,
+        "reviews"
+    );
+    assert_eq!(
+        service(&model, "other.example.com").endpoints[0].address,
+        "other.example.com"
+    );
+    assert!(!model.services.contains_key("range.example.com"));
+    assert!(
+        errors.iter().any(|e| e.field == "spec.addresses[0]"),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.field == "spec.hosts" && e.reason.contains("already defined"))
+    );
+}

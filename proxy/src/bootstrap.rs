@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde_json::json;
 use xds_proto::envoy::config::bootstrap::v3::Bootstrap;
 
-use crate::cluster::{ClusterConfig, LoadAssignment};
+use crate::cluster::ClusterConfig;
 use crate::listener::Listener;
 use crate::snapshot::Resources;
 
@@ -191,16 +191,8 @@ pub fn static_resources(bootstrap: &Bootstrap) -> Result<Resources, BootstrapErr
             index,
             reason: e.to_string(),
         })?;
-        if let Some(cla) = &pb.load_assignment {
-            let assignment = LoadAssignment::try_from(cla).map_err(|e| BootstrapError::Static {
-                kind: "clusters",
-                index,
-                reason: e.to_string(),
-            })?;
-            resources
-                .load_assignments
-                .insert(pb.name.clone(), Arc::new(assignment));
-        }
+        // The inline `load_assignment` is validated and kept by `ClusterConfig` itself (with
+        // hostnames allowed for DNS clusters); `load_assignments` holds EDS resources only.
         resources
             .clusters
             .insert(cluster.name.clone(), Arc::new(cluster));

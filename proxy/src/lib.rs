@@ -14,6 +14,8 @@ pub mod cluster;
 pub mod error;
 pub mod http_connection_manager;
 pub mod listener;
+pub mod load_balancer;
+pub mod pool;
 pub mod route;
 pub mod router;
 pub mod snapshot;

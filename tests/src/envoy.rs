@@ -177,6 +177,11 @@ impl Envoy {
         self.process.log()
     }
 
+    /// Envoy's process id (for RSS and CPU measurements).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// The underlying process (pid, signals).
     pub fn process(&mut self) -> &mut Process {
         &mut self.process

@@ -6,7 +6,9 @@
 //! - [`process`]: child processes with captured logs, killed on drop, logs printed on failure.
 //! - [`net`]: free ports and a one-request-per-connection HTTP/1.1 and h2c client.
 //! - [`poll`]: waiting for a condition with a safety-net deadline.
+//! - [`ads`]: a scriptable ADS server (SotW and delta) that records what clients send.
 
+pub mod ads;
 pub mod envoy;
 pub mod net;
 pub mod poll;

@@ -193,11 +193,11 @@ fn to_http1(
     absolute_form: bool,
 ) -> Result<Request<Full<Bytes>>, ClientError> {
     let (mut parts, body) = request.into_parts();
-    if let Some(authority) = parts.uri.authority() {
-        if !parts.headers.contains_key(HOST) {
-            let host = HeaderValue::from_str(authority.as_str()).map_err(http::Error::from)?;
-            parts.headers.insert(HOST, host);
-        }
+    if let Some(authority) = parts.uri.authority()
+        && !parts.headers.contains_key(HOST)
+    {
+        let host = HeaderValue::from_str(authority.as_str()).map_err(http::Error::from)?;
+        parts.headers.insert(HOST, host);
     }
     if !absolute_form {
         let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());

@@ -5,8 +5,8 @@
 //! host, which redirect `Location`, which direct-response body, which status), so the Envoy half
 //! also checks the table itself; the ferry-proxy half holds ferry-proxy to the same table.
 //!
-//! The ferry-proxy half is not wired yet: it needs ferry-proxy to run a static bootstrap
-//! in-process and report its listener's bound port (proxy-core's `app`), which has not landed.
+//! ferry-proxy runs in-process (`ferry_proxy::app::start`) from the very text Envoy gets, and
+//! reports its listener's bound port like Envoy's `/listeners` does.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -294,6 +294,18 @@ async fn weighted_share(addr: SocketAddr, requests: u32) -> f64 {
     f64::from(a) / f64::from(requests)
 }
 
+/// Starts ferry-proxy in-process on `bootstrap`; returns it and its `ingress` listener's address.
+async fn start_ferry(bootstrap: &str) -> (ferry_proxy::app::Running, SocketAddr) {
+    let bootstrap = xds_proto::json::from_yaml_str(bootstrap).expect("the bootstrap parses");
+    let running = ferry_proxy::app::start(&bootstrap)
+        .await
+        .expect("ferry-proxy starts");
+    let addr = running
+        .listener_addr("ingress")
+        .expect("ferry-proxy binds listener ingress");
+    (running, addr)
+}
+
 #[tokio::test]
 async fn envoy_routes_the_table() {
     let upstreams = upstreams(ROUTING).await;
@@ -320,6 +332,67 @@ async fn envoy_splits_weighted_clusters() {
     };
     let addr = envoy.wait_listener("ingress").await;
     // 400 draws at p = 0.8: the standard deviation is 0.02, so 0.70..0.90 is five of them.
+    let share = weighted_share(addr, 400).await;
+    assert!(
+        (0.70..=0.90).contains(&share),
+        "a served {share:.3} of /weighted, expected ~0.8"
+    );
+}
+
+/// The cases a proxy answers without an upstream: no route, redirects, direct responses.
+fn local_cases() -> Vec<Case> {
+    routing_cases()
+        .into_iter()
+        .filter(|c| {
+            matches!(
+                c.expect,
+                Expect::Redirect { .. } | Expect::Direct { .. } | Expect::Status(404)
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn ferry_answers_locally_like_envoy() {
+    let upstreams = upstreams(ROUTING).await;
+    let (_ferry, addr) = start_ferry(&upstreams.bootstrap).await;
+    let cases = local_cases();
+    assert!(
+        cases.len() >= 10,
+        "the table has {} local cases",
+        cases.len()
+    );
+    let mut mismatches = run_table("ferry", addr, Protocol::Http1, &cases).await;
+    mismatches.extend(run_table("ferry", addr, Protocol::Http2, &cases).await);
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs proxy-upstream's clusters: the cluster stub answers every upstream request 503"]
+async fn ferry_routes_the_table_like_envoy() {
+    let upstreams = upstreams(ROUTING).await;
+    let (_ferry, addr) = start_ferry(&upstreams.bootstrap).await;
+    let cases = routing_cases();
+    let mut mismatches = run_table("ferry", addr, Protocol::Http1, &cases).await;
+    mismatches.extend(run_table("ferry", addr, Protocol::Http2, &cases).await);
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs proxy-upstream's clusters: the cluster stub answers every upstream request 503"]
+async fn ferry_splits_weighted_clusters_like_envoy() {
+    let upstreams = upstreams(ROUTING).await;
+    let (_ferry, addr) = start_ferry(&upstreams.bootstrap).await;
     let share = weighted_share(addr, 400).await;
     assert!(
         (0.70..=0.90).contains(&share),

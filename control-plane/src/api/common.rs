@@ -70,7 +70,7 @@ pub struct Duration(pub std::time::Duration);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DurationError {
     /// Not a Go duration string.
-    #[error("invalid duration {input:?}: {reason} (expected e.g. \"1.5s\", \"100ms\", \"1h\")")]
+    #[error("invalid duration {input:?}: {reason}; write e.g. \"1.5s\", \"100ms\" or \"1h\"")]
     Syntax {
         /// What was given.
         input: String,
@@ -181,9 +181,9 @@ impl fmt::Display for Duration {
         let nanos = d.subsec_nanos();
         if nanos == 0 {
             write!(f, "{}s", d.as_secs())
-        } else if d.as_nanos() % 1_000_000 == 0 {
+        } else if d.as_nanos().is_multiple_of(1_000_000) {
             write!(f, "{}ms", d.as_millis())
-        } else if d.as_nanos() % 1_000 == 0 {
+        } else if d.as_nanos().is_multiple_of(1_000) {
             write!(f, "{}us", d.as_micros())
         } else {
             write!(f, "{}ns", d.as_nanos())

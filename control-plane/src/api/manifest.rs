@@ -58,6 +58,9 @@ impl<S> Object<S> {
 }
 
 /// One parsed document of a manifest.
+// Istio specs stay unboxed so consumers can match and move them directly; documents are read
+// once at config time, never on a request path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Manifest {
     /// networking.istio.io VirtualService.
@@ -133,8 +136,10 @@ impl Manifest {
                 let ns = meta
                     .and_then(|m| m.namespace.as_deref())
                     .unwrap_or("default");
-                let name = meta.and_then(|m| m.name.as_deref()).unwrap_or_default();
-                format!("{ns}/{name}")
+                match meta.and_then(|m| m.name.as_deref()) {
+                    Some(name) if !name.is_empty() => format!("{ns}/{name}"),
+                    _ => "-".to_owned(),
+                }
             }
         }
     }

@@ -2,6 +2,7 @@
 //! `kubectl apply`, with the same parser and rules the control plane applies when serving.
 //! Prints one line per error, `FILE#DOC KIND NAMESPACE/NAME: FIELD: REASON`.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -76,15 +77,17 @@ fn read_error(path: &Path, e: &io::Error) -> ManifestError {
 }
 
 /// Reads, parses and validates the manifests under `paths`: the documents that pass and every
-/// error, in file order.
+/// error, in file and document order.
 pub fn load(paths: &[PathBuf]) -> (Vec<Document>, Vec<ManifestError>) {
     let mut docs = Vec::new();
-    let mut errors = Vec::new();
+    // Each error with the position of its document in reading order, to report in file order.
+    let mut errors: Vec<(usize, ManifestError)> = Vec::new();
+    let mut order: BTreeMap<String, usize> = BTreeMap::new();
     for file in manifest_files(paths) {
         let file = match file {
             Ok(f) => f,
             Err(e) => {
-                errors.push(e);
+                errors.push((order.len(), e));
                 continue;
             }
         };
@@ -92,17 +95,29 @@ pub fn load(paths: &[PathBuf]) -> (Vec<Document>, Vec<ManifestError>) {
             Ok(text) => {
                 for doc in parse_documents(&text, &file.display().to_string()) {
                     match doc {
-                        Ok(d) => docs.push(d),
-                        Err(e) => errors.push(e),
+                        Ok(d) => {
+                            order.insert(d.origin.clone(), order.len());
+                            docs.push(d);
+                        }
+                        Err(e) => {
+                            let seq = order.len();
+                            order.insert(e.origin.clone(), seq);
+                            errors.push((seq, e));
+                        }
                     }
                 }
             }
-            Err(e) => errors.push(read_error(&file, &e)),
+            Err(e) => errors.push((order.len(), read_error(&file, &e))),
         }
     }
     let (ok, invalid) = partition(docs);
-    errors.extend(invalid);
-    (ok, errors)
+    errors.extend(
+        invalid
+            .into_iter()
+            .map(|e| (order.get(&e.origin).copied().unwrap_or(usize::MAX), e)),
+    );
+    errors.sort_by_key(|(seq, _)| *seq);
+    (ok, errors.into_iter().map(|(_, e)| e).collect())
 }
 
 /// Runs `ferry-control validate`: prints each error to `out` and returns the summary; the

@@ -4,8 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use super::{Model, ModelError, Namespace, kubernetes};
-use crate::source::object::{Kind, Resource};
+use super::{Model, ModelError, Namespace, kubernetes, rules};
+use crate::api::Manifest;
+use crate::source::object::Kind;
 use crate::source::store::Store;
 
 /// Builds the model from every object in `store`. Objects that cannot be used are left out and
@@ -16,7 +17,7 @@ pub fn build(store: &Store) -> (Model, Vec<ModelError>) {
     let mut errors = Vec::new();
 
     for object in store.of_kind(Kind::Namespace) {
-        if let Resource::Namespace(ns) = &object.resource {
+        if let Manifest::Namespace(ns) = &object.manifest {
             let name = object.key.name.clone();
             let labels = ns.metadata.labels.clone().unwrap_or_default();
             model
@@ -25,11 +26,14 @@ pub fn build(store: &Store) -> (Model, Vec<ModelError>) {
         }
     }
 
+    let namespaces = known_namespaces(store);
+    rules::add_istio(store, &namespaces, &mut model, &mut errors);
+
     for object in store.of_kind(Kind::Service) {
-        let Resource::Service(svc) = &object.resource else {
+        let Manifest::Service(svc) = &object.manifest else {
             continue;
         };
-        match kubernetes::service(store, object, svc) {
+        match kubernetes::service(store, object, svc, &model.workload_entries) {
             Ok(service) => {
                 model.services.insert(service.hostname.clone(), service);
             }
@@ -37,8 +41,7 @@ pub fn build(store: &Store) -> (Model, Vec<ModelError>) {
         }
     }
 
-    let namespaces = known_namespaces(store);
-    super::rules::add_istio(store, &namespaces, &mut model, &mut errors);
+    rules::add_service_entries(store, &mut model, &mut errors);
 
     errors.sort();
     (model, errors)

@@ -11,8 +11,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::host::service_fqdn;
-use super::{Endpoint, ModelError, Protocol, Resolution, Service, ServicePort};
-use crate::source::object::{Kind, Object, ObjectKey, Resource};
+use super::service_entry::workload_endpoint;
+use super::{Config, Endpoint, ModelError, Protocol, Resolution, Service, ServicePort};
+use crate::api::{Manifest, WorkloadEntry};
+use crate::source::object::{Kind, Object, ObjectKey};
 use crate::source::store::Store;
 
 /// The label EndpointSlices carry naming their service.
@@ -23,6 +25,7 @@ pub(super) fn service(
     store: &Store,
     object: &Object,
     svc: &KubeService,
+    workload_entries: &[Config<WorkloadEntry>],
 ) -> Result<Service, ModelError> {
     let ObjectKey {
         namespace, name, ..
@@ -111,8 +114,8 @@ pub(super) fn service(
     let slices: Vec<&EndpointSlice> = store
         .of_kind(Kind::EndpointSlice)
         .filter(|o| &o.key.namespace == namespace)
-        .filter_map(|o| match &o.resource {
-            Resource::EndpointSlice(slice) => Some(slice.as_ref()),
+        .filter_map(|o| match &o.manifest {
+            Manifest::EndpointSlice(slice) => Some(slice.as_ref()),
             _ => None,
         })
         .filter(|slice| {
@@ -134,11 +137,27 @@ pub(super) fn service(
             None => Vec::new(),
         }
     };
+    // Istio lets a Kubernetes service select WorkloadEntries (VMs) like pods.
+    if let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) {
+        for we in workload_entries
+            .iter()
+            .filter(|we| &we.namespace == namespace)
+        {
+            let selected = selector
+                .iter()
+                .all(|(k, v)| we.spec.labels.get(k) == Some(v));
+            if let (true, Some(address)) = (selected, we.spec.address.clone()) {
+                service
+                    .endpoints
+                    .push(workload_endpoint(address, &we.spec, &service.ports));
+            }
+        }
+    }
     service.endpoints.sort_by(|a, b| a.address.cmp(&b.address));
     Ok(service)
 }
 
-fn endpoint_defaults() -> Endpoint {
+pub(super) fn endpoint_defaults() -> Endpoint {
     Endpoint {
         address: String::new(),
         ports: BTreeMap::new(),
@@ -230,8 +249,8 @@ fn pod_in_store(store: &Store, namespace: String, name: String) -> Option<&Pod> 
         namespace,
         name,
     };
-    match &store.get(&key)?.resource {
-        Resource::Pod(pod) => Some(pod),
+    match &store.get(&key)?.manifest {
+        Manifest::Pod(pod) => Some(pod),
         _ => None,
     }
 }
@@ -245,8 +264,8 @@ pub(super) fn pods_selected<'a>(
     store
         .of_kind(Kind::Pod)
         .filter(move |o| o.key.namespace == namespace)
-        .filter_map(|o| match &o.resource {
-            Resource::Pod(pod) => Some(pod.as_ref()),
+        .filter_map(|o| match &o.manifest {
+            Manifest::Pod(pod) => Some(pod.as_ref()),
             _ => None,
         })
         .filter(move |pod| {

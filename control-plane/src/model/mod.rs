@@ -9,6 +9,7 @@ mod kubernetes;
 mod protocol;
 pub mod proxy;
 mod rules;
+mod service_entry;
 
 pub use build::build;
 pub use error::ModelError;
@@ -145,4 +146,8 @@ pub struct Model {
     pub peer_authentications: Vec<Config<crate::api::PeerAuthentication>>,
     /// AuthorizationPolicies.
     pub authorization_policies: Vec<Config<crate::api::AuthorizationPolicy>>,
+    /// ServiceEntries as written (their hosts are also in `services`, with endpoints).
+    pub service_entries: Vec<Config<crate::api::ServiceEntry>>,
+    /// WorkloadEntries as written (they are also endpoints of the services selecting them).
+    pub workload_entries: Vec<Config<crate::api::WorkloadEntry>>,
 }

@@ -249,7 +249,7 @@ fn store_of(files: &BTreeMap<PathBuf, ParsedFile>) -> (Store, Vec<ModelError>) {
                         );
                         continue;
                     }
-                    store.apply(Event::Apply(object.as_ref().clone()));
+                    store.apply(Event::Apply(object.clone()));
                 }
                 Ok(Document::Ignored(message)) => debug!(%message, "document ignored"),
                 Err(err) => errors.push(err.clone()),

@@ -1,13 +1,14 @@
-//! Multi-document manifests (YAML or JSON, as users `kubectl apply` them) into store objects.
-//! Each document stands alone: a broken one is reported with its file and index and skipped,
-//! the others of the same file still apply (Istio's per-object semantics). Kinds Ferry does not
-//! read (Deployment, ConfigMap, ...) are ignored, not errors, so whole application manifests can
-//! live in the directory.
+//! Manifests into store objects, through the API's parser ([`crate::api::parse_documents`] for
+//! YAML files, [`crate::api::from_value`] for objects from the Kubernetes API), so both sources
+//! read objects exactly alike. Each document stands alone: a broken one is reported with its
+//! file and index and skipped, the others of the same file still apply (Istio's per-object
+//! semantics). Kinds Ferry does not read (Deployment, ConfigMap, ...) are ignored, not errors,
+//! so whole application manifests can live in the directory.
 
-use serde::Deserialize;
 use serde_json::Value;
 
-use super::object::{IstioObject, Kind, Object, ObjectKey, Resource};
+use super::object::{Kind, Object, ObjectKey};
+use crate::api::{self, Manifest, ManifestError};
 use crate::model::ModelError;
 
 /// What one document turned into.
@@ -22,96 +23,49 @@ pub enum Document {
 /// Parses every document of `text`; `origin` is the file name, each document's origin becomes
 /// `origin#INDEX` (0-based). Empty documents are left out.
 pub fn parse_documents(text: &str, origin: &str) -> Vec<Result<Document, ModelError>> {
-    let mut out = Vec::new();
-    for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let doc_origin = format!("{origin}#{index}");
-        match Value::deserialize(doc) {
-            Ok(Value::Null) => {}
-            Ok(value) => out.push(parse_value(value, &doc_origin)),
-            Err(err) => {
-                out.push(Err(ModelError::document(
-                    doc_origin,
-                    format!("invalid YAML: {err}"),
-                )));
-                // The YAML parser cannot resynchronise after a syntax error.
-                break;
-            }
-        }
-    }
-    out
+    api::parse_documents(text, origin)
+        .into_iter()
+        .map(|doc| {
+            let doc = doc.map_err(ModelError::from)?;
+            to_document(doc.manifest, &doc.origin)
+        })
+        .collect()
 }
 
-/// Turns one decoded document (or one object from the API server) into a store object.
+/// Turns one object from the Kubernetes API (or one decoded document) into a store object.
 pub fn parse_value(value: Value, origin: &str) -> Result<Document, ModelError> {
-    let Value::Object(map) = &value else {
-        return Err(ModelError::document(origin, "document is not a mapping"));
-    };
-    let text = |field: &str| map.get(field).and_then(Value::as_str).unwrap_or_default();
-    let (api_version, kind_str) = (text("apiVersion").to_owned(), text("kind").to_owned());
-    if api_version.is_empty() || kind_str.is_empty() {
-        return Err(ModelError::document(origin, "missing apiVersion or kind"));
-    }
-    let meta = map.get("metadata");
-    let meta_str = |field: &str| {
-        meta.and_then(|m| m.get(field))
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let name = meta_str("name");
-    let group = api_version.split_once('/').map_or("", |(group, _)| group);
-    let Some(kind) = Kind::from_kind_str(&kind_str) else {
-        if group.ends_with(".istio.io") {
-            return Err(ModelError::document(
-                origin,
-                format!("unsupported Istio kind {kind_str} ({api_version})"),
-            )
-            .object(&kind_str, &name));
-        }
+    let manifest = api::manifest::from_value(value, origin).map_err(ModelError::from)?;
+    to_document(manifest, origin)
+}
+
+fn to_document(manifest: Manifest, origin: &str) -> Result<Document, ModelError> {
+    if let Manifest::Ignored(ignored) = &manifest {
         return Ok(Document::Ignored(format!(
-            "{origin}: {api_version} {kind_str} {name} is not read by ferry-control"
+            "{origin}: {} {} {}: {}",
+            ignored.api_version, ignored.kind, ignored.name, ignored.reason
+        )));
+    }
+    let Some(kind) = Kind::from_kind_str(manifest.kind()) else {
+        // The API parser only returns the kinds listed in `Kind` besides `Ignored`.
+        return Ok(Document::Ignored(format!(
+            "{origin}: {} is not read",
+            manifest.kind()
         )));
     };
+    let meta = manifest.metadata();
+    let name = meta.and_then(|m| m.name.clone()).unwrap_or_default();
     let namespace = match kind {
         Kind::Namespace => String::new(),
-        _ => Some(meta_str("namespace"))
+        _ => meta
+            .and_then(|m| m.namespace.clone())
             .filter(|ns| !ns.is_empty())
             .unwrap_or_else(|| "default".to_owned()),
     };
-    let display_name = if namespace.is_empty() {
-        name.clone()
-    } else {
-        format!("{namespace}/{name}")
-    };
-    let error =
-        |reason: String| ModelError::document(origin, reason).object(kind.as_str(), &display_name);
     if name.is_empty() {
-        return Err(error("missing metadata.name".to_owned()).field("metadata.name"));
+        return Err(ModelError::document(origin, "name is required")
+            .object(kind.as_str(), manifest.display_name())
+            .field("metadata.name"));
     }
-    check_api_version(kind, &api_version).map_err(|reason| error(reason).field("apiVersion"))?;
-    let resource = match kind {
-        Kind::Namespace => Resource::Namespace(Box::new(decode(value, &error)?)),
-        Kind::Service => Resource::Service(Box::new(decode(value, &error)?)),
-        Kind::EndpointSlice => Resource::EndpointSlice(Box::new(decode(value, &error)?)),
-        Kind::Pod => Resource::Pod(Box::new(decode(value, &error)?)),
-        _ => {
-            let labels = meta
-                .and_then(|m| m.get("labels"))
-                .cloned()
-                .map(serde_json::from_value)
-                .transpose()
-                .map_err(|err| {
-                    error(format!("labels must be strings: {err}")).field("metadata.labels")
-                })?
-                .unwrap_or_default();
-            let spec = map.get("spec").cloned().unwrap_or(Value::Null);
-            Resource::Istio(Box::new(IstioObject {
-                api_version,
-                labels,
-                spec,
-            }))
-        }
-    };
     Ok(Document::Object(Box::new(Object {
         key: ObjectKey {
             kind,
@@ -119,29 +73,26 @@ pub fn parse_value(value: Value, origin: &str) -> Result<Document, ModelError> {
             name,
         },
         origin: origin.to_owned(),
-        resource,
+        manifest,
     })))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(
-    value: Value,
-    error: &impl Fn(String) -> ModelError,
-) -> Result<T, ModelError> {
-    serde_json::from_value(value).map_err(|err| error(err.to_string()))
-}
-
-fn check_api_version(kind: Kind, api_version: &str) -> Result<(), String> {
-    let ok = match kind {
-        Kind::Namespace | Kind::Service | Kind::Pod => api_version == "v1",
-        Kind::EndpointSlice => api_version == "discovery.k8s.io/v1",
-        _ => api_version.split_once('/').is_some_and(|(group, version)| {
-            Some(group) == kind.istio_group() && kind.istio_versions().contains(&version)
-        }),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{kind} is not served as {api_version}"))
+impl From<ManifestError> for ModelError {
+    fn from(err: ManifestError) -> Self {
+        let known = |s: String| {
+            if s == "-" || s == "." {
+                String::new()
+            } else {
+                s
+            }
+        };
+        ModelError {
+            origin: err.origin,
+            kind: known(err.kind),
+            name: known(err.name),
+            field: known(err.field),
+            reason: err.reason,
+        }
     }
 }
 
@@ -173,7 +124,6 @@ mod tests {
         };
         assert_eq!(vs.key.to_string(), "VirtualService prod/r");
         assert_eq!(vs.origin, "t.yaml#3");
-        assert_eq!(vs.istio().map(|i| i.labels.len()), Some(1));
     }
 
     #[test]
@@ -185,23 +135,18 @@ mod tests {
              ---\n- a list\n\
              ---\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: 3}\n",
         );
-        let errs: Vec<String> = docs
+        let errs: Vec<ModelError> = docs
             .into_iter()
-            .map(|d| d.expect_err("each document is bad").to_string())
+            .map(|d| d.expect_err("each document is bad"))
             .collect();
-        assert_eq!(
-            errs[0],
-            "t.yaml#0 VirtualService default/r: apiVersion: VirtualService is not served as networking.istio.io/v2"
-        );
+        assert_eq!(errs[0].origin, "t.yaml#0");
+        assert_eq!(errs[0].field, "apiVersion");
+        assert_eq!(errs[0].kind, "VirtualService");
+        assert!(errs[1].reason.contains("Gateway2"), "{}", errs[1]);
+        assert_eq!(errs[2].field, "metadata.name", "{}", errs[2]);
+        assert_eq!(errs[3].to_string(), "t.yaml#3: document is not a mapping");
         assert!(
-            errs[1].contains("unsupported Istio kind Gateway2"),
-            "{}",
-            errs[1]
-        );
-        assert!(errs[2].contains("metadata.name"), "{}", errs[2]);
-        assert_eq!(errs[3], "t.yaml#3: document is not a mapping");
-        assert!(
-            errs[4].starts_with("t.yaml#4 Pod default/p: "),
+            errs[4].to_string().starts_with("t.yaml#4 Pod default/p"),
             "{}",
             errs[4]
         );

@@ -2,6 +2,7 @@
 //! Kubernetes watchers. Both feed the same [`store::Store`], which the model is built from.
 
 pub mod dir;
+pub mod kubernetes;
 pub mod manifest;
 pub mod object;
 mod publish;

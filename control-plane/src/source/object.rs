@@ -1,15 +1,11 @@
-//! The objects a source hands to the store: the Kubernetes kinds as k8s-openapi types and the
-//! Istio kinds as their raw `spec`, keyed by (kind, namespace, name) and tagged with where they
-//! came from. Istio specs stay raw here because both sources (YAML files and Kubernetes
-//! `DynamicObject`s) meet at JSON; they are decoded into the validated API types when the model
-//! is built, so one decoding path serves both.
+//! The objects a source hands to the store: typed manifests ([`crate::api::Manifest`]: the
+//! Kubernetes kinds as k8s-openapi types, the Istio kinds as the API types), keyed by (kind,
+//! namespace, name) and tagged with where they came from. Both sources (YAML files and
+//! Kubernetes `DynamicObject`s) meet at JSON and go through the same parser.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-
+use crate::api::{Document, Manifest};
 use crate::model::Origin;
 
 /// The kinds Ferry reads.
@@ -155,32 +151,6 @@ impl fmt::Display for ObjectKey {
     }
 }
 
-/// An Istio object with its spec still as JSON (decoded when the model is built).
-#[derive(Debug, Clone, PartialEq)]
-pub struct IstioObject {
-    /// `apiVersion` as written (`networking.istio.io/v1beta1`).
-    pub api_version: String,
-    /// `metadata.labels`.
-    pub labels: BTreeMap<String, String>,
-    /// `spec`, `null` when absent.
-    pub spec: serde_json::Value,
-}
-
-/// The payload of a stored object.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Resource {
-    /// A Namespace.
-    Namespace(Box<Namespace>),
-    /// A Service.
-    Service(Box<Service>),
-    /// An EndpointSlice.
-    EndpointSlice(Box<EndpointSlice>),
-    /// A Pod.
-    Pod(Box<Pod>),
-    /// One of the Istio kinds (the kind is in the key).
-    Istio(Box<IstioObject>),
-}
-
 /// One object as the store keeps it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Object {
@@ -188,16 +158,16 @@ pub struct Object {
     pub key: ObjectKey,
     /// Where it came from (`dir/file.yaml#2` or `namespace/name`).
     pub origin: Origin,
-    /// The object itself.
-    pub resource: Resource,
+    /// The object itself, typed (never [`Manifest::Ignored`]).
+    pub manifest: Manifest,
 }
 
 impl Object {
-    /// The Istio payload, if this is an Istio object.
-    pub fn istio(&self) -> Option<&IstioObject> {
-        match &self.resource {
-            Resource::Istio(istio) => Some(istio),
-            _ => None,
+    /// The object as the validator takes it.
+    pub fn to_document(&self) -> Document {
+        Document {
+            origin: self.origin.clone(),
+            manifest: self.manifest.clone(),
         }
     }
 }

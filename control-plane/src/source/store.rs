@@ -10,7 +10,7 @@ use super::object::{Kind, Object, ObjectKey};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// An object was added or modified.
-    Apply(Object),
+    Apply(Box<Object>),
     /// An object was deleted.
     Delete(ObjectKey),
     /// The complete current list of one kind (initial list or relist): objects of that kind not
@@ -39,7 +39,7 @@ impl Store {
     pub fn from_objects(objects: impl IntoIterator<Item = Object>) -> Self {
         let mut store = Store::new();
         for object in objects {
-            store.apply(Event::Apply(object));
+            store.apply(Event::Apply(Box::new(object)));
         }
         store
     }
@@ -51,7 +51,7 @@ impl Store {
                 if self.objects.get(&object.key) == Some(&object) {
                     return false;
                 }
-                self.objects.insert(object.key.clone(), object);
+                self.objects.insert(object.key.clone(), *object);
                 true
             }
             Event::Delete(key) => self.objects.remove(&key).is_some(),
@@ -116,9 +116,14 @@ fn kind_start(kind: Kind) -> ObjectKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::object::{IstioObject, Resource};
+    use crate::api::{self, Manifest};
 
     fn object(kind: Kind, ns: &str, name: &str, spec: serde_json::Value) -> Object {
+        let mut vs = api::Object::<api::VirtualService>::default();
+        vs.spec.hosts = spec
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
         Object {
             key: ObjectKey {
                 kind,
@@ -126,11 +131,7 @@ mod tests {
                 name: name.into(),
             },
             origin: format!("{ns}/{name}"),
-            resource: Resource::Istio(Box::new(IstioObject {
-                api_version: "networking.istio.io/v1".into(),
-                labels: Default::default(),
-                spec,
-            })),
+            manifest: Manifest::VirtualService(vs),
         }
     }
 
@@ -138,15 +139,15 @@ mod tests {
     fn apply_delete_and_replace() {
         let mut store = Store::new();
         let a = object(Kind::VirtualService, "default", "a", serde_json::json!({}));
-        assert!(store.apply(Event::Apply(a.clone())));
+        assert!(store.apply(Event::Apply(Box::new(a.clone()))));
         assert!(
-            !store.apply(Event::Apply(a.clone())),
+            !store.apply(Event::Apply(Box::new(a.clone()))),
             "same object is no change"
         );
         let b = object(Kind::VirtualService, "default", "b", serde_json::json!({}));
         let d = object(Kind::DestinationRule, "default", "a", serde_json::json!({}));
-        store.apply(Event::Apply(b.clone()));
-        store.apply(Event::Apply(d.clone()));
+        store.apply(Event::Apply(Box::new(b.clone())));
+        store.apply(Event::Apply(Box::new(d.clone())));
         assert_eq!(store.of_kind(Kind::VirtualService).count(), 2);
 
         // A relist holding only a changed `b` deletes `a` and leaves other kinds alone.

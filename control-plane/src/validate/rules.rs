@@ -65,11 +65,10 @@ impl Report {
     /// An RE2 regular expression (the regex crate implements the same syntax).
     pub(crate) fn regex(&mut self, field: impl Into<String>, re: &str) {
         if let Err(e) = regex::Regex::new(re) {
-            let first = e.to_string().lines().last().unwrap_or_default().to_owned();
-            self.push(
-                field,
-                format!("regex {re:?} does not compile: {}", first.trim()),
-            );
+            let text = e.to_string();
+            let last = text.lines().last().unwrap_or_default().trim();
+            let reason = last.trim_start_matches("error: ");
+            self.push(field, format!("regex {re:?} does not compile: {reason}"));
         }
     }
 

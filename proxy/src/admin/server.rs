@@ -59,18 +59,84 @@ fn json(value: &serde_json::Value) -> Response<Body> {
     response
 }
 
-fn has_param(query: &str, name: &str) -> bool {
-    query
-        .split('&')
-        .any(|kv| kv.split('=').next() == Some(name))
+/// Decoded query parameters.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(query: &str) -> Self {
+        Self(
+            form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect(),
+        )
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == name)
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find_map(|(k, v)| (k == name).then_some(v.as_str()))
+    }
 }
 
-fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query.split('&').find_map(|kv| {
-        kv.split_once('=')
-            .filter(|(k, _)| *k == name)
-            .map(|(_, v)| v)
-    })
+/// `/stats`: text, `?format=json` or `?format=prometheus`, narrowed by `?filter=REGEX` (what
+/// pilot-agent's readiness check sends). `usedonly` is accepted; every stat here is used.
+fn stats(tracker: &Tracker, query: &Query) -> Response<Body> {
+    let filter = match query.get("filter").map(regex::Regex::new).transpose() {
+        Ok(filter) => filter,
+        Err(error) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("invalid filter: {error}\n"),
+            );
+        }
+    };
+    let keep = |name: &str| filter.as_ref().is_none_or(|f| f.is_match(name));
+    let store = tracker.stats();
+    match query.get("format") {
+        Some("json") => {
+            let counters = store
+                .counters()
+                .into_iter()
+                .map(|(n, v)| (n, serde_json::json!(v)));
+            let gauges = store
+                .gauges()
+                .into_iter()
+                .map(|(n, v)| (n, serde_json::json!(v)));
+            let stats: Vec<serde_json::Value> = counters
+                .chain(gauges)
+                .filter(|(name, _)| keep(name))
+                .map(|(name, value)| serde_json::json!({ "name": name, "value": value }))
+                .collect();
+            json(&serde_json::json!({ "stats": stats }))
+        }
+        Some("prometheus") => prometheus_response(tracker),
+        _ => {
+            let body: String = prometheus::render_text(store)
+                .lines()
+                .filter(|line| keep(line.split(':').next().unwrap_or_default()))
+                .map(|line| format!("{line}\n"))
+                .collect();
+            text(StatusCode::OK, body)
+        }
+    }
+}
+
+fn prometheus_response(tracker: &Tracker) -> Response<Body> {
+    let names: Vec<String> =
+        tracker.with_state(|s| s.slots(crate::xds::Kind::Cluster).keys().cloned().collect());
+    let mut response = text(
+        StatusCode::OK,
+        prometheus::render_prometheus(tracker.stats(), &names),
+    );
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
 }
 
 const HELP: &str = "admin commands are:\n  /: this help\n  /clusters: upstream cluster status\n  /config_dump: current config\n  /drain_listeners (POST): drain listeners\n  /quitquitquit (POST): exit the server\n  /ready: print server state, 200 when LIVE\n  /stats: print server stats\n  /stats/prometheus: print server stats in prometheus format\n";
@@ -78,7 +144,7 @@ const HELP: &str = "admin commands are:\n  /: this help\n  /clusters: upstream c
 /// Answers one admin request.
 pub async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path();
-    let query = request.uri().query().unwrap_or_default();
+    let query = Query::parse(request.uri().query().unwrap_or_default());
     let post = request.method() == Method::POST;
     let tracker = &state.tracker;
     match path {
@@ -96,7 +162,7 @@ pub async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<
         },
         "/clusters" => {
             let statuses = clusters::cluster_statuses(tracker);
-            if param(query, "format") == Some("json") {
+            if query.get("format") == Some("json") {
                 match clusters::render_json(&statuses) {
                     Ok(value) => json(&value),
                     Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
@@ -105,36 +171,8 @@ pub async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<
                 text(StatusCode::OK, clusters::render_text(&statuses))
             }
         }
-        "/stats" => {
-            if param(query, "format") == Some("json") {
-                let stats: Vec<serde_json::Value> =
-                    tracker
-                        .stats()
-                        .counters()
-                        .into_iter()
-                        .map(|(name, value)| serde_json::json!({ "name": name, "value": value }))
-                        .chain(tracker.stats().gauges().into_iter().map(
-                            |(name, value)| serde_json::json!({ "name": name, "value": value }),
-                        ))
-                        .collect();
-                json(&serde_json::json!({ "stats": stats }))
-            } else {
-                text(StatusCode::OK, prometheus::render_text(tracker.stats()))
-            }
-        }
-        "/stats/prometheus" => {
-            let names: Vec<String> = tracker
-                .with_state(|s| s.slots(crate::xds::Kind::Cluster).keys().cloned().collect());
-            let mut response = text(
-                StatusCode::OK,
-                prometheus::render_prometheus(tracker.stats(), &names),
-            );
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            response
-        }
+        "/stats" => stats(tracker, &query),
+        "/stats/prometheus" => prometheus_response(tracker),
         "/quitquitquit" | "/drain_listeners" if !post => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "This endpoint requires POST\n",
@@ -146,7 +184,7 @@ pub async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<
             text(StatusCode::OK, "OK\n")
         }
         "/drain_listeners" => {
-            let scope = if has_param(query, "inboundonly") {
+            let scope = if query.has("inboundonly") {
                 DrainScope::InboundOnly
             } else {
                 DrainScope::All

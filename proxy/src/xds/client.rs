@@ -87,7 +87,7 @@ pub struct Client;
 impl Client {
     /// Starts the client on the current tokio runtime. It runs until the handle is aborted.
     pub fn spawn(config: AdsConfig, tracker: Arc<Tracker>) -> JoinHandle<()> {
-        tokio::spawn(run(config, tracker, Backoff::default()))
+        Self::spawn_with_backoff(config, tracker, Backoff::default())
     }
 
     /// Like [`Client::spawn`] with a custom reconnect backoff.
@@ -96,7 +96,9 @@ impl Client {
         tracker: Arc<Tracker>,
         backoff: Backoff,
     ) -> JoinHandle<()> {
-        tokio::spawn(run(config, tracker, backoff))
+        use tracing::Instrument;
+        let span = tracing::info_span!("ads", target = %config.target, api = ?config.api_type);
+        tokio::spawn(run(config, tracker, backoff).instrument(span))
     }
 }
 
@@ -107,6 +109,10 @@ async fn connect(config: &AdsConfig) -> Result<tonic::transport::Channel, Stream
             reason: e.to_string(),
         }
     })?;
+    // Keepalive probes notice a control plane that vanished without closing the connection.
+    let endpoint = endpoint
+        .tcp_keepalive(Some(std::time::Duration::from_secs(300)))
+        .tcp_nodelay(true);
     Ok(endpoint.connect().await?)
 }
 

@@ -39,9 +39,11 @@ impl<'a> Session<'a> {
     }
 
     fn subscribed(&self, kind: Kind) -> bool {
+        // RDS and EDS follow whatever references them, static resources included.
         match kind {
-            Kind::Listener | Kind::Route => self.config.lds,
-            Kind::Cluster | Kind::Endpoint => self.config.cds,
+            Kind::Listener => self.config.lds,
+            Kind::Cluster => self.config.cds,
+            Kind::Route | Kind::Endpoint => true,
         }
     }
 

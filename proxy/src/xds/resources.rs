@@ -201,6 +201,35 @@ fn fetch_timeout(timeout: Option<&xds_proto::google::protobuf::Duration>) -> Opt
     }
 }
 
+/// How long a listener warms for its RDS route configurations: the longest
+/// `initial_fetch_timeout` of its HTTP connection managers' RDS config sources (`None`, forever,
+/// when any of them says zero, as Istio's do).
+fn rds_fetch_timeout(listener: &ListenerProto) -> Option<Duration> {
+    use xds_proto::envoy::config::listener::v3::filter::ConfigType;
+    use xds_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpConnectionManager, http_connection_manager::RouteSpecifier,
+    };
+    let filters = listener
+        .filter_chains
+        .iter()
+        .chain(listener.default_filter_chain.iter())
+        .flat_map(|chain| chain.filters.iter());
+    let mut longest = Some(Duration::ZERO);
+    for filter in filters {
+        let Some(ConfigType::TypedConfig(any)) = &filter.config_type else {
+            continue;
+        };
+        let Ok(hcm) = xds_proto::any::unpack::<HttpConnectionManager>(any) else {
+            continue;
+        };
+        if let Some(RouteSpecifier::Rds(rds)) = &hcm.route_specifier {
+            let timeout = initial_fetch_timeout(rds.config_source.as_ref());
+            longest = longest.zip(timeout).map(|(a, b)| a.max(b));
+        }
+    }
+    longest
+}
+
 /// Decodes and validates the resource at `index` of a response of kind `kind`.
 pub fn validate(kind: Kind, index: usize, any: &Any) -> Result<Validated, InvalidResource> {
     let short = kind.short_name();
@@ -208,11 +237,8 @@ pub fn validate(kind: Kind, index: usize, any: &Any) -> Result<Validated, Invali
         Kind::Listener => {
             let proto: ListenerProto = decode(kind, index, any)?;
             let listener = Listener::try_from(&proto)?;
-            (
-                proto.name,
-                Domain::Listener(Arc::new(listener)),
-                Some(DEFAULT_INITIAL_FETCH_TIMEOUT),
-            )
+            let timeout = rds_fetch_timeout(&proto);
+            (proto.name, Domain::Listener(Arc::new(listener)), timeout)
         }
         Kind::Route => {
             let proto: RouteConfiguration = decode(kind, index, any)?;

@@ -68,6 +68,7 @@ pub struct State {
     versions: [String; 4],
     subscribed: [bool; 4],
     init_deadline: Option<Instant>,
+    init_timed_out: bool,
     revision: u64,
 }
 
@@ -86,6 +87,7 @@ impl State {
             versions: Default::default(),
             subscribed,
             init_deadline,
+            init_timed_out: false,
             revision: 0,
         }
     }
@@ -209,6 +211,13 @@ impl State {
     /// Activates every warming listener and cluster whose references have arrived or whose
     /// warm timeout has passed. Call after any change and when [`Self::next_deadline`] passes.
     pub fn promote(&mut self, now: Instant) {
+        if self.init_deadline.is_some_and(|deadline| deadline <= now) {
+            if !self.initial_fetch_done() {
+                tracing::warn!("initial fetch timeout: LDS/CDS not received, initializing anyway");
+            }
+            self.init_deadline = None;
+            self.init_timed_out = true;
+        }
         for kind in [Kind::Cluster, Kind::Listener] {
             let ready: Vec<String> = self.slots[kind.index()]
                 .iter()
@@ -219,12 +228,12 @@ impl State {
                 })
                 .collect();
             for name in ready {
-                if let Some(slot) = self.slots[kind.index()].get_mut(&name) {
-                    if let Some((entry, _)) = slot.warming.take() {
-                        tracing::debug!(kind = kind.short_name(), %name, "warmed");
-                        slot.active = Some(entry);
-                        self.revision += 1;
-                    }
+                if let Some(slot) = self.slots[kind.index()].get_mut(&name)
+                    && let Some((entry, _)) = slot.warming.take()
+                {
+                    tracing::debug!(kind = kind.short_name(), %name, "warmed");
+                    slot.active = Some(entry);
+                    self.revision += 1;
                 }
             }
         }
@@ -326,8 +335,9 @@ impl State {
     /// Whether the first complete config has arrived: the first LDS and CDS responses (or
     /// their initial fetch timeout) and nothing still warming.
     pub fn initialized(&self, now: Instant) -> bool {
-        let fetched =
-            self.initial_fetch_done() || self.init_deadline.is_some_and(|deadline| deadline <= now);
+        let fetched = self.initial_fetch_done()
+            || self.init_timed_out
+            || self.init_deadline.is_some_and(|deadline| deadline <= now);
         let warming = [Kind::Listener, Kind::Cluster]
             .into_iter()
             .flat_map(|kind| self.slots[kind.index()].values())

@@ -205,3 +205,45 @@ fn delta_upserts_removes_and_reports_versions() {
     let active = state.resources();
     assert_eq!(active.clusters.keys().collect::<Vec<_>>(), ["static"]);
 }
+
+#[test]
+fn listener_warm_timeout_follows_its_rds_config_source() {
+    let with_default = v(Kind::Listener, &listener("l", "r"));
+    assert_eq!(with_default.warm_timeout, Some(Duration::from_secs(15)));
+    let mut istio = listener("l", "r");
+    let any = istio.filter_chains[0].filters[0].config_type.take();
+    let Some(xds_proto::envoy::config::listener::v3::filter::ConfigType::TypedConfig(mut any)) =
+        any
+    else {
+        panic!("typed config")
+    };
+    let mut hcm: xds_proto::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager =
+        xds_proto::any::unpack(&any).unwrap();
+    if let Some(
+        xds_proto::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier::Rds(rds),
+    ) = hcm.route_specifier.as_mut()
+    {
+        rds.config_source.as_mut().unwrap().initial_fetch_timeout =
+            Some(xds_proto::google::protobuf::Duration { seconds: 0, nanos: 0 });
+    }
+    any = pack(&hcm);
+    istio.filter_chains[0].filters[0].config_type =
+        Some(xds_proto::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any));
+    assert_eq!(v(Kind::Listener, &istio).warm_timeout, None);
+}
+
+#[test]
+fn initial_fetch_timeout_fires_once() {
+    let now = Instant::now();
+    let deadline = now + Duration::from_secs(15);
+    let mut state = State::new(true, true, Some(deadline));
+    assert_eq!(state.next_deadline(), Some(deadline));
+    assert!(!state.initialized(now));
+    state.promote(deadline);
+    assert!(state.initialized(deadline));
+    assert_eq!(
+        state.next_deadline(),
+        None,
+        "an expired deadline must not spin the client"
+    );
+}

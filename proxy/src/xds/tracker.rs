@@ -29,6 +29,16 @@ pub enum ServerState {
 }
 
 impl ServerState {
+    /// Envoy's `server.state` gauge value (pilot-agent's readiness check reads it).
+    pub fn gauge_value(self) -> i64 {
+        match self {
+            Self::Live => 0,
+            Self::Draining => 1,
+            Self::PreInitializing => 2,
+            Self::Initializing => 3,
+        }
+    }
+
     /// The upper-case name Envoy prints (`LIVE`, `INITIALIZING`...).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -65,6 +75,8 @@ pub struct Tracker {
     stats: Arc<Store>,
     server_state: watch::Sender<ServerState>,
     connected: Arc<Gauge>,
+    state_gauge: Arc<Gauge>,
+    workers_started: Arc<Gauge>,
 }
 
 impl std::fmt::Debug for Tracker {
@@ -99,6 +111,8 @@ impl Tracker {
             }
         }
         let connected = stats.gauge("control_plane.connected_state");
+        let state_gauge = stats.gauge("server.state");
+        let workers_started = stats.gauge("listener_manager.workers_started");
         let (server_state, _) = watch::channel(ServerState::PreInitializing);
         let tracker = Arc::new(Self {
             bootstrap,
@@ -111,8 +125,10 @@ impl Tracker {
             stats,
             server_state,
             connected,
+            state_gauge,
+            workers_started,
         });
-        tracker.server_state.send_replace(ServerState::Initializing);
+        tracker.set_state(ServerState::Initializing);
         tracker.update(|_, _| ());
         Ok(tracker)
     }
@@ -170,7 +186,8 @@ impl Tracker {
         if *self.server_state.borrow() == ServerState::Initializing && inner.state.initialized(now)
         {
             tracing::info!("initial config complete, live");
-            self.server_state.send_replace(ServerState::Live);
+            self.set_state(ServerState::Live);
+            self.workers_started.set(1);
         }
         out
     }
@@ -187,7 +204,12 @@ impl Tracker {
 
     /// Marks the server as shutting down (`/ready` turns 503).
     pub fn set_draining(&self) {
-        self.server_state.send_replace(ServerState::Draining);
+        self.set_state(ServerState::Draining);
+    }
+
+    fn set_state(&self, state: ServerState) {
+        self.state_gauge.set(state.gauge_value());
+        self.server_state.send_replace(state);
     }
 
     /// Records whether the ADS stream is up (`control_plane.connected_state`).

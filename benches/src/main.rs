@@ -1,0 +1,135 @@
+//! `ferry-bench`: runs the benchmark harness (usually through `benches/run`).
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use ferry_benches::harness::{self, Config};
+use ferry_benches::report;
+use ferry_benches::subject::PathKind;
+
+/// Ferry against Envoy 1.40 and against no proxy, side by side.
+#[derive(Debug, Parser)]
+#[command(name = "ferry-bench")]
+struct Args {
+    /// A few seconds over every path and protocol, nothing written: proves the harness works.
+    #[arg(long)]
+    smoke: bool,
+    /// Rounds over every workload and path (medians are over rounds).
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// Seconds per load run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Paths to compare, comma-separated: direct, envoy, ferry.
+    #[arg(long, value_delimiter = ',', default_value = "direct,envoy,ferry")]
+    paths: Vec<String>,
+    /// Runtime threads of the upstream server.
+    #[arg(long, default_value_t = 1)]
+    upstream_workers: usize,
+    /// The file whose results section is regenerated.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    output: PathBuf,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The errors' own messages carry their causes; `{:#}` would repeat them.
+            eprintln!("ferry-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut paths = Vec::new();
+    for name in &args.paths {
+        paths.push(PathKind::parse(name).with_context(|| format!("unknown path {name:?}"))?);
+    }
+    let (rounds, duration) = if args.smoke {
+        (1, 1)
+    } else {
+        (args.rounds, args.duration)
+    };
+    let duration = Duration::from_secs(duration);
+    let workloads = if args.smoke {
+        harness::smoke_workloads(duration)
+    } else {
+        harness::full_workloads(duration)
+    };
+    let config = Config {
+        rounds,
+        workloads,
+        paths,
+        upstream_workers: args.upstream_workers,
+    };
+    let results = harness::run(&config).await?;
+    let command = std::iter::once("benches/run".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let section = report::render(&results, &command, &machine());
+    println!("{section}");
+    if args.smoke {
+        let mut failures = Vec::new();
+        for (workload, by_path) in &results.samples {
+            for (path, samples) in by_path {
+                let summary = report::summarize(samples);
+                if summary.errors > 0 || summary.rps <= 0.0 {
+                    failures.push(format!("{workload} via {path}: {summary:?}"));
+                }
+            }
+        }
+        if !failures.is_empty() {
+            bail!("smoke run failed:\n{}", failures.join("\n"));
+        }
+        eprintln!("bench smoke: ok");
+    } else {
+        report::write_into(&args.output, &section)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", args.output.display()))?;
+        eprintln!("wrote {}", args.output.display());
+    }
+    Ok(())
+}
+
+/// The machine, as the report states it.
+fn machine() -> String {
+    let run = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let envoy = ferry_tests::envoy::binary()
+        .map(|b| run(&b.to_string_lossy(), &["--version"]))
+        .unwrap_or_default();
+    // `envoy --version` prints `PATH  version: SHA/1.40.0/Clean/RELEASE/BoringSSL`.
+    let envoy = envoy
+        .split("version:")
+        .nth(1)
+        .and_then(|v| v.split('/').nth(1))
+        .unwrap_or("?")
+        .to_owned();
+    format!(
+        "{} · {cpu} · {cores} cores · Envoy {envoy} · ferry {} · {}",
+        run("uname", &["-srm"]),
+        run("git", &["rev-parse", "--short", "HEAD"]),
+        run("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+    )
+}

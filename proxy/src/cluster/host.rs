@@ -1,0 +1,153 @@
+//! One upstream host: its address, transport, connection pool and counters.
+//!
+//! A `Host` is identity plus long-lived state; what an EDS update may change without
+//! disturbing that state (weight, health, locality, priority) lives beside it in the cluster's
+//! host set, so a host that stays across updates keeps its warm connections and counters.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use super::UpstreamError;
+use super::stats::{ClusterStats, HostStats};
+use super::transport::TransportSocket;
+use crate::body::Body;
+use crate::pool::{Pool, PoolSettings, PoolStats};
+
+/// One upstream host with its connection pool.
+#[derive(Debug)]
+pub struct Host {
+    address: SocketAddr,
+    hostname: String,
+    transport: TransportSocket,
+    settings: Arc<PoolSettings>,
+    stats: Arc<HostStats>,
+    cluster_stats: Arc<ClusterStats>,
+    pool: Pool,
+}
+
+impl Host {
+    /// A host at `address`; connections are opened on first use.
+    pub fn new(
+        address: SocketAddr,
+        hostname: String,
+        transport: TransportSocket,
+        settings: Arc<PoolSettings>,
+        cluster_stats: Arc<ClusterStats>,
+    ) -> Self {
+        let stats = Arc::new(HostStats::default());
+        let pool = Pool::new(
+            address,
+            settings.clone(),
+            PoolStats {
+                cluster: cluster_stats.clone(),
+                host: stats.clone(),
+            },
+        );
+        Self {
+            address,
+            hostname,
+            transport,
+            settings,
+            stats,
+            cluster_stats,
+            pool,
+        }
+    }
+
+    /// The host's address.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The endpoint's hostname (`endpoint.hostname`, or the DNS name it was resolved from).
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    /// The transport socket this host was matched to.
+    pub fn transport(&self) -> TransportSocket {
+        self.transport
+    }
+
+    /// The host's counters.
+    pub fn stats(&self) -> &HostStats {
+        &self.stats
+    }
+
+    /// Requests in flight to this host.
+    pub fn active_requests(&self) -> u64 {
+        self.stats.rq_active.get()
+    }
+
+    /// The pool settings this host was built with (reuse across config changes compares them).
+    pub(crate) fn settings(&self) -> &Arc<PoolSettings> {
+        &self.settings
+    }
+
+    /// Idle HTTP/1.1 and open HTTP/2 connections.
+    pub fn connections(&self) -> (usize, usize) {
+        self.pool.connections()
+    }
+
+    /// Sends a request over this host's pool (HTTP/1.1 or HTTP/2 per the cluster's protocol
+    /// options), streaming both bodies. Connections are made with upgrades enabled, so
+    /// `hyper::upgrade::on(response)` works for a `101 Switching Protocols`.
+    ///
+    /// Counts `upstream_rq_total`; the caller records the response's status class with
+    /// [`Cluster::record_response`](super::Cluster::record_response) (it also knows about
+    /// locally generated upstream failures).
+    pub async fn send(
+        &self,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, UpstreamError> {
+        self.check_transport()?;
+        self.stats.rq_total.inc();
+        self.cluster_stats.upstream_rq_total.inc();
+        let result = self.pool.send(request).await;
+        if result.is_err() {
+            self.stats.rq_error.inc();
+        }
+        result
+    }
+
+    /// Opens a raw TCP connection to the host (tcp_proxy), with the cluster's connect timeout.
+    /// Counts `upstream_cx_total`; the caller owns the stream, so `upstream_cx_active` is not
+    /// tracked for it.
+    pub async fn connect(&self) -> Result<TcpStream, UpstreamError> {
+        self.check_transport()?;
+        let stats = PoolStats {
+            cluster: self.cluster_stats.clone(),
+            host: self.stats.clone(),
+        };
+        let stream = crate::pool::connect(self.address, &self.settings, &stats).await?;
+        self.cluster_stats.upstream_cx_total.inc();
+        self.stats.cx_total.inc();
+        Ok(stream)
+    }
+
+    fn check_transport(&self) -> Result<(), UpstreamError> {
+        match self.transport {
+            TransportSocket::Plaintext => Ok(()),
+            TransportSocket::Tls => Err(UpstreamError::TransportNotImplemented("upstream TLS")),
+        }
+    }
+}
+
+/// Counts one request in the host's `rq_active` until dropped (with the response body).
+#[derive(Debug)]
+pub(crate) struct ActiveRequest(Arc<HostStats>);
+
+impl ActiveRequest {
+    pub(crate) fn new(stats: &Arc<HostStats>) -> Self {
+        stats.rq_active.inc();
+        Self(stats.clone())
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.rq_active.dec();
+    }
+}

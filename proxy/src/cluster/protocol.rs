@@ -1,0 +1,317 @@
+//! The cluster's upstream HTTP protocol and pool limits, from
+//! `typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]`
+//! or, for older configs, the deprecated cluster fields (`http2_protocol_options`,
+//! `common_http_protocol_options`, `protocol_selection`, `max_requests_per_connection`).
+//!
+//! Envoy refuses a cluster that mixes the two styles, and so does Ferry. Tuning knobs of Envoy's
+//! own codecs that hyper has no equivalent for (HPACK table size, frame flood limits, header
+//! count limits) are accepted and not applied; knobs that change behaviour are refused by name.
+
+use std::time::Duration;
+
+use xds_proto::envoy::config::cluster::v3 as proto;
+use xds_proto::envoy::config::core::v3 as core;
+use xds_proto::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use xds_proto::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+};
+
+use super::InvalidCluster;
+use super::config::duration;
+use crate::pool::{Http1Settings, Http2Settings, PoolSettings, TcpKeepalive};
+
+/// The typed extension key (and type) of the upstream HTTP protocol options.
+pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// Envoy's default upstream idle timeout (`common_http_protocol_options.idle_timeout`).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Which HTTP version the cluster speaks upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive (the default).
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c), multiplexed.
+    Http2,
+    /// The downstream request's version (`use_downstream_protocol_config`): HTTP/2 for HTTP/2
+    /// requests, HTTP/1.1 otherwise.
+    UseDownstream,
+}
+
+/// Reads all protocol-related fields of the cluster into pool settings; `connect_timeout` is
+/// filled in by the caller.
+#[allow(deprecated)]
+pub(crate) fn pool_settings(c: &proto::Cluster) -> Result<PoolSettings, InvalidCluster> {
+    let name = c.name.as_str();
+    let mut settings = PoolSettings {
+        idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+        ..PoolSettings::default()
+    };
+
+    let deprecated_used = c.http2_protocol_options.is_some()
+        || c.http_protocol_options.is_some()
+        || c.common_http_protocol_options.is_some()
+        || c.upstream_http_protocol_options.is_some()
+        || c.protocol_selection != 0;
+    for key in c.typed_extension_protocol_options.keys() {
+        if key != HTTP_PROTOCOL_OPTIONS {
+            return Err(InvalidCluster::not_implemented(
+                name,
+                format!("typed_extension_protocol_options[{key}]"),
+            ));
+        }
+    }
+    if let Some(any) = c
+        .typed_extension_protocol_options
+        .get(HTTP_PROTOCOL_OPTIONS)
+    {
+        let field = format!("typed_extension_protocol_options[{HTTP_PROTOCOL_OPTIONS}]");
+        if deprecated_used {
+            return Err(InvalidCluster::new(
+                name,
+                field,
+                "cannot be combined with the deprecated cluster-level protocol options",
+            ));
+        }
+        let options: HttpProtocolOptions = xds_proto::any::unpack(any)
+            .map_err(|e| InvalidCluster::new(name, &field, e.to_string()))?;
+        typed_options(name, &options, &mut settings).map_err(|e| e.within(&field))?;
+    } else {
+        if let Some(h2) = &c.http2_protocol_options {
+            settings.protocol = UpstreamProtocol::Http2;
+            settings.http2 = http2(name, h2).map_err(|e| e.within("http2_protocol_options"))?;
+        }
+        if let Some(h1) = &c.http_protocol_options {
+            settings.http1 = http1(name, h1).map_err(|e| e.within("http_protocol_options"))?;
+        }
+        if c.protocol_selection == 1 {
+            settings.protocol = UpstreamProtocol::UseDownstream;
+        }
+        if let Some(common) = &c.common_http_protocol_options {
+            common_options(name, common, &mut settings)
+                .map_err(|e| e.within("common_http_protocol_options"))?;
+        }
+        if let Some(u) = &c.upstream_http_protocol_options {
+            upstream_options(name, u).map_err(|e| e.within("upstream_http_protocol_options"))?;
+        }
+    }
+    if let Some(max) = c.max_requests_per_connection {
+        settings.max_requests_per_connection = (max.value > 0).then_some(max.value);
+    }
+    if let Some(options) = &c.upstream_connection_options {
+        if options.happy_eyeballs_config.is_some() {
+            return Err(InvalidCluster::not_implemented(
+                name,
+                "upstream_connection_options.happy_eyeballs_config",
+            ));
+        }
+        if let Some(ka) = &options.tcp_keepalive {
+            let secs = |field: &str, v: Option<u32>| -> Result<Option<Duration>, InvalidCluster> {
+                match v {
+                    Some(0) => Err(InvalidCluster::new(
+                        name,
+                        format!("upstream_connection_options.tcp_keepalive.{field}"),
+                        "must be greater than 0",
+                    )),
+                    v => Ok(v.map(|s| Duration::from_secs(u64::from(s)))),
+                }
+            };
+            settings.tcp_keepalive = Some(TcpKeepalive {
+                probes: ka.keepalive_probes.map(|v| v.value),
+                time: secs("keepalive_time", ka.keepalive_time.map(|v| v.value))?,
+                interval: secs("keepalive_interval", ka.keepalive_interval.map(|v| v.value))?,
+            });
+        }
+    }
+    Ok(settings)
+}
+
+fn typed_options(
+    name: &str,
+    o: &HttpProtocolOptions,
+    settings: &mut PoolSettings,
+) -> Result<(), InvalidCluster> {
+    let refused: [(&str, bool); 6] = [
+        ("http_filters", !o.http_filters.is_empty()),
+        (
+            "header_validation_config",
+            o.header_validation_config.is_some(),
+        ),
+        ("outlier_detection", o.outlier_detection.is_some()),
+        (
+            "request_mirror_policies",
+            !o.request_mirror_policies.is_empty(),
+        ),
+        ("hash_policy", !o.hash_policy.is_empty()),
+        ("retry_policy", o.retry_policy.is_some()),
+    ];
+    if let Some((field, _)) = refused.iter().find(|(_, set)| *set) {
+        return Err(InvalidCluster::not_implemented(name, *field));
+    }
+    if let Some(common) = &o.common_http_protocol_options {
+        common_options(name, common, settings)
+            .map_err(|e| e.within("common_http_protocol_options"))?;
+    }
+    if let Some(u) = &o.upstream_http_protocol_options {
+        upstream_options(name, u).map_err(|e| e.within("upstream_http_protocol_options"))?;
+    }
+    match &o.upstream_protocol_options {
+        None => {}
+        Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) => {
+            match &explicit.protocol_config {
+                None | Some(ProtocolConfig::HttpProtocolOptions(_)) => {
+                    if let Some(ProtocolConfig::HttpProtocolOptions(h1)) = &explicit.protocol_config
+                    {
+                        settings.http1 = http1(name, h1)
+                            .map_err(|e| e.within("explicit_http_config.http_protocol_options"))?;
+                    }
+                    settings.protocol = UpstreamProtocol::Http1;
+                }
+                Some(ProtocolConfig::Http2ProtocolOptions(h2)) => {
+                    settings.protocol = UpstreamProtocol::Http2;
+                    settings.http2 = http2(name, h2)
+                        .map_err(|e| e.within("explicit_http_config.http2_protocol_options"))?;
+                }
+                Some(ProtocolConfig::Http3ProtocolOptions(_)) => {
+                    return Err(InvalidCluster::not_implemented(
+                        name,
+                        "explicit_http_config.http3_protocol_options",
+                    ));
+                }
+            }
+        }
+        Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(d)) => {
+            settings.protocol = UpstreamProtocol::UseDownstream;
+            if d.http3_protocol_options.is_some() {
+                return Err(InvalidCluster::not_implemented(
+                    name,
+                    "use_downstream_protocol_config.http3_protocol_options",
+                ));
+            }
+            if let Some(h1) = &d.http_protocol_options {
+                settings.http1 = http1(name, h1).map_err(|e| {
+                    e.within("use_downstream_protocol_config.http_protocol_options")
+                })?;
+            }
+            if let Some(h2) = &d.http2_protocol_options {
+                settings.http2 = http2(name, h2).map_err(|e| {
+                    e.within("use_downstream_protocol_config.http2_protocol_options")
+                })?;
+            }
+        }
+        Some(UpstreamProtocolOptions::AutoConfig(_)) => {
+            // ALPN selection needs upstream TLS, which is not implemented yet.
+            return Err(InvalidCluster::not_implemented(name, "auto_config"));
+        }
+    }
+    Ok(())
+}
+
+fn common_options(
+    name: &str,
+    o: &core::HttpProtocolOptions,
+    settings: &mut PoolSettings,
+) -> Result<(), InvalidCluster> {
+    if o.max_connection_duration.is_some() {
+        return Err(InvalidCluster::not_implemented(
+            name,
+            "max_connection_duration",
+        ));
+    }
+    if o.max_stream_duration.is_some() {
+        return Err(InvalidCluster::not_implemented(name, "max_stream_duration"));
+    }
+    if let Some(idle) = &o.idle_timeout {
+        let idle = duration(name, "idle_timeout", idle)?;
+        // Envoy: zero disables the idle timeout.
+        settings.idle_timeout = (!idle.is_zero()).then_some(idle);
+    }
+    if let Some(max) = o.max_requests_per_connection {
+        settings.max_requests_per_connection = (max.value > 0).then_some(max.value);
+    }
+    Ok(())
+}
+
+fn upstream_options(
+    name: &str,
+    o: &core::UpstreamHttpProtocolOptions,
+) -> Result<(), InvalidCluster> {
+    // SNI and SAN handling belong to upstream TLS, which is not implemented yet.
+    if o.auto_sni || o.auto_san_validation || !o.override_auto_sni_header.is_empty() {
+        return Err(InvalidCluster::not_implemented(
+            name,
+            "auto_sni/auto_san_validation",
+        ));
+    }
+    Ok(())
+}
+
+fn http1(name: &str, o: &core::Http1ProtocolOptions) -> Result<Http1Settings, InvalidCluster> {
+    use core::http1_protocol_options::header_key_format::HeaderFormat;
+    if o.send_fully_qualified_url {
+        return Err(InvalidCluster::not_implemented(
+            name,
+            "send_fully_qualified_url",
+        ));
+    }
+    let title_case_headers = match o
+        .header_key_format
+        .as_ref()
+        .and_then(|f| f.header_format.as_ref())
+    {
+        None => false,
+        Some(HeaderFormat::ProperCaseWords(_)) => true,
+        Some(HeaderFormat::StatefulFormatter(_)) => {
+            return Err(InvalidCluster::not_implemented(
+                name,
+                "header_key_format.stateful_formatter",
+            ));
+        }
+    };
+    Ok(Http1Settings { title_case_headers })
+}
+
+fn http2(name: &str, o: &core::Http2ProtocolOptions) -> Result<Http2Settings, InvalidCluster> {
+    if o.allow_connect {
+        return Err(InvalidCluster::not_implemented(name, "allow_connect"));
+    }
+    if o.allow_metadata {
+        return Err(InvalidCluster::not_implemented(name, "allow_metadata"));
+    }
+    if !o.custom_settings_parameters.is_empty() {
+        return Err(InvalidCluster::not_implemented(
+            name,
+            "custom_settings_parameters",
+        ));
+    }
+    let mut s = Http2Settings::default();
+    if let Some(max) = o.max_concurrent_streams {
+        if max.value == 0 {
+            return Err(InvalidCluster::new(
+                name,
+                "max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        s.max_concurrent_streams = max.value;
+    }
+    s.initial_stream_window_size = o.initial_stream_window_size.map(|v| v.value);
+    s.initial_connection_window_size = o.initial_connection_window_size.map(|v| v.value);
+    if let Some(ka) = &o.connection_keepalive {
+        let interval = ka
+            .interval
+            .as_ref()
+            .map(|d| duration(name, "connection_keepalive.interval", d))
+            .transpose()?;
+        let timeout = ka
+            .timeout
+            .as_ref()
+            .map(|d| duration(name, "connection_keepalive.timeout", d))
+            .transpose()?
+            .ok_or_else(|| {
+                InvalidCluster::new(name, "connection_keepalive.timeout", "is required")
+            })?;
+        s.keepalive = interval.map(|i| (i, timeout));
+    }
+    Ok(s)
+}

@@ -1,0 +1,214 @@
+//! `circuit_breakers` and `outlier_detection`, validated into domain types with Envoy's
+//! defaults filled in.
+//!
+//! NOT ENFORCED YET: these types are the seam for the resilience issue (overflow answered with
+//! 503 UO, ejection of failing hosts). Ferry accepts the fields today so that Istio's clusters,
+//! which always carry `circuit_breakers` and often `outlier_detection`, load; no limit is applied
+//! and no host is ejected until that work lands.
+
+use std::time::Duration;
+
+use xds_proto::envoy::config::cluster::v3 as proto;
+use xds_proto::google::protobuf::UInt32Value;
+
+use super::InvalidCluster;
+use super::config::duration;
+
+/// `circuit_breakers`. Not enforced yet (see the module doc).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CircuitBreakers {
+    /// `thresholds`, one per routing priority (DEFAULT, HIGH).
+    pub thresholds: Vec<Thresholds>,
+    /// `per_host_thresholds[].max_connections`, the only per-host limit Envoy supports.
+    pub per_host_max_connections: Option<u32>,
+}
+
+/// One `circuit_breakers.thresholds` entry with Envoy's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thresholds {
+    /// `priority`: false for DEFAULT, true for HIGH.
+    pub high_priority: bool,
+    /// `max_connections` (default 1024).
+    pub max_connections: u32,
+    /// `max_pending_requests` (default 1024).
+    pub max_pending_requests: u32,
+    /// `max_requests` (default 1024).
+    pub max_requests: u32,
+    /// `max_retries` (default 3).
+    pub max_retries: u32,
+    /// `retry_budget`: (budget percent, default 20; min retry concurrency, default 3).
+    pub retry_budget: Option<(f64, u32)>,
+}
+
+impl CircuitBreakers {
+    /// Validates `circuit_breakers` of cluster `name`.
+    pub(crate) fn parse(cb: &proto::CircuitBreakers, name: &str) -> Result<Self, InvalidCluster> {
+        let or = |v: Option<UInt32Value>, default: u32| v.map_or(default, |v| v.value);
+        let mut thresholds = Vec::with_capacity(cb.thresholds.len());
+        for (i, t) in cb.thresholds.iter().enumerate() {
+            if t.max_connection_pools.is_some() {
+                return Err(InvalidCluster::not_implemented(
+                    name,
+                    format!("circuit_breakers.thresholds[{i}].max_connection_pools"),
+                ));
+            }
+            let retry_budget = match &t.retry_budget {
+                None => None,
+                Some(b) => {
+                    let percent = b.budget_percent.as_ref().map_or(20.0, |p| p.value);
+                    if !(0.0..=100.0).contains(&percent) {
+                        return Err(InvalidCluster::new(
+                            name,
+                            format!("circuit_breakers.thresholds[{i}].retry_budget.budget_percent"),
+                            "must be between 0 and 100",
+                        ));
+                    }
+                    if b.budget_interval.is_some() {
+                        return Err(InvalidCluster::not_implemented(
+                            name,
+                            format!(
+                                "circuit_breakers.thresholds[{i}].retry_budget.budget_interval"
+                            ),
+                        ));
+                    }
+                    Some((percent, or(b.min_retry_concurrency, 3)))
+                }
+            };
+            thresholds.push(Thresholds {
+                high_priority: t.priority == 1,
+                max_connections: or(t.max_connections, 1024),
+                max_pending_requests: or(t.max_pending_requests, 1024),
+                max_requests: or(t.max_requests, 1024),
+                max_retries: or(t.max_retries, 3),
+                retry_budget,
+            });
+        }
+        let per_host_max_connections = cb
+            .per_host_thresholds
+            .first()
+            .and_then(|t| t.max_connections);
+        Ok(Self {
+            thresholds,
+            per_host_max_connections: per_host_max_connections.map(|v| v.value),
+        })
+    }
+}
+
+/// `outlier_detection` with Envoy's defaults. Not enforced yet (see the module doc).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierDetection {
+    /// `consecutive_5xx` (default 5).
+    pub consecutive_5xx: u32,
+    /// `enforcing_consecutive_5xx` percent (default 100).
+    pub enforcing_consecutive_5xx: u32,
+    /// `consecutive_gateway_failure` (default 5).
+    pub consecutive_gateway_failure: u32,
+    /// `enforcing_consecutive_gateway_failure` percent (default 0).
+    pub enforcing_consecutive_gateway_failure: u32,
+    /// `consecutive_local_origin_failure` (default 5).
+    pub consecutive_local_origin_failure: u32,
+    /// `enforcing_consecutive_local_origin_failure` percent (default 100).
+    pub enforcing_consecutive_local_origin_failure: u32,
+    /// `split_external_local_origin_errors`.
+    pub split_external_local_origin_errors: bool,
+    /// `interval` (default 10 s).
+    pub interval: Duration,
+    /// `base_ejection_time` (default 30 s), multiplied by the number of ejections.
+    pub base_ejection_time: Duration,
+    /// `max_ejection_time` (default 300 s).
+    pub max_ejection_time: Duration,
+    /// `max_ejection_percent` (default 10).
+    pub max_ejection_percent: u32,
+    /// `enforcing_success_rate` percent (default 100; Istio sets 0).
+    pub enforcing_success_rate: u32,
+    /// `success_rate_minimum_hosts` (default 5).
+    pub success_rate_minimum_hosts: u32,
+    /// `success_rate_request_volume` (default 100).
+    pub success_rate_request_volume: u32,
+    /// `success_rate_stdev_factor` (default 1900, i.e. 1.9).
+    pub success_rate_stdev_factor: u32,
+    /// `failure_percentage_threshold` (default 85).
+    pub failure_percentage_threshold: u32,
+    /// `enforcing_failure_percentage` (default 0).
+    pub enforcing_failure_percentage: u32,
+}
+
+impl OutlierDetection {
+    /// Validates `outlier_detection` of cluster `name`.
+    pub(crate) fn parse(od: &proto::OutlierDetection, name: &str) -> Result<Self, InvalidCluster> {
+        let or = |v: Option<UInt32Value>, default: u32| v.map_or(default, |v| v.value);
+        let dur = |field: &str, v: &Option<xds_proto::google::protobuf::Duration>, default| {
+            v.as_ref().map_or(Ok(default), |d| {
+                duration(name, &format!("outlier_detection.{field}"), d)
+            })
+        };
+        if !od.monitors.is_empty() {
+            return Err(InvalidCluster::not_implemented(
+                name,
+                "outlier_detection.monitors",
+            ));
+        }
+        if od.detect_degraded_hosts.is_some_and(|b| b.value) {
+            return Err(InvalidCluster::not_implemented(
+                name,
+                "outlier_detection.detect_degraded_hosts",
+            ));
+        }
+        let percent = |field: &str, v: u32| {
+            if v > 100 {
+                Err(InvalidCluster::new(
+                    name,
+                    format!("outlier_detection.{field}"),
+                    "must be at most 100",
+                ))
+            } else {
+                Ok(v)
+            }
+        };
+        Ok(Self {
+            consecutive_5xx: or(od.consecutive_5xx, 5),
+            enforcing_consecutive_5xx: percent(
+                "enforcing_consecutive_5xx",
+                or(od.enforcing_consecutive_5xx, 100),
+            )?,
+            consecutive_gateway_failure: or(od.consecutive_gateway_failure, 5),
+            enforcing_consecutive_gateway_failure: percent(
+                "enforcing_consecutive_gateway_failure",
+                or(od.enforcing_consecutive_gateway_failure, 0),
+            )?,
+            consecutive_local_origin_failure: or(od.consecutive_local_origin_failure, 5),
+            enforcing_consecutive_local_origin_failure: percent(
+                "enforcing_consecutive_local_origin_failure",
+                or(od.enforcing_consecutive_local_origin_failure, 100),
+            )?,
+            split_external_local_origin_errors: od.split_external_local_origin_errors,
+            interval: dur("interval", &od.interval, Duration::from_secs(10))?,
+            base_ejection_time: dur(
+                "base_ejection_time",
+                &od.base_ejection_time,
+                Duration::from_secs(30),
+            )?,
+            max_ejection_time: dur(
+                "max_ejection_time",
+                &od.max_ejection_time,
+                Duration::from_secs(300),
+            )?,
+            max_ejection_percent: percent("max_ejection_percent", or(od.max_ejection_percent, 10))?,
+            enforcing_success_rate: percent(
+                "enforcing_success_rate",
+                or(od.enforcing_success_rate, 100),
+            )?,
+            success_rate_minimum_hosts: or(od.success_rate_minimum_hosts, 5),
+            success_rate_request_volume: or(od.success_rate_request_volume, 100),
+            success_rate_stdev_factor: or(od.success_rate_stdev_factor, 1900),
+            failure_percentage_threshold: percent(
+                "failure_percentage_threshold",
+                or(od.failure_percentage_threshold, 85),
+            )?,
+            enforcing_failure_percentage: percent(
+                "enforcing_failure_percentage",
+                or(od.enforcing_failure_percentage, 0),
+            )?,
+        })
+    }
+}

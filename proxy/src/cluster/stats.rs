@@ -1,0 +1,103 @@
+//! Cluster and host statistics with Envoy's names.
+//!
+//! Cluster stats live in the proxy's [`Store`] under `cluster.<stat_name>.*` and are looked up
+//! once when a cluster is built; a cluster rebuilt with the same name reports into the same
+//! counters, as in Envoy. Host stats are plain atomics owned by the host (they survive EDS
+//! updates with it) and are shown by `/clusters`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::stats::{Counter, Gauge, Store};
+
+/// `cluster.NAME.*` counters and gauges.
+#[derive(Debug)]
+pub struct ClusterStats {
+    /// `upstream_cx_total`.
+    pub upstream_cx_total: Arc<Counter>,
+    /// `upstream_cx_active` (gauge).
+    pub upstream_cx_active: Arc<Gauge>,
+    /// `upstream_cx_connect_fail`.
+    pub upstream_cx_connect_fail: Arc<Counter>,
+    /// `upstream_cx_connect_timeout`.
+    pub upstream_cx_connect_timeout: Arc<Counter>,
+    /// `upstream_rq_total`.
+    pub upstream_rq_total: Arc<Counter>,
+    /// `upstream_rq_1xx` .. `upstream_rq_5xx`, by status class.
+    pub upstream_rq_class: [Arc<Counter>; 5],
+    /// `membership_healthy` (gauge).
+    pub membership_healthy: Arc<Gauge>,
+    /// `membership_total` (gauge).
+    pub membership_total: Arc<Gauge>,
+    /// `update_success`: host set changes applied (EDS, DNS).
+    pub update_success: Arc<Counter>,
+    /// `upstream_cx_none_healthy`: a request found no host (503 UH).
+    pub upstream_cx_none_healthy: Arc<Counter>,
+}
+
+impl ClusterStats {
+    /// The stats of the cluster reported as `stat_name`.
+    pub fn new(store: &Store, stat_name: &str) -> Self {
+        let name = |stat: &str| format!("cluster.{stat_name}.{stat}");
+        Self {
+            upstream_cx_total: store.counter(name("upstream_cx_total")),
+            upstream_cx_active: store.gauge(name("upstream_cx_active")),
+            upstream_cx_connect_fail: store.counter(name("upstream_cx_connect_fail")),
+            upstream_cx_connect_timeout: store.counter(name("upstream_cx_connect_timeout")),
+            upstream_rq_total: store.counter(name("upstream_rq_total")),
+            upstream_rq_class: [1, 2, 3, 4, 5]
+                .map(|class| store.counter(name(&format!("upstream_rq_{class}xx")))),
+            membership_healthy: store.gauge(name("membership_healthy")),
+            membership_total: store.gauge(name("membership_total")),
+            update_success: store.counter(name("update_success")),
+            upstream_cx_none_healthy: store.counter(name("upstream_cx_none_healthy")),
+        }
+    }
+
+    /// Counts a response by status class (`upstream_rq_2xx`...).
+    pub fn record_response(&self, status: http::StatusCode) {
+        let class = usize::from(status.as_u16() / 100);
+        if let Some(counter) = class
+            .checked_sub(1)
+            .and_then(|i| self.upstream_rq_class.get(i))
+        {
+            counter.inc();
+        }
+    }
+}
+
+/// Per-host counters (`/clusters` shows them as `cx_total`, `rq_active`...).
+#[derive(Debug, Default)]
+pub struct HostStats {
+    /// Connections opened.
+    pub cx_total: HostCounter,
+    /// Connections open now.
+    pub cx_active: HostCounter,
+    /// Requests sent.
+    pub rq_total: HostCounter,
+    /// Requests in flight (until the response body ends); LEAST_REQUEST balances on it.
+    pub rq_active: HostCounter,
+    /// Requests that failed before a response (connect failure, reset).
+    pub rq_error: HostCounter,
+}
+
+/// A lock-free counter that can also go down.
+#[derive(Debug, Default)]
+pub struct HostCounter(AtomicU64);
+
+impl HostCounter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Subtracts one (saturating at zero).
+    pub fn dec(&self) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+    }
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,207 @@
+//! The HTTP/1.1 pool: one request at a time per connection, connections reused (keep-alive)
+//! once the previous response has been read to the end.
+//!
+//! A connection goes back to the idle list when hyper says it is ready again (the response body
+//! was consumed and the server kept the connection open). Idle connections are closed after the
+//! idle timeout; a connection is closed after `max_requests_per_connection` requests. A request
+//! that finds a pooled connection already closed by the server is re-sent on a fresh one, since
+//! hyper guarantees nothing was written. Connections run with upgrades enabled so a
+//! `101 Switching Protocols` response can be taken over with `hyper::upgrade::on`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+use super::{ConnectionGuard, PoolSettings, PoolStats, TrackedBody, connect};
+use crate::body::Body;
+use crate::cluster::UpstreamError;
+use crate::cluster::host::ActiveRequest;
+
+/// The HTTP/1.1 connections of one host.
+#[derive(Debug)]
+pub struct Http1Pool {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    addr: SocketAddr,
+    settings: Arc<PoolSettings>,
+    stats: PoolStats,
+    idle: Mutex<Vec<Idle>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Idle {
+    id: u64,
+    sender: SendRequest<Body>,
+    since: Instant,
+    served: u32,
+}
+
+/// A connection checked out for one request.
+struct Checkout {
+    id: u64,
+    sender: SendRequest<Body>,
+    served: u32,
+    reused: bool,
+}
+
+impl Http1Pool {
+    /// A pool for `addr`.
+    pub fn new(addr: SocketAddr, settings: Arc<PoolSettings>, stats: PoolStats) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                addr,
+                settings,
+                stats,
+                idle: Mutex::new(Vec::new()),
+                next_id: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Idle connections ready for reuse.
+    pub fn idle_count(&self) -> usize {
+        self.inner.lock_idle().len()
+    }
+
+    /// Sends a request, reusing an idle connection when one is ready.
+    pub async fn send(
+        &self,
+        mut request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, UpstreamError> {
+        let active = ActiveRequest::new(&self.inner.stats.host);
+        super::to_http1(&mut request);
+        loop {
+            let mut conn = match self.inner.checkout() {
+                Some(conn) => conn,
+                None => self.inner.connect().await?,
+            };
+            match conn.sender.try_send_request(request).await {
+                Ok(response) => {
+                    conn.served += 1;
+                    Inner::release(&self.inner, conn);
+                    return Ok(TrackedBody::boxed(response, active));
+                }
+                Err(mut error) => match error.take_message() {
+                    // Not sent on a pooled connection the server had closed: safe to re-send.
+                    Some(unsent) if conn.reused => {
+                        tracing::debug!(upstream.addr = %self.inner.addr, "pooled connection closed, retrying on a new one");
+                        request = unsent;
+                    }
+                    _ => {
+                        let error = error.into_error();
+                        tracing::debug!(upstream.addr = %self.inner.addr, %error, "upstream request failed");
+                        return Err(UpstreamError::Reset(error.to_string()));
+                    }
+                },
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most recently used idle connection that is still open and not expired.
+    fn checkout(&self) -> Option<Checkout> {
+        let now = Instant::now();
+        let mut idle = self.lock_idle();
+        while let Some(conn) = idle.pop() {
+            let expired = self
+                .settings
+                .idle_timeout
+                .is_some_and(|t| now.duration_since(conn.since) >= t);
+            if conn.sender.is_closed() || expired || !conn.sender.is_ready() {
+                continue;
+            }
+            return Some(Checkout {
+                id: conn.id,
+                sender: conn.sender,
+                served: conn.served,
+                reused: true,
+            });
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<Checkout, UpstreamError> {
+        let stream = connect(self.addr, &self.settings, &self.stats).await?;
+        let mut builder = http1::Builder::new();
+        builder.title_case_headers(self.settings.http1.title_case_headers);
+        let (sender, connection) = builder
+            .handshake::<_, Body>(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Handshake(e.to_string()))?;
+        let guard = ConnectionGuard::new(&self.stats);
+        let addr = self.addr;
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(upstream.addr = %addr, %error, "upstream connection closed with error");
+            }
+        });
+        Ok(Checkout {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            sender,
+            served: 0,
+            reused: false,
+        })
+    }
+
+    /// Returns the connection to the idle list once hyper can take the next request on it,
+    /// unless it has served its maximum; dropping the sender then closes it after the response.
+    fn release(this: &Arc<Self>, conn: Checkout) {
+        if this
+            .settings
+            .max_requests_per_connection
+            .is_some_and(|max| conn.served >= max)
+        {
+            return;
+        }
+        let pool = Arc::downgrade(this);
+        tokio::spawn(async move {
+            let Checkout {
+                id,
+                mut sender,
+                served,
+                ..
+            } = conn;
+            if sender.ready().await.is_err() {
+                return;
+            }
+            let Some(pool) = pool.upgrade() else { return };
+            let since = Instant::now();
+            pool.lock_idle().push(Idle {
+                id,
+                sender,
+                since,
+                served,
+            });
+            if let Some(timeout) = pool.settings.idle_timeout {
+                let pool = Arc::downgrade(&pool);
+                tokio::spawn(evict_when_idle(pool, id, since, timeout));
+            }
+        });
+    }
+}
+
+/// Closes connection `id` if it is still idle since `since` when the idle timeout passes.
+async fn evict_when_idle(pool: Weak<Inner>, id: u64, since: Instant, timeout: std::time::Duration) {
+    tokio::time::sleep_until(since + timeout).await;
+    if let Some(pool) = pool.upgrade() {
+        let mut idle = pool.lock_idle();
+        if let Some(i) = idle.iter().position(|c| c.id == id && c.since == since) {
+            idle.remove(i);
+            tracing::debug!(upstream.addr = %pool.addr, "idle upstream connection closed");
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The HTTP/2 pool: requests multiplexed as streams over as few connections as possible (h2c
+//! with prior knowledge).
+//!
+//! A new connection is opened only when every open one already carries its limit of concurrent
+//! streams (`max_concurrent_streams`, or the peer's advertised SETTINGS if lower) or has served
+//! `max_requests_per_connection` streams. Connections are made one at a time per host so a burst
+//! of first requests shares one connection instead of racing to open many. A connection with no
+//! stream for the idle timeout is closed.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use hyper::client::conn::http2::{self, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::time::Instant;
+
+use super::{ConnectionGuard, PoolSettings, PoolStats, TrackedBody, connect};
+use crate::body::Body;
+use crate::cluster::UpstreamError;
+use crate::cluster::host::ActiveRequest;
+
+/// The HTTP/2 connections of one host.
+#[derive(Debug)]
+pub struct Http2Pool {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    addr: SocketAddr,
+    settings: Arc<PoolSettings>,
+    stats: PoolStats,
+    conns: Mutex<Vec<Conn>>,
+    connecting: tokio::sync::Mutex<()>,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Conn {
+    id: u64,
+    sender: SendRequest<Body>,
+    /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS, as the connection task last saw it.
+    peer_max_streams: Arc<AtomicUsize>,
+    active: u32,
+    served: u32,
+    idle_since: Instant,
+}
+
+/// Holds one stream's slot on its connection until the response body is done.
+#[derive(Debug)]
+struct StreamSlot {
+    pool: Weak<Inner>,
+    id: u64,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.finish_stream(self.id);
+        }
+    }
+}
+
+impl Http2Pool {
+    /// A pool for `addr`.
+    pub fn new(addr: SocketAddr, settings: Arc<PoolSettings>, stats: PoolStats) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                addr,
+                settings,
+                stats,
+                conns: Mutex::new(Vec::new()),
+                connecting: tokio::sync::Mutex::new(()),
+                next_id: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Open connections.
+    pub fn connection_count(&self) -> usize {
+        self.inner.lock_conns().len()
+    }
+
+    /// Sends a request as a new stream on a connection with room for it.
+    pub async fn send(
+        &self,
+        mut request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, UpstreamError> {
+        let active = ActiveRequest::new(&self.inner.stats.host);
+        super::to_http2(&mut request);
+        let (mut sender, slot) = match self.inner.claim() {
+            Some(claimed) => claimed,
+            None => {
+                let _connecting = self.inner.connecting.lock().await;
+                match self.inner.claim() {
+                    Some(claimed) => claimed,
+                    None => self.inner.connect().await?,
+                }
+            }
+        };
+        match sender.send_request(request).await {
+            Ok(response) => Ok(TrackedBody::boxed(response, (active, slot))),
+            Err(error) => {
+                tracing::debug!(upstream.addr = %self.inner.addr, %error, "upstream stream failed");
+                Err(UpstreamError::Reset(error.to_string()))
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn lock_conns(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn limit(&self, conn: &Conn) -> bool {
+        let max_streams = (self.settings.http2.max_concurrent_streams as usize)
+            .min(conn.peer_max_streams.load(Ordering::Relaxed).max(1));
+        let below_max_requests = self
+            .settings
+            .max_requests_per_connection
+            .is_none_or(|max| conn.served < max);
+        (conn.active as usize) < max_streams && below_max_requests
+    }
+
+    /// Takes a stream slot on an open connection with room.
+    fn claim(self: &Arc<Self>) -> Option<(SendRequest<Body>, StreamSlot)> {
+        let now = Instant::now();
+        let mut conns = self.lock_conns();
+        conns.retain(|c| {
+            let expired = c.active == 0
+                && self
+                    .settings
+                    .idle_timeout
+                    .is_some_and(|t| now.duration_since(c.idle_since) >= t);
+            !c.sender.is_closed() && !expired
+        });
+        let conn = conns.iter_mut().find(|c| self.limit(c))?;
+        conn.active += 1;
+        conn.served += 1;
+        Some((
+            conn.sender.clone(),
+            StreamSlot {
+                pool: Arc::downgrade(self),
+                id: conn.id,
+            },
+        ))
+    }
+
+    async fn connect(self: &Arc<Self>) -> Result<(SendRequest<Body>, StreamSlot), UpstreamError> {
+        let stream = connect(self.addr, &self.settings, &self.stats).await?;
+        let h2 = &self.settings.http2;
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(h2.initial_stream_window_size)
+            .initial_connection_window_size(h2.initial_connection_window_size);
+        if let Some((interval, timeout)) = h2.keepalive {
+            builder
+                .keep_alive_interval(interval)
+                .keep_alive_timeout(timeout);
+        }
+        let (sender, connection) = builder
+            .handshake::<_, Body>(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Handshake(e.to_string()))?;
+        let guard = ConnectionGuard::new(&self.stats);
+        let addr = self.addr;
+        let peer_max_streams = Arc::new(AtomicUsize::new(usize::MAX));
+        let seen = peer_max_streams.clone();
+        let mut connection = connection;
+        tokio::spawn(async move {
+            let _guard = guard;
+            let driven = std::future::poll_fn(|cx| {
+                let poll = std::pin::Pin::new(&mut connection).poll(cx);
+                seen.store(connection.current_max_send_streams(), Ordering::Relaxed);
+                poll
+            });
+            if let Err(error) = driven.await {
+                tracing::debug!(upstream.addr = %addr, %error, "upstream h2 connection closed with error");
+            }
+        });
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn = Conn {
+            id,
+            sender: sender.clone(),
+            peer_max_streams,
+            active: 1,
+            served: 1,
+            idle_since: Instant::now(),
+        };
+        // Listed even when it may take no more streams, so `finish_stream` finds it.
+        self.lock_conns().push(conn);
+        Ok((
+            sender,
+            StreamSlot {
+                pool: Arc::downgrade(self),
+                id,
+            },
+        ))
+    }
+
+    /// A stream ended: free its slot, drop a connection that has served its maximum, and arm the
+    /// idle timer when the connection has no stream left.
+    fn finish_stream(self: &Arc<Self>, id: u64) {
+        let mut conns = self.lock_conns();
+        let Some(i) = conns.iter().position(|c| c.id == id) else {
+            return;
+        };
+        let conn = &mut conns[i];
+        conn.active = conn.active.saturating_sub(1);
+        if conn.active > 0 {
+            return;
+        }
+        let exhausted = self
+            .settings
+            .max_requests_per_connection
+            .is_some_and(|max| conn.served >= max);
+        if exhausted {
+            conns.remove(i);
+            return;
+        }
+        let since = Instant::now();
+        conn.idle_since = since;
+        if let (Some(timeout), Ok(runtime)) = (
+            self.settings.idle_timeout,
+            tokio::runtime::Handle::try_current(),
+        ) {
+            let pool = Arc::downgrade(self);
+            runtime.spawn(async move {
+                tokio::time::sleep_until(since + timeout).await;
+                if let Some(pool) = pool.upgrade() {
+                    pool.lock_conns()
+                        .retain(|c| !(c.id == id && c.active == 0 && c.idle_since == since));
+                }
+            });
+        }
+    }
+}
