@@ -180,12 +180,11 @@ impl Running {
 /// Starts the proxy from a bootstrap: static resources validated and published, the ADS client
 /// started when there are dynamic resources, the admin server bound when there is an `admin`
 /// block, and every listener of the first snapshot bound before returning.
-pub async fn start(bootstrap: &Bootstrap) -> Result<Running, StartError> {
-    let admin_address = crate::admin::address(bootstrap)?;
+pub async fn start(bootstrap: Bootstrap) -> Result<Running, StartError> {
+    let admin_address = crate::admin::address(&bootstrap)?;
     let stats = Arc::new(Store::default());
     let store = Arc::new(ConfigStore::new(ClusterManager::new(stats.clone())));
-    let (tracker, client) =
-        crate::xds::start(Arc::new(bootstrap.clone()), store.clone(), stats.clone())?;
+    let (tracker, client) = crate::xds::start(Arc::new(bootstrap), store.clone(), stats.clone())?;
     let lifecycle = Lifecycle::new();
     let listeners = ListenerManager::new(store.clone(), stats.clone());
     listeners.reconcile().await;
@@ -232,7 +231,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         .as_ref()
         .map(|n| n.id.clone())
         .unwrap_or_default();
-    let running = start(&bootstrap).await?;
+    let running = start(bootstrap).await?;
     tracing::info!(node, "ferry-proxy started");
     let mut quit = running.lifecycle.shutdown();
     tokio::select! {

@@ -98,7 +98,7 @@ async fn config_swaps_under_load_fail_nothing() {
     let a = Upstream::echo("a").await.expect("a");
     let b = Upstream::echo("b").await.expect("b");
     let clusters = [cluster("a", a.addr), cluster("b", b.addr)];
-    let proxy: Running = app::start(&bootstrap(&["http"], "a", &clusters))
+    let proxy: Running = app::start(bootstrap(&["http"], "a", &clusters))
         .await
         .expect("starts");
     let addr = proxy.listener_addr("http").expect("bound");
@@ -163,7 +163,7 @@ async fn config_swaps_under_load_fail_nothing() {
 async fn removed_listener_drains_and_shutdown_waits_for_in_flight() {
     let (gated, gate) = Upstream::gated("gated").await.expect("gated");
     let clusters = [cluster("gated", gated.addr)];
-    let proxy = app::start(&bootstrap(&["keep", "remove"], "gated", &clusters))
+    let proxy = app::start(bootstrap(&["keep", "remove"], "gated", &clusters))
         .await
         .expect("starts");
     let removed = proxy.listener_addr("remove").expect("bound");

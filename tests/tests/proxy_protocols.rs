@@ -75,7 +75,7 @@ static_resources:
         cluster("echo", echo, USE_DOWNSTREAM) + &cluster("tcp", tcp, "")
     );
     let bootstrap = xds_proto::json::from_yaml_str(&yaml).expect("bootstrap parses");
-    app::start(&bootstrap).await.expect("proxy starts")
+    app::start(bootstrap).await.expect("proxy starts")
 }
 
 struct Fixture {

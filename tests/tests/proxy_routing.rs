@@ -59,7 +59,7 @@ static_resources:
 
 async fn start(yaml: &str) -> Running {
     let bootstrap = xds_proto::json::from_yaml_str(yaml).expect("bootstrap parses");
-    app::start(&bootstrap).await.expect("proxy starts")
+    app::start(bootstrap).await.expect("proxy starts")
 }
 
 async fn get(proxy: SocketAddr, authority: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
@@ -325,4 +325,56 @@ static_resources:
         get(addr, "reviews:7777", "/", &[]).await.status,
         StatusCode::NOT_FOUND
     );
+}
+
+#[tokio::test]
+async fn retries_connect_failures_on_another_host() {
+    let live = Upstream::echo("live").await.unwrap();
+    let closed = net::ClosedPort::bind().expect("closed port");
+    let endpoint = |port: u16| {
+        format!(
+            "{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}"
+        )
+    };
+    let mixed = format!(
+        r#"
+  - name: mixed
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: mixed
+      endpoints: [{{ lb_endpoints: [{}, {}] }}]"#,
+        endpoint(closed.port()),
+        endpoint(live.addr.port())
+    );
+    let proxy = start(&bootstrap(
+        r#"
+            - name: r
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/retried" }
+                route:
+                  cluster: mixed
+                  retry_policy:
+                    retry_on: connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes
+                    num_retries: 2
+                    retry_host_predicate: [{ name: envoy.retry_host_predicates.previous_hosts, typed_config: { '@type': type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate } }]
+                    host_selection_retry_max_attempts: 5
+              - match: { prefix: "/once" }
+                route: { cluster: mixed }
+        "#,
+        &[mixed],
+    ))
+    .await;
+    let addr = proxy.listener_addr("http").expect("bound");
+    let mut once_failures = 0;
+    for _ in 0..20 {
+        let retried = get(addr, "r", "/retried", &[]).await;
+        assert_eq!(retried.status, StatusCode::OK, "{}", retried.text());
+        if get(addr, "r", "/once", &[]).await.status != StatusCode::OK {
+            once_failures += 1;
+        }
+    }
+    // Without retries, round robin hands some requests to the dead endpoint.
+    assert!(once_failures > 0, "the dead endpoint was never picked");
 }
