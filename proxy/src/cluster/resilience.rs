@@ -1,10 +1,12 @@
 //! `circuit_breakers` and `outlier_detection`, validated into domain types with Envoy's
 //! defaults filled in.
 //!
-//! NOT ENFORCED YET: these types are the seam for the resilience issue (overflow answered with
-//! 503 UO, ejection of failing hosts). Ferry accepts the fields today so that Istio's clusters,
-//! which always carry `circuit_breakers` and often `outlier_detection`, load; no limit is applied
-//! and no host is ejected until that work lands.
+//! Enforced by [`Cluster`](super::Cluster): `max_requests` of the DEFAULT priority in
+//! `Cluster::send` (overflow: 503 UO, `x-envoy-overloaded`), `max_retries` / `retry_budget`
+//! when the router admits a retry, and outlier detection (see [`crate::outlier`]; ejected
+//! hosts are avoided by host selection unless the panic threshold is crossed). Accepted but not
+//! enforced yet: `max_connections`, `max_pending_requests`, the HIGH priority's thresholds
+//! (routes do not carry a priority yet) and `per_host_thresholds`.
 
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use xds_proto::google::protobuf::UInt32Value;
 use super::InvalidCluster;
 use super::config::duration;
 
-/// `circuit_breakers`. Not enforced yet (see the module doc).
+/// `circuit_breakers` (see the module doc for what is enforced).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CircuitBreakers {
     /// `thresholds`, one per routing priority (DEFAULT, HIGH).
@@ -94,7 +96,7 @@ impl CircuitBreakers {
     }
 }
 
-/// `outlier_detection` with Envoy's defaults. Not enforced yet (see the module doc).
+/// `outlier_detection` with Envoy's defaults, run by [`crate::outlier::Detector`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutlierDetection {
     /// `consecutive_5xx` (default 5).

@@ -23,6 +23,9 @@ use super::original_dst::OriginalDstHosts;
 use super::priority::{HostEntry, HostSet};
 use super::stats::ClusterStats;
 use super::transport::TransportSocket;
+use crate::body::Body;
+use crate::circuit_breaker::{self, CircuitBreakerSet, Resource};
+use crate::outlier::{self, Detector};
 use crate::pool::PoolSettings;
 use crate::stats::Store;
 
@@ -36,6 +39,7 @@ pub struct Cluster {
     pub config: Arc<ClusterConfig>,
     shared: Arc<Shared>,
     background: Option<AbortHandle>,
+    outlier_timer: Option<AbortHandle>,
 }
 
 #[derive(Debug)]
@@ -47,11 +51,18 @@ struct Shared {
     original_dst: Option<OriginalDstHosts>,
     assignment: Mutex<Option<Arc<LoadAssignment>>>,
     warm: watch::Sender<bool>,
+    /// `circuit_breakers`, enforced in [`Cluster::send`].
+    breakers: CircuitBreakerSet,
+    /// `outlier_detection`: fed by [`Cluster::send`], consulted by host selection.
+    outlier: Option<Arc<Detector>>,
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
         if let Some(task) = &self.background {
+            task.abort();
+        }
+        if let Some(task) = &self.outlier_timer {
             task.abort();
         }
     }
@@ -81,6 +92,11 @@ impl Cluster {
             original_dst,
             assignment: Mutex::new(None),
             warm,
+            breakers: CircuitBreakerSet::from(&config.circuit_breakers),
+            outlier: config
+                .outlier_detection
+                .clone()
+                .map(|od| Arc::new(Detector::new(od, std::iter::empty()))),
         });
         // Adopt the previous version's hosts where their connections are still valid.
         let donors: Vec<Arc<Host>> = donors
@@ -88,6 +104,13 @@ impl Cluster {
             .filter(|h| **h.settings() == *shared.settings)
             .collect();
         let runtime = tokio::runtime::Handle::try_current().ok();
+        let outlier_timer = match (&shared.outlier, &runtime) {
+            (Some(detector), Some(rt)) => {
+                let _entered = rt.enter();
+                Some(detector.spawn_timer().abort_handle())
+            }
+            _ => None,
+        };
         let mut background = None;
         match &config.discovery {
             Discovery::Static => {
@@ -141,6 +164,7 @@ impl Cluster {
             config,
             shared,
             background,
+            outlier_timer,
         }
     }
 
@@ -160,14 +184,63 @@ impl Cluster {
         ctx: &LbContext<'_>,
         rng: &mut R,
     ) -> Option<Arc<Host>> {
-        let host = match &self.shared.original_dst {
-            Some(hosts) => ctx.original_dst.map(|addr| hosts.host(addr)),
-            None => self.shared.hosts.load().select(ctx, rng),
+        let avoid = self
+            .shared
+            .outlier
+            .as_ref()
+            .and_then(|d| d.avoid(self.config.healthy_panic_threshold));
+        let host = match (&self.shared.original_dst, avoid) {
+            (Some(hosts), _) => ctx.original_dst.map(|addr| hosts.host(addr)),
+            (None, None) => self.shared.hosts.load().select(ctx, rng),
+            // Ejected hosts are avoided like previous hosts: the set falls back to one of them
+            // only when nothing else is left.
+            (None, Some(ejected)) => {
+                let mut excluded = ejected.to_vec();
+                excluded.extend_from_slice(ctx.excluded);
+                let ctx = LbContext {
+                    excluded: &excluded,
+                    ..*ctx
+                };
+                self.shared.hosts.load().select(&ctx, rng)
+            }
         };
         if host.is_none() {
             self.shared.stats.upstream_cx_none_healthy.inc();
         }
         host
+    }
+
+    /// Sends one upstream request to `host` under the cluster's circuit breaker (`max_requests`
+    /// of the DEFAULT priority, held until the response body ends; overflow is
+    /// [`UpstreamError::Overflow`], 503 UO) and feeds outlier detection with the result.
+    pub async fn send(
+        &self,
+        host: &Host,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, super::UpstreamError> {
+        let guard = self
+            .shared
+            .breakers
+            .for_priority(false)
+            .try_acquire(Resource::Requests)?;
+        let result = host.send(request).await;
+        if let Some(detector) = &self.shared.outlier
+            && let Some(outcome) =
+                outlier::Outcome::from_result(result.as_ref().map(|r| r.status()))
+        {
+            detector.record(host.address(), outcome);
+        }
+        result.map(|response| circuit_breaker::hold_until_body_ends(response, guard))
+    }
+
+    /// The cluster's circuit breakers (retry admission: `try_acquire_retry`).
+    pub fn circuit_breakers(&self) -> &CircuitBreakerSet {
+        &self.shared.breakers
+    }
+
+    /// The cluster's outlier detector, when `outlier_detection` is configured.
+    pub fn outlier_detector(&self) -> Option<&Arc<Detector>> {
+        self.shared.outlier.as_ref()
     }
 
     /// Counts an upstream response (or a locally generated one for an upstream failure) by
@@ -314,6 +387,10 @@ impl Shared {
         self.stats.membership_total.set(total as i64);
         self.stats.update_success.inc();
         tracing::debug!(cluster = %self.config.name, healthy, total, "host set updated");
+        if let Some(detector) = &self.outlier {
+            // Outlier state is keyed by address: hosts that remain keep it.
+            detector.update_hosts(set.entries().iter().map(|e| e.host.address()));
+        }
         self.hosts.store(Arc::new(set));
         self.warm.send_replace(true);
     }

@@ -93,6 +93,8 @@ impl Tries<'_> {
         let mut first = Some(http::Request::from_parts(parts, body));
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut attempt: u32 = 0;
+        // Holds the retry budget slot of the retry in flight.
+        let mut _retry_guard: Option<crate::circuit_breaker::Guard> = None;
         loop {
             attempt += 1;
             let excluded: &[SocketAddr] = match self.retry {
@@ -132,7 +134,8 @@ impl Tries<'_> {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let sent = host.send(request);
+            // The cluster applies its circuit breaker and feeds outlier detection.
+            let sent = self.cluster.send(&host, request);
             let outcome = match limit {
                 Some(limit) => match tokio::time::timeout(limit, sent).await {
                     Ok(Ok(response)) => Outcome::Response(response),
@@ -156,14 +159,41 @@ impl Tries<'_> {
                 Outcome::Failed(_) | Outcome::TryTimeout => p.retry_reset(),
                 Outcome::RouteTimeout => false,
             });
+            if matches!(outcome, Outcome::TryTimeout | Outcome::RouteTimeout)
+                && let Some(detector) = self.cluster.outlier_detector()
+            {
+                detector.record(host.address(), crate::outlier::Outcome::Timeout);
+            }
+            let mut retry_flag = None;
             if retriable && attempt <= retries {
-                let backoff = self.retry.map(|p| p.backoff(attempt)).unwrap_or_default();
-                let wake = Instant::now() + backoff;
-                if deadline.is_none_or(|d| wake < d) {
-                    tracing::debug!(attempt, backoff_ms = backoff.as_millis() as u64, "retrying");
-                    tokio::time::sleep_until(wake).await;
-                    continue;
+                // Retries are admitted by the cluster's retry budget / max_retries breaker.
+                match self
+                    .cluster
+                    .circuit_breakers()
+                    .for_priority(false)
+                    .try_acquire_retry()
+                {
+                    Some(guard) => {
+                        let backoff = self.retry.map(|p| p.backoff(attempt)).unwrap_or_default();
+                        let wake = Instant::now() + backoff;
+                        if deadline.is_none_or(|d| wake < d) {
+                            tracing::debug!(
+                                attempt,
+                                backoff_ms = backoff.as_millis() as u64,
+                                "retrying"
+                            );
+                            _retry_guard = Some(guard);
+                            tokio::time::sleep_until(wake).await;
+                            continue;
+                        }
+                    }
+                    None => {
+                        tracing::debug!(attempt, "retry refused by the retry budget");
+                        retry_flag = Some(ResponseFlag::UpstreamOverflow);
+                    }
                 }
+            } else if retriable {
+                retry_flag = Some(ResponseFlag::UpstreamRetryLimitExceeded);
             }
             let result = match outcome {
                 Outcome::Response(response) => Ok(response),
@@ -176,6 +206,12 @@ impl Tries<'_> {
                     Err(timeout_reply())
                 }
             };
+            let mut result = result;
+            if let Some(flag) = retry_flag {
+                match &mut result {
+                    Ok(r) | Err(r) => r.extensions_mut().insert(flag),
+                };
+            }
             let status = match &result {
                 Ok(r) | Err(r) => r.status(),
             };
