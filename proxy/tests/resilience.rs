@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use xds_proto::envoy::config::bootstrap::v3::Bootstrap;
 use xds_proto::envoy::config::cluster::v3::Cluster as ClusterPb;
 use xds_proto::envoy::config::route::v3::RetryPolicy as RetryPolicyPb;
 
@@ -305,4 +306,137 @@ async fn requests_beyond_max_requests_get_an_immediate_503_uo() {
         assert_eq!(h.await.expect("join"), (200, None));
     }
     assert_eq!(request(&c, &p, &breakers, None).await, (200, None));
+}
+
+// ---- The same mechanisms through the real proxy (static bootstrap, listener, router). ----
+
+fn endpoint(addr: SocketAddr) -> String {
+    format!(
+        "{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}",
+        addr.port()
+    )
+}
+
+fn bootstrap(gated: SocketAddr, bad: SocketAddr, good: [SocketAddr; 2]) -> Bootstrap {
+    let yaml = format!(
+        r#"
+static_resources:
+  listeners:
+  - name: http
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: http
+          route_config:
+            name: local
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/limited" }}
+                route: {{ cluster: limited }}
+              - match: {{ prefix: "/fault" }}
+                route: {{ cluster: limited }}
+                typed_per_filter_config:
+                  envoy.filters.http.fault:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+                    abort: {{ http_status: 418, percentage: {{ numerator: 100 }} }}
+              - match: {{ prefix: "/od" }}
+                route:
+                  cluster: od
+                  retry_policy:
+                    retry_on: 5xx
+                    num_retries: 2
+                    retry_host_predicate: [ {{ name: envoy.retry_host_predicates.previous_hosts }} ]
+                    host_selection_retry_max_attempts: 5
+                    retry_back_off: {{ base_interval: 0.001s }}
+          http_filters:
+          - name: envoy.filters.http.fault
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault }}
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+  - name: limited
+    type: STATIC
+    circuit_breakers: {{ thresholds: [ {{ max_requests: 1 }} ] }}
+    load_assignment: {{ cluster_name: limited, endpoints: [ {{ lb_endpoints: [ {eg} ] }} ] }}
+  - name: od
+    type: STATIC
+    lb_policy: ROUND_ROBIN
+    outlier_detection: {{ consecutive_5xx: 3, max_ejection_percent: 50 }}
+    load_assignment: {{ cluster_name: od, endpoints: [ {{ lb_endpoints: [ {eb}, {e1}, {e2} ] }} ] }}
+"#,
+        eg = endpoint(gated),
+        eb = endpoint(bad),
+        e1 = endpoint(good[0]),
+        e2 = endpoint(good[1]),
+    );
+    xds_proto::json::from_yaml_str(&yaml).expect("bootstrap yaml")
+}
+
+/// One GET on a fresh connection: (status, x-envoy-overloaded present).
+async fn get(proxy: SocketAddr, path: &str) -> (u16, bool) {
+    let stream = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header(http::header::HOST, "example")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("response");
+    let overloaded = resp.headers().contains_key("x-envoy-overloaded");
+    let status = resp.status().as_u16();
+    let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+    (status, overloaded)
+}
+
+#[tokio::test]
+async fn proxy_enforces_breakers_ejects_outliers_and_injects_faults() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (gated_addr, gated_seen) = gated(gate.clone()).await;
+    let (bad, bad_seen) = upstream(Mode::Status(503)).await;
+    let (g1, _) = upstream(Mode::Status(200)).await;
+    let (g2, _) = upstream(Mode::Status(200)).await;
+    let running = ferry_proxy::app::start(bootstrap(gated_addr, bad, [g1, g2]))
+        .await
+        .expect("proxy starts");
+    let proxy = running.listener_addr("http").expect("listener");
+
+    // Circuit breaker: one request held upstream, the next is refused at once.
+    let held = tokio::spawn(get(proxy, "/limited"));
+    while gated_seen.load(Ordering::SeqCst) < 1 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(get(proxy, "/limited").await, (503, true));
+    gate.add_permits(100);
+    assert_eq!(held.await.expect("join"), (200, false));
+    assert_eq!(get(proxy, "/limited").await, (200, false));
+
+    // Fault injection: aborted locally, the upstream never sees it.
+    let before = gated_seen.load(Ordering::SeqCst);
+    assert_eq!(get(proxy, "/fault").await.0, 418);
+    assert_eq!(gated_seen.load(Ordering::SeqCst), before);
+
+    // Outlier detection: retries hide the bad host; after 3 consecutive 5xx it is ejected and
+    // gets no more traffic.
+    for _ in 0..9 {
+        assert_eq!(get(proxy, "/od").await.0, 200);
+    }
+    let seen = bad_seen.load(Ordering::SeqCst);
+    assert_eq!(seen, 3, "ejected after consecutive_5xx");
+    for _ in 0..9 {
+        assert_eq!(get(proxy, "/od").await.0, 200);
+    }
+    assert_eq!(
+        bad_seen.load(Ordering::SeqCst),
+        seen,
+        "no traffic while ejected"
+    );
 }

@@ -44,6 +44,9 @@ pub struct Route {
     pub request_headers: HeaderMutation,
     /// Route-level response headers.
     pub response_headers: HeaderMutation,
+    /// The fault filter's per-route config (`typed_per_filter_config`
+    /// `envoy.filters.http.fault`), as Istio emits it for a VirtualService `fault`.
+    pub fault: Option<crate::fault::Fault>,
 }
 
 /// Envoy's `RouteMatch`: every condition must hold.
@@ -153,8 +156,22 @@ impl Route {
     fn from_proto(r: &route_pb::Route, field: &str) -> Result<Self, Invalid> {
         use route_pb::route::Action as A;
         let f = |s: &str| format!("{field}.{s}");
-        if !r.typed_per_filter_config.is_empty() {
-            let mut names: Vec<_> = r.typed_per_filter_config.keys().cloned().collect();
+        let mut fault = None;
+        let mut names: Vec<_> = Vec::new();
+        for (name, config) in &r.typed_per_filter_config {
+            if name == crate::fault::FILTER_NAME {
+                let parsed = crate::fault::Fault::from_any(config).map_err(|e| {
+                    Invalid::new(
+                        f(&format!("typed_per_filter_config.{name}.{}", e.field)),
+                        e.reason,
+                    )
+                })?;
+                fault = Some(parsed);
+            } else {
+                names.push(name.clone());
+            }
+        }
+        if !names.is_empty() {
             names.sort();
             return Err(Invalid::new(
                 f("typed_per_filter_config"),
@@ -208,6 +225,7 @@ impl Route {
                 &r.response_headers_to_remove,
                 &f("response"),
             )?,
+            fault,
         })
     }
 }

@@ -112,6 +112,15 @@ pub async fn forward(
     request: UpstreamRequest,
     downstream: &Downstream,
 ) -> Response<Body> {
+    // The fault filter runs before the router, as in Istio's filter chain (fault, cors, router).
+    let mut delayed = false;
+    if let Some(fault) = &selected.route.fault {
+        let injection = fault.decide(&mut rand::rng());
+        delayed = injection.delay.is_some();
+        if let Some(reply) = fault.inject(injection).await {
+            return reply;
+        }
+    }
     let (cluster_name, weighted) = pick(forward);
     let span = tracing::Span::current();
     span.record("cluster", cluster_name);
@@ -219,6 +228,11 @@ pub async fn forward(
             .insert("x-envoy-upstream-service-time", value);
     }
     table.mutate_response(selected, weighted, response.headers_mut());
+    if delayed && response.extensions().get::<ResponseFlag>().is_none() {
+        response
+            .extensions_mut()
+            .insert(ResponseFlag::DelayInjected);
+    }
     response
 }
 
