@@ -165,7 +165,7 @@ pub fn spawn(cluster: Arc<Cluster>, request: Request<Body>) -> tokio::task::Join
             tracing::debug!(cluster = cluster.name(), "mirror: no healthy upstream");
             return;
         };
-        match host.send(request).await {
+        match cluster.send(&host, request).await {
             Ok(response) => {
                 tracing::debug!(
                     cluster = cluster.name(),

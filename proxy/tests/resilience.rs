@@ -317,7 +317,12 @@ fn endpoint(addr: SocketAddr) -> String {
     )
 }
 
-fn bootstrap(gated: SocketAddr, bad: SocketAddr, good: [SocketAddr; 2]) -> Bootstrap {
+fn bootstrap(
+    gated: SocketAddr,
+    bad: SocketAddr,
+    good: [SocketAddr; 2],
+    shadow: SocketAddr,
+) -> Bootstrap {
     let yaml = format!(
         r#"
 static_resources:
@@ -344,6 +349,12 @@ static_resources:
                   envoy.filters.http.fault:
                     "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
                     abort: {{ http_status: 418, percentage: {{ numerator: 100 }} }}
+              - match: {{ prefix: "/mirror" }}
+                route:
+                  cluster: limited
+                  request_mirror_policies:
+                  - cluster: shadow
+                    runtime_fraction: {{ default_value: {{ numerator: 100 }} }}
               - match: {{ prefix: "/od" }}
                 route:
                   cluster: od
@@ -363,6 +374,9 @@ static_resources:
     type: STATIC
     circuit_breakers: {{ thresholds: [ {{ max_requests: 1 }} ] }}
     load_assignment: {{ cluster_name: limited, endpoints: [ {{ lb_endpoints: [ {eg} ] }} ] }}
+  - name: shadow
+    type: STATIC
+    load_assignment: {{ cluster_name: shadow, endpoints: [ {{ lb_endpoints: [ {es} ] }} ] }}
   - name: od
     type: STATIC
     lb_policy: ROUND_ROBIN
@@ -370,6 +384,7 @@ static_resources:
     load_assignment: {{ cluster_name: od, endpoints: [ {{ lb_endpoints: [ {eb}, {e1}, {e2} ] }} ] }}
 "#,
         eg = endpoint(gated),
+        es = endpoint(shadow),
         eb = endpoint(bad),
         e1 = endpoint(good[0]),
         e2 = endpoint(good[1]),
@@ -404,7 +419,8 @@ async fn proxy_enforces_breakers_ejects_outliers_and_injects_faults() {
     let (bad, bad_seen) = upstream(Mode::Status(503)).await;
     let (g1, _) = upstream(Mode::Status(200)).await;
     let (g2, _) = upstream(Mode::Status(200)).await;
-    let running = ferry_proxy::app::start(bootstrap(gated_addr, bad, [g1, g2]))
+    let (shadow, hosts_seen) = recording().await;
+    let running = ferry_proxy::app::start(bootstrap(gated_addr, bad, [g1, g2], shadow))
         .await
         .expect("proxy starts");
     let proxy = running.listener_addr("http").expect("listener");
@@ -424,6 +440,16 @@ async fn proxy_enforces_breakers_ejects_outliers_and_injects_faults() {
     assert_eq!(get(proxy, "/fault").await.0, 418);
     assert_eq!(gated_seen.load(Ordering::SeqCst), before);
 
+    // Mirroring: the original succeeds; a copy reaches the shadow cluster with `-shadow`.
+    assert_eq!(get(proxy, "/mirror").await, (200, false));
+    while hosts_seen.lock().expect("lock").is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        *hosts_seen.lock().expect("lock"),
+        vec!["example-shadow".to_owned()]
+    );
+
     // Outlier detection: retries hide the bad host; after 3 consecutive 5xx it is ejected and
     // gets no more traffic.
     for _ in 0..9 {
@@ -439,4 +465,33 @@ async fn proxy_enforces_breakers_ejects_outliers_and_injects_faults() {
         seen,
         "no traffic while ejected"
     );
+}
+
+/// An upstream that records the Host header of every request.
+async fn recording() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let hosts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = hosts.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<Incoming>| {
+                    let host = req
+                        .headers()
+                        .get(http::header::HOST)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    seen.lock().expect("lock").push(host);
+                    async { Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new()))) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, hosts)
 }

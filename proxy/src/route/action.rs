@@ -87,6 +87,8 @@ pub struct Forward {
     pub websocket: Option<bool>,
     /// The route's retry policy (`None`: the virtual host's, if any).
     pub retry_policy: Option<RetryPolicy>,
+    /// `request_mirror_policies`: shadow copies to other clusters.
+    pub mirrors: Vec<crate::mirror::MirrorPolicy>,
 }
 
 /// Envoy's `RedirectAction`.
@@ -180,10 +182,6 @@ pub(crate) fn forward(a: &route_pb::RouteAction, field: &str) -> Result<Forward,
         a.retry_policy_typed_config.is_some(),
         "retry_policy_typed_config",
     )?;
-    refuse_if(
-        !a.request_mirror_policies.is_empty(),
-        "request_mirror_policies",
-    )?;
     refuse_if(a.priority != 0, "priority")?;
     refuse_if(!a.rate_limits.is_empty(), "rate_limits")?;
     refuse_if(a.cors.is_some(), "cors")?;
@@ -274,6 +272,19 @@ pub(crate) fn forward(a: &route_pb::RouteAction, field: &str) -> Result<Forward,
             .as_ref()
             .map(|p| RetryPolicy::from_proto(p, &f("retry_policy")))
             .transpose()?,
+        mirrors: a
+            .request_mirror_policies
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                crate::mirror::MirrorPolicy::try_from(m).map_err(|e| {
+                    Invalid::new(
+                        f(&format!("request_mirror_policies[{i}].{}", e.field)),
+                        e.reason,
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
     })
 }
 

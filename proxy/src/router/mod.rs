@@ -192,6 +192,17 @@ pub async fn forward(
     }
     table.mutate_request(selected, weighted, &mut parts.headers);
     let replayable = http_body::Body::is_end_stream(&body) && on_upgrade.is_none();
+    // Mirrors: fire-and-forget copies of bodiless requests (bodies are not teed yet).
+    if replayable {
+        for mirror in &forward.mirrors {
+            if let Some(shadow_cluster) = snapshot.clusters.get(&mirror.cluster)
+                && mirror.sample(&mut rand::rng())
+            {
+                let shadow = mirror.shadow_request(&parts, bytes::Bytes::new());
+                crate::mirror::spawn(shadow_cluster.clone(), shadow);
+            }
+        }
+    }
     let tries = attempts::Tries {
         cluster,
         ctx: LbContext {
