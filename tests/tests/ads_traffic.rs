@@ -220,6 +220,28 @@ async fn eds_updates_move_traffic_between_upstreams() {
     .await;
     until_body(addr, "blue").await;
 
+    // `/listeners?format=json` reports the port the OS gave the port-0 listener, as Envoy does.
+    let lookup = listeners.clone();
+    let state = ferry_proxy::admin::AdminState::new(tracker.clone(), Default::default())
+        .with_listener_addrs(move |name| lookup.listener_addr(name));
+    let (admin, _admin) = ferry_proxy::admin::serve(([127, 0, 0, 1], 0).into(), state)
+        .await
+        .expect("admin binds");
+    let reply = net::get(admin, "admin", "/listeners?format=json")
+        .await
+        .expect("admin answers");
+    let json: serde_json::Value = serde_json::from_slice(&reply.body).expect("json");
+    let status = &json["listener_statuses"][0];
+    assert_eq!(status["name"], "http");
+    assert_eq!(
+        status["local_address"]["socket_address"]["port_value"],
+        u64::from(addr.port())
+    );
+    let reply = net::get(admin, "admin", "/listeners")
+        .await
+        .expect("admin answers");
+    assert_eq!(reply.text(), format!("http::{addr}\n"));
+
     server.set(CLUSTER_LOAD_ASSIGNMENT, "2", vec![assignment("app", green)]);
     until_body(addr, "green").await;
     for _ in 0..20 {

@@ -39,7 +39,8 @@ pub fn address_string(address: Option<&Address>) -> String {
     }
 }
 
-fn socket_address(addr: SocketAddr) -> Address {
+/// A `socket_address` for a bound address.
+pub fn socket_address(addr: SocketAddr) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
             address: addr.ip().to_string(),
