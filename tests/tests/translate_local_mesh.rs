@@ -28,8 +28,7 @@ fn proxy(pod: &str, ip: &str, labels: &[(&str, &str)], sa: &str) -> ProxyNode {
 fn ferry_proxy_accepts_the_local_mesh_config() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/local-mesh");
     let (model, errors) = model_from_dir(&dir).unwrap();
-    // assert!(errors.is_empty(), "{errors:#?}");
-    let _ = errors;
+    assert!(errors.is_empty(), "{errors:#?}");
     let proxies = [
         proxy(
             "client",
