@@ -14,7 +14,9 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::debug::{self, DebugState};
-use crate::model::Model;
+use crate::model::{Model, ModelError};
+use crate::source::SourceHandle;
+use crate::source::dir::{DirError, watch_dir};
 use crate::xds::debounce::{DebounceConfig, debounce};
 use crate::xds::metrics::Metrics;
 use crate::xds::{Generator, TranslateGenerator, XdsServer};
@@ -48,19 +50,59 @@ pub enum AppError {
     /// The ADS server failed.
     #[error("xDS server: {0}")]
     Serve(#[from] tonic::transport::Error),
-    /// A part the command needs is not built yet.
-    #[error("not implemented: {0}")]
-    NotImplemented(&'static str),
+    /// The directory source could not start.
+    #[error(transparent)]
+    Source(#[from] DirError),
 }
 
 /// What the sources publish: the model (`None` until the initial sync) and the objects they
-/// refuse, one line each (origin, field path, reason).
+/// refuse (origin, kind, name, field path, reason).
 #[derive(Debug, Clone)]
 pub struct Sources {
     /// The validated model.
     pub models: watch::Receiver<Option<Arc<Model>>>,
     /// Current validation errors.
-    pub errors: watch::Receiver<Vec<String>>,
+    pub errors: watch::Receiver<Arc<Vec<ModelError>>>,
+}
+
+/// The sending side of [`Sources`], for whatever feeds the server (a source handle, a test).
+#[derive(Debug)]
+pub struct SourcesFeed {
+    /// Publishes a model; the first `Some` is the initial sync.
+    pub models: watch::Sender<Option<Arc<Model>>>,
+    /// Publishes the current validation errors.
+    pub errors: watch::Sender<Arc<Vec<ModelError>>>,
+}
+
+impl Sources {
+    /// Channels with nothing synced yet.
+    pub fn channel() -> (SourcesFeed, Sources) {
+        let (models_tx, models) = watch::channel(None);
+        let (errors_tx, errors) = watch::channel(Arc::new(Vec::new()));
+        let feed = SourcesFeed {
+            models: models_tx,
+            errors: errors_tx,
+        };
+        (feed, Sources { models, errors })
+    }
+}
+
+impl SourcesFeed {
+    /// Forwards a started source (already past its initial sync) until it or the server stops.
+    /// Errors go first so a model is never shown with stale errors.
+    pub async fn forward(self, mut handle: SourceHandle) {
+        loop {
+            self.errors
+                .send_replace(handle.errors.borrow_and_update().clone());
+            self.models
+                .send_replace(Some(handle.models.borrow_and_update().clone()));
+            tokio::select! {
+                changed = handle.models.changed() => if changed.is_err() { return },
+                changed = handle.errors.changed() => if changed.is_err() { return },
+                () = self.models.closed() => return,
+            }
+        }
+    }
 }
 
 /// A running control plane.
@@ -152,16 +194,11 @@ pub async fn start(
     })
 }
 
-/// Keeps the validation-errors gauge and the log in step with the sources.
-async fn watch_errors(mut errors: watch::Receiver<Vec<String>>, metrics: Metrics) {
+/// Keeps the validation-errors gauge in step with the sources (which log each error).
+async fn watch_errors(mut errors: watch::Receiver<Arc<Vec<ModelError>>>, metrics: Metrics) {
     loop {
-        {
-            let current = errors.borrow_and_update();
-            metrics.set_validation_errors(current.len());
-            for error in current.iter() {
-                tracing::warn!(%error, "configuration object refused");
-            }
-        }
+        let count = errors.borrow_and_update().len();
+        metrics.set_validation_errors(count);
         if errors.changed().await.is_err() {
             return;
         }
@@ -170,19 +207,21 @@ async fn watch_errors(mut errors: watch::Receiver<Vec<String>>, metrics: Metrics
 
 /// `ferry-control serve`: the directory source, the translator, the server, until stopped.
 pub async fn run(options: ServeOptions) -> Result<(), AppError> {
-    let sources = directory_source(&options)?;
+    serve(&options).await?.wait().await
+}
+
+/// Starts the directory source, the translator and the server, and returns once the directory's
+/// initial read is served. The listeners open first; proxies that connect before the initial
+/// read completes are held until it does.
+pub async fn serve(options: &ServeOptions) -> Result<Running, AppError> {
+    let (feed, sources) = Sources::channel();
     let generator = Arc::new(TranslateGenerator {
         local_mode: options.local_mode,
     });
-    let running = start(&options, sources, generator).await?;
-    tracing::info!(xds = %running.xds_address, debug = %running.debug_address, "ferry-control serving");
-    running.wait().await
-}
-
-/// The directory source, once cp-source's watcher lands.
-fn directory_source(options: &ServeOptions) -> Result<Sources, AppError> {
-    tracing::error!(dir = %options.config_dir.display(), "the directory source is not merged yet");
-    Err(AppError::NotImplemented(
-        "the directory source (source::directory) is not merged yet",
-    ))
+    let mut running = start(options, sources, generator).await?;
+    tracing::info!(xds = %running.xds_address, debug = %running.debug_address, "ferry-control listening");
+    let handle = watch_dir(&options.config_dir).await?;
+    tracing::info!(dir = %options.config_dir.display(), "initial sync complete; serving");
+    running.helpers.push(tokio::spawn(feed.forward(handle)));
+    Ok(running)
 }

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::model::ModelError;
 use crate::xds::connection::Registry;
 use crate::xds::debounce::Epochs;
 use crate::xds::metrics::Metrics;
@@ -31,8 +32,8 @@ pub struct DebugState {
     pub registry: Registry,
     /// The metrics to expose.
     pub metrics: Metrics,
-    /// The sources' current validation errors, one line each.
-    pub errors: watch::Receiver<Vec<String>>,
+    /// The sources' current validation errors.
+    pub errors: watch::Receiver<Arc<Vec<ModelError>>>,
     /// Push epochs: ready once the first one is published.
     pub epochs: Epochs,
 }
@@ -86,8 +87,22 @@ fn handle(state: &DebugState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         }
         "/debug/config_dump" => config_dump(state, req.uri().query().unwrap_or("")),
         "/debug/errors" => {
-            let errors = state.errors.borrow().clone();
-            json_response(StatusCode::OK, &json!(errors))
+            let errors: Vec<Value> = state
+                .errors
+                .borrow()
+                .iter()
+                .map(|e| {
+                    json!({
+                        "origin": e.origin,
+                        "kind": e.kind,
+                        "name": e.name,
+                        "field": e.field,
+                        "reason": e.reason,
+                        "message": e.to_string(),
+                    })
+                })
+                .collect();
+            json_response(StatusCode::OK, &Value::Array(errors))
         }
         "/metrics" => {
             let mut response = Response::new(Full::new(Bytes::from(state.metrics.encode())));

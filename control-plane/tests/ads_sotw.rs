@@ -333,13 +333,16 @@ async fn malformed_node_is_refused_with_the_reason() {
 #[tokio::test]
 async fn validation_errors_are_visible_on_the_debug_endpoint() {
     let h = Harness::start(model(vec![])).await;
-    h.errors.send_replace(vec![
-        "bad.yaml#0 VirtualService default/reviews: spec.http[0].route[0].weight: must be >= 0"
-            .into(),
-    ]);
+    let error = ferry_control::model::ModelError::document("bad.yaml#0", "must be >= 0")
+        .object("VirtualService", "default/reviews")
+        .field("spec.http[0].route[0].weight");
+    h.errors.send_replace(std::sync::Arc::new(vec![error]));
     let (code, body) = h.debug_get("/debug/errors").await;
     assert_eq!(code, 200);
-    assert!(body.contains("spec.http[0].route[0].weight"), "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body[0]["field"], "spec.http[0].route[0].weight");
+    assert_eq!(body[0]["name"], "default/reviews");
+    assert_eq!(body[0]["reason"], "must be >= 0");
     tokio::time::timeout(PATIENCE, async {
         while !h
             .debug_get("/metrics")
@@ -352,4 +355,32 @@ async fn validation_errors_are_visible_on_the_debug_endpoint() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn a_panicking_generator_costs_an_update_not_the_connection() {
+    let h = Harness::start(model(vec![service("reviews", "default", &["10.1.0.1"])])).await;
+    let n = node("10.0.0.7", "p", "default");
+    let id = n.id.clone();
+    let mut c = Client::connect(&h, n).await;
+    c.send(type_url::CLUSTER, &[], None).await;
+    let cds = c.recv().await;
+    c.send(type_url::CLUSTER, &[], Some(&cds)).await;
+    h.models
+        .send_replace(model(vec![service("boom", "default", &[])]));
+    let status = h.wait_for(&id, |s| s.generate_error.is_some()).await;
+    assert!(status.generate_error.unwrap().contains("panicked"));
+    h.models.send_replace(model(vec![
+        service("reviews", "default", &["10.1.0.1"]),
+        service("ratings", "default", &["10.1.0.2"]),
+    ]));
+    let cds = c.recv().await;
+    assert_eq!(names(&cds), vec![RATINGS, REVIEWS]);
+    assert_eq!(
+        h.wait_for(&id, |s| s.generate_error.is_none())
+            .await
+            .types
+            .len(),
+        1
+    );
 }

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde_json::{Value, json};
@@ -16,6 +17,7 @@ use tokio::time::Instant;
 use tonic::Status;
 use xds_proto::envoy::config::core::v3::Node;
 
+use super::GenerateError;
 use super::cache::{ResourceType, Snapshot};
 use super::debounce::{Epoch, Epochs};
 use super::server::Shared;
@@ -254,11 +256,18 @@ impl Session {
         let Some(epoch) = self.epochs.borrow_and_update().clone() else {
             return false;
         };
-        let generated = self
-            .shared
-            .generator
-            .generate(&epoch.model, &self.proxy)
-            .map(|r| Arc::new(Snapshot::build(r, self.snapshot.as_deref())));
+        // A translator bug must cost this proxy an update, not the connection (or the server).
+        let generator = &self.shared.generator;
+        let generated = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            generator.generate(&epoch.model, &self.proxy)
+        }))
+        .unwrap_or_else(|_| {
+            Err(GenerateError {
+                proxy: self.proxy.id.clone(),
+                reason: "the generator panicked".into(),
+            })
+        })
+        .map(|r| Arc::new(Snapshot::build(r, self.snapshot.as_deref())));
         let mut status = lock(&self.status);
         status.epoch = epoch.id;
         match generated {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_control::app::{self, Running, ServeOptions, Sources};
+use ferry_control::app::{self, Running, ServeOptions, Sources, SourcesFeed};
 use ferry_control::model::proxy::ProxyNode;
 use ferry_control::model::{Endpoint, Model, Protocol, Resolution, Service, ServicePort};
 use ferry_control::xds::connection::ConnectionStatus;
@@ -98,7 +98,12 @@ fn socket(ip: &str, port: u32) -> Address {
 
 /// Services of the proxy's own namespace become `outbound|80||HOST` EDS clusters, their
 /// assignments, a virtual host each in route `80`, behind listener `0.0.0.0_80`.
+/// A service named `boom` makes it panic, standing in for a translator bug.
 pub fn generate(model: &Model, proxy: &ProxyNode) -> Result<Resources, GenerateError> {
+    assert!(
+        !model.services.values().any(|s| s.name == "boom"),
+        "translator bug"
+    );
     let mut out = Resources::default();
     let mut vhosts = Vec::new();
     for svc in model
@@ -156,13 +161,13 @@ pub fn generate(model: &Model, proxy: &ProxyNode) -> Result<Resources, GenerateE
 pub struct Harness {
     pub running: Running,
     pub models: watch::Sender<Option<Arc<Model>>>,
-    pub errors: watch::Sender<Vec<String>>,
+    pub errors: watch::Sender<Arc<Vec<ferry_control::model::ModelError>>>,
 }
 
 impl Harness {
     pub async fn start(initial: Option<Arc<Model>>) -> Harness {
-        let (models, models_rx) = watch::channel(initial);
-        let (errors, errors_rx) = watch::channel(Vec::new());
+        let (SourcesFeed { models, errors }, sources) = Sources::channel();
+        models.send_replace(initial);
         let options = ServeOptions {
             config_dir: ".".into(),
             xds_address: "127.0.0.1:0".parse().unwrap(),
@@ -172,10 +177,6 @@ impl Harness {
                 quiet: Duration::from_millis(20),
                 max_delay: Duration::from_millis(200),
             },
-        };
-        let sources = Sources {
-            models: models_rx,
-            errors: errors_rx,
         };
         let running = app::start(&options, sources, Arc::new(generate))
             .await
