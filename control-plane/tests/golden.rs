@@ -11,6 +11,8 @@
 //! (`envoy --mode validate`) as static resources; it fails when `CI` is set and `envoy` is
 //! missing, and is skipped (with a message) otherwise.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

@@ -2,6 +2,8 @@
 //! is accepted by ferry-proxy's own xDS conversions, resource by resource, for every sidecar of
 //! the sample: what the local mesh serves must never be NACKed by the proxy it runs.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
