@@ -165,3 +165,41 @@ fn validate_command_accepts_the_good_manifests() {
     );
     assert!(ok.len() > 40, "{}", ok.len());
 }
+
+#[test]
+fn the_binary_exits_one_on_errors_and_zero_on_good_manifests() {
+    let bin = env!("CARGO_BIN_EXE_ferry-control");
+    let bad = std::process::Command::new(bin)
+        .args(["validate", "-f"])
+        .arg(testdata("bad"))
+        .output()
+        .expect("run ferry-control");
+    assert_eq!(bad.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&bad.stdout);
+    assert!(stdout.contains("undefined-subset.yaml#0 VirtualService default/reviews-v9: spec.http[0].route[0].destination.subset:"), "{stdout}");
+
+    let mut good = std::process::Command::new(bin);
+    good.arg("validate");
+    for f in good_files() {
+        good.arg("-f").arg(f);
+    }
+    let good = good.output().expect("run ferry-control");
+    assert_eq!(
+        good.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&good.stdout)
+    );
+    assert!(good.stdout.is_empty());
+
+    let crds = std::process::Command::new(bin)
+        .arg("crds")
+        .output()
+        .expect("run ferry-control");
+    assert_eq!(crds.status.code(), Some(0));
+    let checked_in = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds.yaml"),
+    )
+    .expect("crds.yaml");
+    assert_eq!(String::from_utf8_lossy(&crds.stdout), checked_in);
+}

@@ -98,8 +98,10 @@ fn run_case(dir: &Path) -> (Generated, Vec<String>) {
         labels: spec.labels,
         service_account: spec.service_account,
     };
-    let options = Options {
-        local_mode: spec.local_mode,
+    let options = if spec.local_mode {
+        Options::local_mesh()
+    } else {
+        Options::default()
     };
     (generate(&model, &proxy, &options), model_errors)
 }

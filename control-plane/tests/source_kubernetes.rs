@@ -413,13 +413,34 @@ async fn kubernetes_source_reaches_the_directory_model_and_follows_watch_events(
     assert!(relisted.services.contains_key(&format!("reviews{FQDN}")));
     assert_eq!(relisted.services.len(), after_events.services.len());
 
+    // Istio kinds follow their watches too: the canary moves to 50/50.
+    let mut vs = mesh_objects(&mesh_dir())["virtualservices"]["default/reviews"].clone();
+    vs["spec"]["http"][0]["route"][0]["weight"] = json!(50);
+    vs["spec"]["http"][0]["route"][1]["weight"] = json!(50);
+    commands
+        .send(("virtualservices", Script::Events(vec![("MODIFIED", vs)])))
+        .expect("server");
+    wait_for(&mut models, "the 50/50 split", |m| {
+        m.virtual_services
+            .iter()
+            .find(|c| c.name == "reviews")
+            .is_some_and(|c| c.spec.http[0].route[0].weight == Some(50))
+    })
+    .await;
+    let relisted = models.borrow().clone();
+
     // The directory source holding the same objects builds the same model.
     let dir = tempfile::tempdir().expect("tempdir");
     let mut all = String::new();
     for objects in mesh_objects(&mesh_dir()).values() {
         for object in objects.values() {
             let name = object["metadata"]["name"].as_str().unwrap_or_default();
-            if object["kind"] == "Service" && matches!(name, "ratings" | "reviews") {
+            let replaced = match object["kind"].as_str() {
+                Some("Service") => matches!(name, "ratings" | "reviews"),
+                Some("VirtualService") => name == "reviews",
+                _ => false,
+            };
+            if replaced {
                 continue;
             }
             all.push_str(&format!("---\n{object}\n"));
@@ -427,6 +448,10 @@ async fn kubernetes_source_reaches_the_directory_model_and_follows_watch_events(
     }
     let mut reviews = mesh_objects(&mesh_dir())["services"]["default/reviews"].clone();
     reviews["spec"]["clusterIP"] = json!("10.96.9.9");
+    let mut vs = mesh_objects(&mesh_dir())["virtualservices"]["default/reviews"].clone();
+    vs["spec"]["http"][0]["route"][0]["weight"] = json!(50);
+    vs["spec"]["http"][0]["route"][1]["weight"] = json!(50);
+    all.push_str(&format!("---\n{vs}\n"));
     all.push_str(&format!(
         "---\n{reviews}\n---\n{}\n",
         service("extra2", "10.96.1.2")

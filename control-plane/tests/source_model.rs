@@ -335,3 +335,34 @@ fn service_entry_hosts_do_not_override_services_and_cidrs_are_refused() {
             .any(|e| e.field == "spec.hosts" && e.reason.contains("already defined"))
     );
 }
+
+#[test]
+fn subsets_are_checked_against_resolved_hosts() {
+    // `reviews.default` from namespace prod names the same service as `reviews` in default.
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+        metadata: {name: reviews, namespace: default}\nspec: {host: reviews, subsets: [{name: v1, labels: {version: v1}}]}\n\
+        ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: prod}\n\
+        spec: {hosts: [reviews.default], http: [{route: [{destination: {host: reviews.default, subset: v1}}]}]}\n\
+        ---\napiVersion: v1\nkind: Namespace\nmetadata: {name: prod}\n";
+    let (model, errors) = ferry_control::source::dir::model_from_yaml(yaml, "x.yaml");
+    assert!(errors.is_empty(), "{errors:#?}");
+    let route = &model.virtual_services[0].spec.http[0].route[0];
+    assert_eq!(route.destination.host, "reviews.default.svc.cluster.local");
+    assert_eq!(route.destination.subset.as_deref(), Some("v1"));
+}
+
+#[test]
+fn the_local_mesh_sample_builds_a_clean_model() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples/local-mesh");
+    let (model, errors) = model_from_dir(&dir).expect("samples/local-mesh");
+    assert!(errors.is_empty(), "{errors:#?}");
+    let reviews = service(&model, "reviews.default.svc.cluster.local");
+    let addresses: Vec<&str> = reviews
+        .endpoints
+        .iter()
+        .map(|e| e.address.as_str())
+        .collect();
+    assert_eq!(addresses, ["127.0.0.2", "127.0.0.3"]);
+    assert_eq!(model.virtual_services.len(), 1);
+    assert_eq!(model.destination_rules.len(), 1);
+}

@@ -13,11 +13,13 @@ use std::time::Duration;
 
 use xds_proto::envoy::config::bootstrap::v3::Bootstrap;
 
+use crate::admin::{AdminState, Lifecycle};
 use crate::bootstrap::{self, BootstrapError, SidecarIdentity};
 use crate::cluster::ClusterManager;
 use crate::listener::manager::ListenerManager;
 use crate::snapshot::ConfigStore;
 use crate::stats::Store;
+use crate::xds::Tracker;
 
 /// Command-line flags (Envoy's names where Envoy has one).
 #[derive(Debug, Clone, clap::Parser)]
@@ -121,6 +123,15 @@ pub enum StartError {
     /// The bootstrap is unusable.
     #[error(transparent)]
     Bootstrap(#[from] BootstrapError),
+    /// A static resource or the ADS settings were refused.
+    #[error(transparent)]
+    Invalid(#[from] crate::xds::InvalidBootstrap),
+    /// The admin address is unusable.
+    #[error(transparent)]
+    AdminAddress(#[from] crate::admin::InvalidAdminAddress),
+    /// The admin server could not bind.
+    #[error("cannot bind admin server: {0}")]
+    AdminBind(std::io::Error),
 }
 
 /// A running proxy.
@@ -132,7 +143,13 @@ pub struct Running {
     pub store: Arc<ConfigStore>,
     /// The listener manager.
     pub listeners: Arc<ListenerManager>,
-    reconciler: tokio::task::JoinHandle<()>,
+    /// What the xDS side accepted (`/config_dump`, readiness).
+    pub tracker: Arc<Tracker>,
+    /// Shutdown and drain requests (SIGTERM, `/quitquitquit`, `/drain_listeners`).
+    pub lifecycle: Lifecycle,
+    /// The admin server's bound address, when the bootstrap has an `admin` block.
+    pub admin_addr: Option<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -143,6 +160,7 @@ impl Running {
 
     /// Stops accepting, lets in-flight requests finish for up to `drain_time`, then returns.
     pub async fn shutdown(self, drain_time: Duration) {
+        self.tracker.set_draining();
         self.listeners.drain_all();
         if tokio::time::timeout(drain_time, self.listeners.wait_idle())
             .await
@@ -153,44 +171,73 @@ impl Running {
                 "drain time over, closing remaining connections"
             );
         }
-        self.reconciler.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
-/// Starts the proxy from a bootstrap: static resources validated and applied, listeners bound.
-/// Dynamic resources need the ADS client, which is not part of this build yet: a bootstrap with
-/// `dynamic_resources` is refused rather than run half-configured.
-pub async fn start(bootstrap: &Bootstrap) -> Result<Running, StartError> {
-    if bootstrap.dynamic_resources.is_some() {
-        return Err(BootstrapError::Unsupported {
-            field: "dynamic_resources".into(),
-            reason: "the ADS client is not wired into this build yet".into(),
-        }
-        .into());
-    }
+/// Starts the proxy from a bootstrap: static resources validated and published, the ADS client
+/// started when there are dynamic resources, the admin server bound when there is an `admin`
+/// block, and every listener of the first snapshot bound before returning.
+pub async fn start(bootstrap: Bootstrap) -> Result<Running, StartError> {
+    let admin_address = crate::admin::address(&bootstrap)?;
     let stats = Arc::new(Store::default());
     let store = Arc::new(ConfigStore::new(ClusterManager::new(stats.clone())));
-    store.apply(bootstrap::static_resources(bootstrap)?);
+    let (tracker, client) = crate::xds::start(Arc::new(bootstrap), store.clone(), stats.clone())?;
+    let lifecycle = Lifecycle::new();
     let listeners = ListenerManager::new(store.clone(), stats.clone());
     listeners.reconcile().await;
-    let reconciler = tokio::spawn(listeners.clone().run());
+    let mut tasks = vec![tokio::spawn(listeners.clone().run())];
+    tasks.extend(client);
+    let admin_addr = match admin_address {
+        Some(address) => {
+            let state = AdminState::new(tracker.clone(), lifecycle.clone());
+            let (bound, task) = crate::admin::serve(address, state)
+                .await
+                .map_err(StartError::AdminBind)?;
+            tasks.push(task);
+            Some(bound)
+        }
+        None => None,
+    };
+    let mut drain = lifecycle.drain();
+    let drained = listeners.clone();
+    tasks.push(tokio::spawn(async move {
+        while drain.changed().await.is_ok() {
+            if drain.borrow().is_some() {
+                // Only whole-proxy draining exists; inbound-only drains everything too, the
+                // conservative reading of Envoy's `/drain_listeners?inboundonly`.
+                drained.drain_all();
+            }
+        }
+    }));
     Ok(Running {
         stats,
         store,
         listeners,
-        reconciler,
+        tracker,
+        lifecycle,
+        admin_addr,
+        tasks,
     })
 }
 
 /// Runs until SIGTERM or SIGINT, then drains and returns.
 pub async fn run(options: Options) -> anyhow::Result<()> {
     let bootstrap = options.bootstrap()?;
-    let running = start(&bootstrap).await?;
-    tracing::info!(
-        node = bootstrap.node.as_ref().map_or("", |n| n.id.as_str()),
-        "ferry-proxy started"
-    );
-    shutdown_signal().await;
+    let node = bootstrap
+        .node
+        .as_ref()
+        .map(|n| n.id.clone())
+        .unwrap_or_default();
+    let running = start(bootstrap).await?;
+    tracing::info!(node, "ferry-proxy started");
+    let mut quit = running.lifecycle.shutdown();
+    tokio::select! {
+        () = shutdown_signal() => {}
+        _ = quit.wait_for(|q| *q) => {}
+    }
     tracing::info!(
         drain_ms = options.drain_time.as_millis() as u64,
         "shutting down"

@@ -7,14 +7,9 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 
 use serde_json::json;
 use xds_proto::envoy::config::bootstrap::v3::Bootstrap;
-
-use crate::cluster::ClusterConfig;
-use crate::listener::Listener;
-use crate::snapshot::Resources;
 
 /// Why a bootstrap cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -30,16 +25,6 @@ pub enum BootstrapError {
     /// Not a valid Envoy v3 bootstrap.
     #[error("invalid bootstrap: {0}")]
     Parse(#[from] xds_proto::json::JsonError),
-    /// A static resource was refused.
-    #[error("bootstrap static_resources.{kind}[{index}]: {reason}")]
-    Static {
-        /// `listeners` or `clusters`.
-        kind: &'static str,
-        /// Index in the list.
-        index: usize,
-        /// The resource's own error (names the resource and field).
-        reason: String,
-    },
     /// Neither a file nor an xDS address was given.
     #[error("either -c FILE or --xds-address is required")]
     NoConfig,
@@ -160,44 +145,6 @@ pub fn sidecar(identity: &SidecarIdentity) -> Result<Bootstrap, BootstrapError> 
         }] },
     });
     Ok(xds_proto::json::from_value(value)?)
-}
-
-/// Validates the bootstrap's `static_resources` into [`Resources`]; any refusal names the
-/// resource and field.
-pub fn static_resources(bootstrap: &Bootstrap) -> Result<Resources, BootstrapError> {
-    let mut resources = Resources::default();
-    let Some(statics) = &bootstrap.static_resources else {
-        return Ok(resources);
-    };
-    if !statics.secrets.is_empty() {
-        return Err(BootstrapError::Unsupported {
-            field: "static_resources.secrets".into(),
-            reason: "static secrets are not implemented".into(),
-        });
-    }
-    for (index, pb) in statics.listeners.iter().enumerate() {
-        let listener = Listener::try_from(pb).map_err(|e| BootstrapError::Static {
-            kind: "listeners",
-            index,
-            reason: e.to_string(),
-        })?;
-        resources
-            .listeners
-            .insert(listener.name.clone(), Arc::new(listener));
-    }
-    for (index, pb) in statics.clusters.iter().enumerate() {
-        let cluster = ClusterConfig::try_from(pb).map_err(|e| BootstrapError::Static {
-            kind: "clusters",
-            index,
-            reason: e.to_string(),
-        })?;
-        // The inline `load_assignment` is validated and kept by `ClusterConfig` itself (with
-        // hostnames allowed for DNS clusters); `load_assignments` holds EDS resources only.
-        resources
-            .clusters
-            .insert(cluster.name.clone(), Arc::new(cluster));
-    }
-    Ok(resources)
 }
 
 /// Worker threads: `requested`, else the container's CPU limit, else the host's parallelism.

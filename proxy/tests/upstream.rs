@@ -1,6 +1,9 @@
 //! The upstream side end to end: the real proxy (static bootstrap, listener, router) in front of
 //! real HTTP/1.1 and HTTP/2 servers on loopback, through STATIC and STRICT_DNS clusters.
 
+// Test helpers fail the test by panicking.
+#![allow(clippy::unwrap_used)]
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -142,7 +145,7 @@ async fn proxy_balances_and_pools_across_real_upstreams() {
     let closed_port = closed.local_addr().unwrap().port();
     drop(closed);
 
-    let running = ferry_proxy::app::start(&bootstrap(a, b, h2, dns.port(), closed_port))
+    let running = ferry_proxy::app::start(bootstrap(a, b, h2, dns.port(), closed_port))
         .await
         .unwrap();
     let proxy = running.listener_addr("http").unwrap();

@@ -127,8 +127,10 @@ impl Drop for Proxy {
 }
 
 fn start_proxy(server: &AdsServer, api_type: &str, backoff: Backoff) -> Proxy {
-    let store = Arc::new(ConfigStore::default());
     let stats = Arc::new(Store::default());
+    let store = Arc::new(ConfigStore::new(ferry_proxy::cluster::ClusterManager::new(
+        stats.clone(),
+    )));
     let tracker = Tracker::new(
         bootstrap(server.addr().port(), api_type),
         store.clone(),
@@ -558,7 +560,7 @@ async fn admin_endpoints_report_config_and_readiness() {
         "{body}"
     );
     assert!(
-        body.contains("envoy_cluster_update_success{envoy_cluster_name=\"c\"} 1"),
+        body.contains("envoy_cluster_update_attempt{envoy_cluster_name=\"c\"} 1"),
         "{body}"
     );
 

@@ -17,7 +17,7 @@ use xds_proto::envoy::config::bootstrap::v3::Bootstrap;
 use xds_proto::envoy::config::listener::v3::Listener;
 use xds_proto::envoy::config::route::v3::RouteConfiguration;
 use xds_proto::google::protobuf::Any;
-use xds_proto::type_url::{CLUSTER, LISTENER, ROUTE_CONFIGURATION};
+use xds_proto::type_url::{CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER, ROUTE_CONFIGURATION};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -136,6 +136,117 @@ async fn traffic_follows_updates_survives_nack_and_control_plane_restart() {
     server.set(ROUTE_CONFIGURATION, "3", vec![direct("v3")]);
     until_body(addr, "v3").await;
 
+    client.abort();
+    reconciler.abort();
+}
+
+/// An HTTP/1.1 upstream answering every request with `name`.
+async fn upstream(name: &'static str) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("upstream binds");
+    let addr = listener.local_addr().expect("upstream address");
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_request| async move {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(name.as_bytes())),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+fn routed_to(cluster: &str) -> Any {
+    let config: RouteConfiguration = xds_proto::json::from_value(serde_json::json!({
+        "name": "r",
+        "virtual_hosts": [{ "name": "all", "domains": ["*"], "routes": [{
+            "match": { "prefix": "/" }, "route": { "cluster": cluster } }] }]
+    }))
+    .expect("test route parses");
+    xds_proto::any::pack(&config)
+}
+
+fn eds_cluster(name: &str) -> Any {
+    let cluster: xds_proto::envoy::config::cluster::v3::Cluster =
+        xds_proto::json::from_value(serde_json::json!({
+            "name": name,
+            "type": "EDS",
+            "connect_timeout": "1s",
+            "eds_cluster_config": { "eds_config": { "ads": {}, "resource_api_version": "V3" } }
+        }))
+        .expect("test cluster parses");
+    xds_proto::any::pack(&cluster)
+}
+
+fn assignment(name: &str, addr: std::net::SocketAddr) -> Any {
+    let cla: xds_proto::envoy::config::endpoint::v3::ClusterLoadAssignment =
+        xds_proto::json::from_value(serde_json::json!({
+            "cluster_name": name,
+            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {
+                "address": addr.ip().to_string(), "port_value": addr.port() } } } }] }]
+        }))
+        .expect("test assignment parses");
+    xds_proto::any::pack(&cla)
+}
+
+#[tokio::test]
+async fn eds_updates_move_traffic_between_upstreams() {
+    let (blue, _blue) = upstream("blue").await;
+    let (green, _green) = upstream("green").await;
+    let server = AdsServer::start().await.expect("ADS server starts");
+    server.set(CLUSTER, "1", vec![eds_cluster("app")]);
+    server.set(CLUSTER_LOAD_ASSIGNMENT, "1", vec![assignment("app", blue)]);
+    server.set(LISTENER, "1", vec![listener("hcm")]);
+    server.set(ROUTE_CONFIGURATION, "1", vec![routed_to("app")]);
+
+    let stats = Arc::new(Store::default());
+    let store = Arc::new(ConfigStore::new(ClusterManager::new(stats.clone())));
+    let tracker = Tracker::new(bootstrap(&server.uri()), store.clone(), stats.clone())
+        .expect("bootstrap accepted");
+    let client = Client::spawn(tracker.ads_config().cloned().expect("ads"), tracker.clone());
+    let listeners = ListenerManager::new(store, stats);
+    listeners.reconcile().await;
+    let reconciler = tokio::spawn(listeners.clone().run());
+    let addr = poll_until("listener bound", WAIT, || async {
+        listeners.listener_addr("http")
+    })
+    .await;
+    until_body(addr, "blue").await;
+
+    // `/listeners?format=json` reports the port the OS gave the port-0 listener, as Envoy does.
+    let lookup = listeners.clone();
+    let state = ferry_proxy::admin::AdminState::new(tracker.clone(), Default::default())
+        .with_listener_addrs(move |name| lookup.listener_addr(name));
+    let (admin, _admin) = ferry_proxy::admin::serve(([127, 0, 0, 1], 0).into(), state)
+        .await
+        .expect("admin binds");
+    let reply = net::get(admin, "admin", "/listeners?format=json")
+        .await
+        .expect("admin answers");
+    let json: serde_json::Value = serde_json::from_slice(&reply.body).expect("json");
+    let status = &json["listener_statuses"][0];
+    assert_eq!(status["name"], "http");
+    assert_eq!(
+        status["local_address"]["socket_address"]["port_value"],
+        u64::from(addr.port())
+    );
+    let reply = net::get(admin, "admin", "/listeners")
+        .await
+        .expect("admin answers");
+    assert_eq!(reply.text(), format!("http::{addr}\n"));
+
+    server.set(CLUSTER_LOAD_ASSIGNMENT, "2", vec![assignment("app", green)]);
+    until_body(addr, "green").await;
+    for _ in 0..20 {
+        assert_eq!(body(addr).await.as_deref(), Some("green"));
+    }
     client.abort();
     reconciler.abort();
 }

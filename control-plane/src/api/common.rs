@@ -168,6 +168,11 @@ impl FromStr for Duration {
         if negative && total > 0 {
             return Err(DurationError::Negative(s.to_owned()));
         }
+        // google.protobuf.Duration's range, which Envoy enforces: about 10,000 years.
+        const MAX_SECS: u128 = 315_576_000_000;
+        if total / 1_000_000_000 > MAX_SECS {
+            return Err(syntax("longer than 315576000000s, the protobuf maximum"));
+        }
         let secs = u64::try_from(total / 1_000_000_000).map_err(|_| syntax("too large"))?;
         let nanos = (total % 1_000_000_000) as u32;
         Ok(Duration(std::time::Duration::new(secs, nanos)))
@@ -308,6 +313,7 @@ mod tests {
             "99999999999999999999999999999999999999999h",
             "1..5s",
             "s",
+            "87660000h1s",
         ] {
             let err = text.parse::<Duration>().unwrap_err().to_string();
             assert!(err.contains("invalid duration"), "{text}: {err}");

@@ -394,7 +394,8 @@ pub struct Http2KeepAlive {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct OutlierDetection {
-    /// Deprecated name for 5xx errors before ejection; use `consecutive5xxErrors`.
+    /// Deprecated: Istio maps it to Envoy's consecutive *gateway* failures (502/503/504) with
+    /// 5xx enforcement off, not to `consecutive5xxErrors`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consecutive_errors: Option<i32>,
     /// Locally originated failures before ejection.
@@ -518,4 +519,90 @@ pub struct RetryBudget {
     /// Window over which requests are counted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget_interval: Option<Duration>,
+}
+
+impl SimpleLb {
+    /// The algorithm Istio actually configures: UNSPECIFIED and the deprecated LEAST_CONN are
+    /// LEAST_REQUEST.
+    pub fn effective(self) -> SimpleLb {
+        match self {
+            SimpleLb::Unspecified | SimpleLb::LeastConn => SimpleLb::LeastRequest,
+            other => other,
+        }
+    }
+}
+
+/// What a consistent hash hashes on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HashKey<'a> {
+    /// A request header.
+    Header(&'a str),
+    /// A cookie (generated when absent).
+    Cookie(&'a HttpCookie),
+    /// The source IP.
+    SourceIp,
+    /// A query parameter.
+    QueryParameter(&'a str),
+}
+
+/// The consistent hash algorithm and its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashAlgorithm {
+    /// Ring hash with this minimum ring size (`None`: Envoy's default, 1024).
+    RingHash(Option<u64>),
+    /// Maglev with this table size (`None`: Envoy's default, 65537).
+    Maglev(Option<u64>),
+}
+
+impl ConsistentHashLb {
+    /// The hash key; `None` when none is set (validation refuses that).
+    pub fn key(&self) -> Option<HashKey<'_>> {
+        if let Some(h) = &self.http_header_name {
+            Some(HashKey::Header(h))
+        } else if let Some(c) = &self.http_cookie {
+            Some(HashKey::Cookie(c))
+        } else if self.use_source_ip == Some(true) {
+            Some(HashKey::SourceIp)
+        } else {
+            self.http_query_parameter_name
+                .as_deref()
+                .map(HashKey::QueryParameter)
+        }
+    }
+
+    /// The algorithm: maglev when asked for, otherwise ring hash with `ringHash.minimumRingSize`
+    /// or the deprecated top-level `minimumRingSize`.
+    pub fn algorithm(&self) -> HashAlgorithm {
+        match (&self.maglev, &self.ring_hash) {
+            (Some(m), _) => HashAlgorithm::Maglev(m.table_size),
+            (None, Some(r)) => {
+                HashAlgorithm::RingHash(r.minimum_ring_size.or(self.minimum_ring_size))
+            }
+            (None, None) => HashAlgorithm::RingHash(self.minimum_ring_size),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consistent_hash_key_and_algorithm() {
+        let ch = ConsistentHashLb {
+            http_header_name: Some("x-user".into()),
+            minimum_ring_size: Some(2048),
+            ..Default::default()
+        };
+        assert_eq!(ch.key(), Some(HashKey::Header("x-user")));
+        assert_eq!(ch.algorithm(), HashAlgorithm::RingHash(Some(2048)));
+        let ch = ConsistentHashLb {
+            use_source_ip: Some(true),
+            maglev: Some(MagLev { table_size: None }),
+            ..Default::default()
+        };
+        assert_eq!(ch.key(), Some(HashKey::SourceIp));
+        assert_eq!(ch.algorithm(), HashAlgorithm::Maglev(None));
+        assert_eq!(SimpleLb::LeastConn.effective(), SimpleLb::LeastRequest);
+    }
 }

@@ -224,6 +224,19 @@ pub fn parse_documents(text: &str, file: &str) -> Vec<Result<Document, ManifestE
             });
         match value {
             Ok(Value::Null) => {}
+            Ok(Value::Object(mut list)) if is_list(&list) => {
+                // `kubectl get -o yaml` output: read the items, each with its own origin.
+                let items = match list.remove("items") {
+                    Some(Value::Array(items)) => items,
+                    _ => Vec::new(),
+                };
+                for (i, item) in items.into_iter().enumerate() {
+                    let origin = format!("{origin}.items[{i}]");
+                    out.push(
+                        from_value(item, &origin).map(|manifest| Document { origin, manifest }),
+                    );
+                }
+            }
             Ok(value) => out.push(from_value(value, &origin).map(|manifest| Document {
                 origin: origin.clone(),
                 manifest,
@@ -236,6 +249,16 @@ pub fn parse_documents(text: &str, file: &str) -> Vec<Result<Document, ManifestE
         }
     }
     out
+}
+
+/// A Kubernetes `v1 List` (or `FooList`) wrapper, as `kubectl get -o yaml` writes.
+fn is_list(map: &serde_json::Map<String, Value>) -> bool {
+    map.get("apiVersion").and_then(Value::as_str) == Some("v1")
+        && map
+            .get("kind")
+            .and_then(Value::as_str)
+            .is_some_and(|k| k == "List" || k.ends_with("List"))
+        && map.get("items").is_some_and(Value::is_array)
 }
 
 /// Reads one object given as a JSON value (a YAML document, or an object from the Kubernetes
@@ -326,6 +349,29 @@ pub fn from_value(mut value: Value, origin: &str) -> Result<Manifest, ManifestEr
         })
     };
     dispatch(value)
+}
+
+/// Reads a bare `spec` value (as a store that kept the raw JSON holds it) into a typed spec,
+/// with the same rules as [`from_value`]: nulls are absent, unknown fields are errors, and the
+/// error names the field as `spec.…`. A missing spec (`null`) is the default spec.
+pub fn spec_from_value<S: DeserializeOwned + Default>(
+    mut spec: Value,
+) -> Result<S, crate::validate::FieldError> {
+    if spec.is_null() {
+        return Ok(S::default());
+    }
+    drop_nulls(&mut spec);
+    serde_path_to_error::deserialize(spec).map_err(|e| {
+        let path = e.path().to_string();
+        crate::validate::FieldError {
+            field: if path == "." {
+                "spec".to_owned()
+            } else {
+                format!("spec.{path}")
+            },
+            reason: e.into_inner().to_string(),
+        }
+    })
 }
 
 /// Deserializes with the path of the failing field recorded.
@@ -463,6 +509,48 @@ mod tests {
         assert_eq!(docs[0].as_ref().unwrap().origin, "f.yaml#1");
         assert_eq!(docs[1].as_ref().unwrap_err().field, "apiVersion");
         assert!(docs[2].is_ok());
+    }
+
+    #[test]
+    fn kubectl_lists_are_read_item_by_item() {
+        let docs = parse_documents(
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: networking.istio.io/v1\n  kind: Sidecar\n  metadata: {name: s}\n  spec: {egress: [{hosts: ['./*']}]}\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: c}\n",
+            "l.yaml",
+        );
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].as_ref().unwrap().origin, "l.yaml#0.items[0]");
+        assert!(matches!(
+            docs[1].as_ref().unwrap().manifest,
+            Manifest::Ignored(_)
+        ));
+    }
+
+    #[test]
+    fn bare_specs_read_with_spec_paths() {
+        let vs: VirtualService =
+            spec_from_value(serde_json::json!({"hosts": ["a"], "http": [{"timeout": null}]}))
+                .unwrap();
+        assert_eq!(vs.hosts, ["a"]);
+        let err = spec_from_value::<DestinationRule>(
+            serde_json::json!({"host": "a", "trafficPolicy": {"circuitBreaker": {}}}),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "spec.trafficPolicy.circuitBreaker");
+        let empty: Sidecar = spec_from_value(Value::Null).unwrap();
+        assert_eq!(empty, Sidecar::default());
+    }
+
+    #[test]
+    fn truncated_manifests_never_panic() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: x}\nspec:\n  hosts: [a]\n  http:\n  - match:\n    - headers: {x: {regex: \"a+\"}}\n    route:\n    - destination: {host: a, subset: v1, port: {number: 80}}\n      weight: 100\n    timeout: 1.5s\n    retries: {attempts: 3, perTryTimeout: 100ms}\n";
+        for cut in 0..text.len() {
+            for doc in parse_documents(&text[..cut], "cut.yaml")
+                .into_iter()
+                .flatten()
+            {
+                let _ = crate::validate::check_manifest(&doc.manifest);
+            }
+        }
     }
 
     #[test]

@@ -22,7 +22,10 @@ pub use common::{
     WorkloadLabelSelector, WorkloadSelector,
 };
 pub use destination_rule::DestinationRule;
-pub use manifest::{Document, Ignored, Manifest, ManifestError, Object, parse_documents};
+pub use manifest::{
+    Document, Ignored, Manifest, ManifestError, Object, from_value, parse_documents,
+    spec_from_value,
+};
 pub use peer_authentication::PeerAuthentication;
 pub use service_entry::ServiceEntry;
 pub use sidecar::Sidecar;

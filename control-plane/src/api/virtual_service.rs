@@ -500,3 +500,84 @@ pub enum UnmatchedPreflights {
     /// Answer without CORS headers.
     Ignore,
 }
+
+impl HttpRoute {
+    /// The share of traffic `mirror` copies, in percent: `mirrorPercentage`, else the deprecated
+    /// integer spellings, else 100 (Istio's default when a mirror is set).
+    pub fn mirror_share(&self) -> f64 {
+        self.mirror_percentage
+            .map(|p| p.value)
+            .or(self.mirror_percent.map(f64::from))
+            .or(self.mirror_percent_snake.map(f64::from))
+            .unwrap_or(100.0)
+    }
+}
+
+impl HttpRetry {
+    /// `retryOn` split the way Istio translates it: Envoy policy names, and numeric status
+    /// codes (which go to `retriable_status_codes`, adding the `retriable-status-codes`
+    /// policy). Empty entries are dropped; validation refuses anything else.
+    pub fn retry_on_parts(&self) -> (Vec<&str>, Vec<u32>) {
+        let mut names = Vec::new();
+        let mut codes = Vec::new();
+        for part in self.retry_on.as_deref().unwrap_or_default().split(',') {
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            match part.parse::<u32>() {
+                Ok(code) => codes.push(code),
+                Err(_) => names.push(part),
+            }
+        }
+        if !codes.is_empty() && !names.contains(&"retriable-status-codes") {
+            names.push("retriable-status-codes");
+        }
+        (names, codes)
+    }
+}
+
+impl Delay {
+    /// The share of requests delayed, in percent: `percentage`, else the deprecated `percent`;
+    /// `None` when neither is set.
+    pub fn share(&self) -> Option<f64> {
+        self.percentage
+            .map(|p| p.value)
+            .or(self.percent.map(f64::from))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_on_numbers_become_status_codes() {
+        let r = HttpRetry {
+            retry_on: Some("connect-failure, 503,refused-stream,".into()),
+            ..Default::default()
+        };
+        let (names, codes) = r.retry_on_parts();
+        assert_eq!(
+            names,
+            [
+                "connect-failure",
+                "refused-stream",
+                "retriable-status-codes"
+            ]
+        );
+        assert_eq!(codes, [503]);
+    }
+
+    #[test]
+    fn mirror_share_prefers_the_new_spelling() {
+        let mut h = HttpRoute {
+            mirror_percent: Some(30),
+            ..Default::default()
+        };
+        assert_eq!(h.mirror_share(), 30.0);
+        h.mirror_percentage = Some(Percent { value: 12.5 });
+        assert_eq!(h.mirror_share(), 12.5);
+        assert_eq!(HttpRoute::default().mirror_share(), 100.0);
+    }
+}

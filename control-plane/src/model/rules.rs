@@ -9,7 +9,7 @@ use super::host::resolve_host;
 use super::{Config, Model, ModelError, service_entry};
 use crate::api::virtual_service::Destination;
 use crate::api::{self, Manifest};
-use crate::source::object::{Kind, Object};
+use crate::source::object::Kind;
 use crate::source::store::Store;
 use crate::validate;
 
@@ -20,28 +20,36 @@ pub(super) fn add_istio(
     model: &mut Model,
     errors: &mut Vec<ModelError>,
 ) {
+    let resolve = |host: &mut String, ns: &str| *host = resolve_host(host, ns, namespaces);
+    // Hosts are resolved before validation, so the cross-object checks (a subset must be defined
+    // by a DestinationRule for the host) compare the same names the model will hold.
     let documents: Vec<api::Document> = Kind::ISTIO
         .into_iter()
         .flat_map(|kind| store.of_kind(kind))
-        .map(Object::to_document)
+        .map(|object| {
+            let mut document = object.to_document();
+            match &mut document.manifest {
+                Manifest::VirtualService(o) => {
+                    let ns = o.namespace().to_owned();
+                    resolve_virtual_service(&mut o.spec, &ns, &resolve);
+                }
+                Manifest::DestinationRule(o) => {
+                    let ns = o.namespace().to_owned();
+                    resolve(&mut o.spec.host, &ns);
+                }
+                _ => {}
+            }
+            document
+        })
         .collect();
     let (valid, refused) = validate::partition(documents);
     errors.extend(refused.into_iter().map(ModelError::from));
 
-    let resolve = |host: &mut String, ns: &str| *host = resolve_host(host, ns, namespaces);
     for document in valid {
         let origin = document.origin;
         match document.manifest {
-            Manifest::VirtualService(o) => {
-                let mut config = config(o, origin);
-                resolve_virtual_service(&mut config.spec, &config.namespace, &resolve);
-                model.virtual_services.push(config);
-            }
-            Manifest::DestinationRule(o) => {
-                let mut config = config(o, origin);
-                resolve(&mut config.spec.host, &config.namespace);
-                model.destination_rules.push(config);
-            }
+            Manifest::VirtualService(o) => model.virtual_services.push(config(o, origin)),
+            Manifest::DestinationRule(o) => model.destination_rules.push(config(o, origin)),
             Manifest::Sidecar(o) => model.sidecars.push(config(o, origin)),
             Manifest::PeerAuthentication(o) => model.peer_authentications.push(config(o, origin)),
             Manifest::AuthorizationPolicy(o) => {

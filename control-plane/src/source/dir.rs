@@ -285,3 +285,76 @@ fn is_manifest(path: &Path) -> bool {
         Some("yaml" | "yml" | "json")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> notify::Result<notify::Event> {
+        Ok(notify::Event::new(EventKind::Modify(
+            notify::event::ModifyKind::Any,
+        )))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn debounce_waits_for_quiet_but_not_forever() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // Quiet after two events 50 ms apart: done 100 ms after the last one.
+        let start = Instant::now();
+        let sender = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = sender.send(event());
+        });
+        debounce(&mut rx).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(150));
+
+        // A steady stream of events: done after the maximum delay.
+        let start = Instant::now();
+        let sender = tx.clone();
+        let stream = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if sender.send(event()).is_err() {
+                    return;
+                }
+            }
+        });
+        debounce(&mut rx).await;
+        assert_eq!(start.elapsed(), MAX_DELAY);
+        stream.abort();
+
+        // Our own reads (access events) do not extend the wait.
+        let start = Instant::now();
+        tx.send(Ok(notify::Event::new(EventKind::Access(
+            notify::event::AccessKind::Any,
+        ))))
+        .expect("send");
+        debounce(&mut rx).await;
+        assert_eq!(start.elapsed(), DEBOUNCE);
+    }
+
+    #[test]
+    fn hidden_entries_and_other_files_are_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("..data")).expect("mkdir");
+        std::fs::create_dir_all(root.join("sub")).expect("mkdir");
+        for file in [
+            "a.yaml",
+            "b.yml",
+            "c.json",
+            "..data/x.yaml",
+            ".a.yaml.swp",
+            "notes.txt",
+            "sub/d.yaml",
+        ] {
+            std::fs::write(root.join(file), "").expect("write");
+        }
+        let mut files = Vec::new();
+        walk(root, root, &mut files).expect("walk");
+        files.sort();
+        let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(names, ["a.yaml", "b.yml", "c.json", "sub/d.yaml"]);
+    }
+}

@@ -26,6 +26,9 @@ pub const ISTIO_WATCH_VERSION: &str = "v1beta1";
 /// Why the Kubernetes source could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeSourceError {
+    /// No usable in-cluster config or kubeconfig.
+    #[error("cannot create a Kubernetes client (in-cluster config or kubeconfig): {0}")]
+    Client(#[from] kube::Error),
     /// The watch streams ended before every initial list completed.
     #[error("kubernetes watches ended before the initial list of {0} completed")]
     Ended(String),
@@ -49,6 +52,13 @@ pub fn api_resource(kind: Kind) -> ApiResource {
         kind: kind.as_str().to_owned(),
         plural: kind.plural().to_owned(),
     }
+}
+
+/// `ferry-control serve --kubernetes`: a client from the in-cluster config or the kubeconfig
+/// (`kube::Client::try_default`), then [`watch_kubernetes`].
+pub async fn kubernetes_source() -> Result<SourceHandle, KubeSourceError> {
+    let client = Client::try_default().await?;
+    watch_kubernetes(client).await
 }
 
 /// Starts a watcher for every kind Ferry reads, across all namespaces, and returns once each
@@ -163,7 +173,16 @@ impl State {
                 self.store.apply(Event::Delete(key)) | cleared
             }
             Err(err) => {
-                warn!(%kind, error = %err, "kubernetes watch failed; retrying with backoff, serving the last model");
+                let not_served = matches!(
+                    &err,
+                    watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.is_not_found()
+                );
+                if not_served {
+                    let resource = api_resource(kind);
+                    warn!(%kind, api_version = %resource.api_version, error = %err, "resource not served by the API server (is its CRD installed?); retrying");
+                } else {
+                    warn!(%kind, error = %err, "kubernetes watch failed; retrying with backoff, serving the last model");
+                }
                 false
             }
         }

@@ -1,10 +1,11 @@
-//! Manifests into store objects, through the API's parser ([`crate::api::parse_documents`] for
-//! YAML files, [`crate::api::from_value`] for objects from the Kubernetes API), so both sources
-//! read objects exactly alike. Each document stands alone: a broken one is reported with its
+//! Manifests into store objects, through the API's parser ([`crate::api::manifest::from_value`]
+//! for every document of a YAML file and for every object from the Kubernetes API), so both
+//! sources read objects exactly alike. Each document stands alone: a broken one is reported with its
 //! file and index and skipped, the others of the same file still apply (Istio's per-object
 //! semantics). Kinds Ferry does not read (Deployment, ConfigMap, ...) are ignored, not errors,
 //! so whole application manifests can live in the directory.
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::object::{Kind, Object, ObjectKey};
@@ -21,15 +22,42 @@ pub enum Document {
 }
 
 /// Parses every document of `text`; `origin` is the file name, each document's origin becomes
-/// `origin#INDEX` (0-based). Empty documents are left out.
+/// `origin#INDEX` (0-based). Empty documents are left out. A `v1` `List` (what `kubectl get -o
+/// yaml` writes) stands for its items, each with origin `origin#INDEX.items[I]`. YAML merge keys
+/// (`<<:`) are applied.
 pub fn parse_documents(text: &str, origin: &str) -> Vec<Result<Document, ModelError>> {
-    api::parse_documents(text, origin)
-        .into_iter()
-        .map(|doc| {
-            let doc = doc.map_err(ModelError::from)?;
-            to_document(doc.manifest, &doc.origin)
-        })
-        .collect()
+    let mut out = Vec::new();
+    for (index, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let doc_origin = format!("{origin}#{index}");
+        let value = serde_yaml_ng::Value::deserialize(de)
+            .and_then(|mut v| v.apply_merge().map(|()| v))
+            .map_err(|e| format!("invalid YAML: {e}"))
+            .and_then(|v| serde_json::to_value(v).map_err(|e| format!("unsupported YAML: {e}")));
+        match value {
+            Ok(Value::Null) => {}
+            Ok(Value::Object(mut map)) if is_list(&map) => {
+                let items = match map.remove("items") {
+                    Some(Value::Array(items)) => items,
+                    _ => Vec::new(),
+                };
+                for (i, item) in items.into_iter().enumerate() {
+                    out.push(parse_value(item, &format!("{doc_origin}.items[{i}]")));
+                }
+            }
+            Ok(value) => out.push(parse_value(value, &doc_origin)),
+            Err(reason) => {
+                out.push(Err(ModelError::document(doc_origin, reason)));
+                // The YAML parser cannot resynchronise after a syntax error.
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn is_list(map: &serde_json::Map<String, Value>) -> bool {
+    map.get("apiVersion").and_then(Value::as_str) == Some("v1")
+        && map.get("kind").and_then(Value::as_str) == Some("List")
 }
 
 /// Turns one object from the Kubernetes API (or one decoded document) into a store object.
@@ -149,6 +177,29 @@ mod tests {
             errs[4].to_string().starts_with("t.yaml#4 Pod default/p"),
             "{}",
             errs[4]
+        );
+    }
+
+    #[test]
+    fn a_list_stands_for_its_items() {
+        let docs = objects(
+            "apiVersion: v1\nkind: List\nitems:\n\
+             - {apiVersion: v1, kind: Service, metadata: {name: a}, spec: {}}\n\
+             - {apiVersion: v1, kind: Service, metadata: {name: b, namespace: x}, spec: {}}\n",
+        );
+        let keys: Vec<String> = docs
+            .iter()
+            .map(|d| match d {
+                Ok(Document::Object(o)) => format!("{} {}", o.origin, o.key),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "t.yaml#0.items[0] Service default/a",
+                "t.yaml#0.items[1] Service x/b"
+            ]
         );
     }
 

@@ -56,8 +56,57 @@ fn http_filter<M: prost::Message + prost::Name>(name: &str, config: &M) -> HttpF
     }
 }
 
+/// Which HTTP connection manager options to emit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HcmProfile {
+    /// Exactly Istio's: fault and CORS filters always present (so adding a fault rule never
+    /// changes, and drains, the listener), path normalisation on.
+    Istio,
+    /// Local mode (run by ferry-proxy, which implements a subset of Envoy): only the filters
+    /// the routes use, Envoy's defaults otherwise.
+    Minimal {
+        /// Some route has a per-route fault config.
+        fault: bool,
+        /// Some route has a per-route CORS config.
+        cors: bool,
+    },
+}
+
+impl HcmProfile {
+    /// The minimal profile for HCMs serving `routes`.
+    pub fn minimal_for(routes: &[&RouteConfiguration]) -> Self {
+        let uses = |filter: &str| {
+            routes.iter().any(|rc| {
+                rc.virtual_hosts.iter().any(|vh| {
+                    vh.typed_per_filter_config.contains_key(filter)
+                        || vh
+                            .routes
+                            .iter()
+                            .any(|r| r.typed_per_filter_config.contains_key(filter))
+                })
+            })
+        };
+        HcmProfile::Minimal {
+            fault: uses(FAULT),
+            cors: uses(CORS),
+        }
+    }
+}
+
 /// The HTTP connection manager network filter.
-pub fn http_connection_manager(stat_prefix: &str, routes: Routes) -> Filter {
+pub fn http_connection_manager(stat_prefix: &str, routes: Routes, profile: HcmProfile) -> Filter {
+    let (fault, cors, istio) = match profile {
+        HcmProfile::Istio => (true, true, true),
+        HcmProfile::Minimal { fault, cors } => (fault, cors, false),
+    };
+    let mut http_filters = Vec::new();
+    if fault {
+        http_filters.push(http_filter(FAULT, &HttpFault::default()));
+    }
+    if cors {
+        http_filters.push(http_filter(CORS, &Cors::default()));
+    }
+    http_filters.push(http_filter(ROUTER, &Router::default()));
     let route_specifier = match routes {
         Routes::Rds(name) => RouteSpecifier::Rds(Rds {
             config_source: Some(ads_config_source()),
@@ -68,19 +117,19 @@ pub fn http_connection_manager(stat_prefix: &str, routes: Routes) -> Filter {
     let hcm = HttpConnectionManager {
         stat_prefix: stat_prefix.to_string(),
         route_specifier: Some(route_specifier),
-        http_filters: vec![
-            http_filter(FAULT, &HttpFault::default()),
-            http_filter(CORS, &Cors::default()),
-            http_filter(ROUTER, &Router::default()),
-        ],
+        http_filters,
         use_remote_address: Some(BoolValue { value: false }),
         upgrade_configs: vec![UpgradeConfig {
             upgrade_type: "websocket".to_string(),
             ..Default::default()
         }],
         stream_idle_timeout: Some(seconds(0)),
-        normalize_path: Some(BoolValue { value: true }),
-        path_with_escaped_slashes_action: PathWithEscapedSlashesAction::KeepUnchanged as i32,
+        normalize_path: istio.then_some(BoolValue { value: true }),
+        path_with_escaped_slashes_action: if istio {
+            PathWithEscapedSlashesAction::KeepUnchanged as i32
+        } else {
+            0
+        },
         ..Default::default()
     };
     Filter {

@@ -421,7 +421,9 @@ fn retry_policy(
     field: &str,
 ) -> Result<Option<RetryPolicy>, TranslateError> {
     let Some(r) = retries else {
-        return Ok(Some(default_retry_policy(hashed)));
+        return Ok(
+            (!ctx.scope.options.disable_default_retries).then(|| default_retry_policy(hashed))
+        );
     };
     let attempts = r.attempts.unwrap_or(0);
     if attempts <= 0 {

@@ -19,7 +19,8 @@ use crate::model::{Protocol, Service};
 use super::TranslateError;
 use super::envoy::{seconds, socket_address, transport_socket, u32_value};
 use super::filter_chain::{
-    Routes, TcpTarget, http_connection_manager, original_dst, tcp_chain, tcp_proxy, tls_inspector,
+    HcmProfile, Routes, TcpTarget, http_connection_manager, original_dst, tcp_chain, tcp_proxy,
+    tls_inspector,
 };
 use super::names::{
     self, BLACK_HOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER, VIRTUAL_INBOUND,
@@ -34,11 +35,16 @@ pub fn is_http(protocol: Protocol) -> bool {
 }
 
 /// All listeners for the proxy.
-pub fn build(scope: &Scope<'_>, errors: &mut Vec<TranslateError>) -> Vec<Listener> {
+pub fn build(
+    scope: &Scope<'_>,
+    routes: &[RouteConfiguration],
+    errors: &mut Vec<TranslateError>,
+) -> Vec<Listener> {
     if scope.options.local_mode {
         // Apps use the sidecar as an explicit HTTP proxy; per-port listeners would collide with
         // the applications listening on the same address and port.
-        return vec![local_outbound(scope), virtual_inbound(scope)];
+        let profile = HcmProfile::minimal_for(&routes.iter().collect::<Vec<_>>());
+        return vec![local_outbound(scope, profile), virtual_inbound(scope)];
     }
     let mut out = vec![virtual_outbound(scope), virtual_inbound(scope)];
     out.extend(outbound_port_listeners(scope, errors));
@@ -72,7 +78,7 @@ fn virtual_outbound(scope: &Scope<'_>) -> Listener {
 
 /// Local mode's `virtualOutbound`: an HTTP proxy on `INSTANCE_IP:15001` routing every service
 /// by `Host` through the route configuration named `"15001"`.
-fn local_outbound(scope: &Scope<'_>) -> Listener {
+fn local_outbound(scope: &Scope<'_>, profile: HcmProfile) -> Listener {
     Listener {
         name: VIRTUAL_OUTBOUND.to_string(),
         address: Some(socket_address(&scope.bind_address(), VIRTUAL_OUTBOUND_PORT)),
@@ -81,6 +87,7 @@ fn local_outbound(scope: &Scope<'_>) -> Listener {
             filters: vec![http_connection_manager(
                 &format!("outbound_{}_{VIRTUAL_OUTBOUND_PORT}", scope.bind_address()),
                 Routes::Rds(names::route_config(VIRTUAL_OUTBOUND_PORT)),
+                profile,
             )],
             ..Default::default()
         }],
@@ -145,19 +152,24 @@ fn virtual_inbound(scope: &Scope<'_>) -> Listener {
             http_connection_manager(
                 &format!("inbound_0.0.0.0_{port}"),
                 Routes::Inline(Box::new(inbound_route(&cluster, operation))),
+                if scope.options.local_mode {
+                    HcmProfile::minimal_for(&[])
+                } else {
+                    HcmProfile::Istio
+                },
             )
         } else {
             tcp_proxy(&cluster, TcpTarget::Cluster(cluster.clone()))
         };
         let alpn: &[&str] = if http { &["h2", "http/1.1"] } else { &[] };
-        // PERMISSIVE: Istio mTLS and plain text both accepted.
-        for (transport, socket) in [
-            (
-                "tls",
-                Some(transport_socket(tls::TLS_SOCKET, &tls::inbound_mtls(alpn))),
-            ),
-            ("raw_buffer", None),
-        ] {
+        // PERMISSIVE: Istio mTLS and plain text both accepted (plain text only in local mode,
+        // where no sidecar originates mTLS).
+        let mut transports = vec![("raw_buffer", None)];
+        if scope.auto_mtls() {
+            let socket = transport_socket(tls::TLS_SOCKET, &tls::inbound_mtls(alpn));
+            transports.insert(0, ("tls", Some(socket)));
+        }
+        for (transport, socket) in transports {
             chains.push(FilterChain {
                 name: format!("{cluster}-{transport}"),
                 filter_chain_match: Some(FilterChainMatch {
@@ -223,6 +235,7 @@ fn outbound_port_listeners(scope: &Scope<'_>, errors: &mut Vec<TranslateError>) 
                 filters: vec![http_connection_manager(
                     &format!("outbound_{name}"),
                     Routes::Rds(names::route_config(port)),
+                    HcmProfile::Istio,
                 )],
                 ..Default::default()
             });

@@ -53,6 +53,23 @@ pub struct Options {
     /// Several sidecars on one host, each with its own 127.0.0.x instance IP (see the module
     /// documentation).
     pub local_mode: bool,
+    /// Istio's `meshConfig.defaultHttpRetryPolicy: {attempts: 0}`: routes without `retries` get
+    /// no retry policy instead of Istio's default (2 retries on connect failures and refused
+    /// streams). Off by default, as in Istio.
+    pub disable_default_retries: bool,
+}
+
+impl Options {
+    /// What `ferry-control serve --local-mode` generates: local mode, and no default retry
+    /// policy, because the sidecars of a local mesh are ferry-proxies, which refuse `retry_policy`
+    /// until they implement retries (explicit VirtualService `retries` are still sent, and
+    /// refused visibly). Drop `disable_default_retries` here once ferry-proxy retries.
+    pub fn local_mesh() -> Self {
+        Self {
+            local_mode: true,
+            disable_default_retries: true,
+        }
+    }
 }
 
 /// Everything one proxy receives, each list sorted by resource name.
@@ -103,7 +120,7 @@ pub fn generate(model: &Model, proxy: &ProxyNode, options: &Options) -> Generate
     let mut errors = Vec::new();
     let (mut clusters, mut endpoints) = cluster::build(&scope);
     let mut routes = route::build(&scope, &mut errors);
-    let mut listeners = listener::build(&scope, &mut errors);
+    let mut listeners = listener::build(&scope, &routes, &mut errors);
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
     clusters.dedup_by(|a, b| a.name == b.name);
     endpoints.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));

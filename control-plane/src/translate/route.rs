@@ -157,7 +157,8 @@ fn default_route(scope: &Scope<'_>, service: &Service, port: u16) -> Route {
         action: Some(route::Action::Route(RouteAction {
             cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster)),
             timeout: Some(seconds(0)),
-            retry_policy: Some(default_retry_policy(hash.is_some())),
+            retry_policy: (!scope.options.disable_default_retries)
+                .then(|| default_retry_policy(hash.is_some())),
             hash_policy: hash.map(|h| hash_policies(&h)).unwrap_or_default(),
             max_stream_duration: Some(max_stream_duration(None)),
             ..Default::default()

@@ -288,7 +288,7 @@ subsets:
 fn local_mode_is_an_explicit_http_proxy_on_the_instance_ip() {
     let mut proxy = productpage();
     proxy.ips = vec!["10.1.0.10".parse().unwrap()];
-    let out = generate(&bookinfo(), &proxy, &Options { local_mode: true });
+    let out = generate(&bookinfo(), &proxy, &Options::local_mesh());
     assert!(out.errors.is_empty(), "{:?}", out.errors);
     let listeners = json_of(&out.listeners);
     let names: Vec<&str> = listeners

@@ -143,11 +143,6 @@ fn http_route(r: &mut Report, f: &str, route: &HttpRoute) {
             format!("fault cannot be used together with {what}"),
         );
     }
-    r.check(
-        route.mirror.is_some() && !route.mirrors.is_empty(),
-        format!("{f}.mirrors"),
-        "mirror and mirrors cannot both be set",
-    );
     for (i, m) in route.match_.iter().enumerate() {
         http_match(r, &format!("{f}.match[{i}]"), m);
     }

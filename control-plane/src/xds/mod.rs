@@ -73,8 +73,10 @@ pub struct TranslateGenerator {
 
 impl Generator for TranslateGenerator {
     fn generate(&self, model: &Model, proxy: &ProxyNode) -> Result<Resources, GenerateError> {
-        let options = crate::translate::Options {
-            local_mode: self.local_mode,
+        let options = if self.local_mode {
+            crate::translate::Options::local_mesh()
+        } else {
+            crate::translate::Options::default()
         };
         let generated = crate::translate::generate(model, proxy, &options);
         Ok(Resources {

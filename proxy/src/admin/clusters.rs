@@ -1,33 +1,23 @@
 //! `/clusters`: every active cluster and its hosts in Envoy's text format
 //! (`NAME::HOST:PORT::health_flags::healthy`), or `?format=json` as `envoy.admin.v3.Clusters`.
-//! Hosts come from the accepted load assignments (EDS or inline); per-host counters come from
-//! the stats store when the upstream side records them as `cluster.NAME.host.ADDR.STAT`.
+//! Hosts and their counters come from the live cluster runtime of the snapshot in force, so
+//! DNS-resolved and ORIGINAL_DST hosts show up as they are used.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 
-use xds_proto::any::unpack;
 use xds_proto::envoy::admin::v3::{
     ClusterStatus, Clusters, HostHealthStatus, HostStatus, SimpleMetric,
 };
-use xds_proto::envoy::config::cluster::v3::Cluster;
-use xds_proto::envoy::config::core::v3::{Address, HealthStatus, address, socket_address};
-use xds_proto::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint::HostIdentifier};
+use xds_proto::envoy::config::core::v3::{
+    Address, HealthStatus as HealthProto, SocketAddress, address, socket_address,
+};
 use xds_proto::json::JsonError;
 
+use crate::cluster::{HealthStatus, Host, HostEntry};
 use crate::xds::Tracker;
-use crate::xds::resources::{Domain, Kind};
+use crate::xds::resources::Kind;
 use crate::xds::state::Origin;
-
-/// The per-host counters `/clusters` prints.
-const HOST_STATS: [&str; 6] = [
-    "cx_active",
-    "cx_connect_fail",
-    "cx_total",
-    "rq_active",
-    "rq_error",
-    "rq_total",
-];
 
 /// `HOST:PORT` of an address, as Envoy prints it.
 pub fn address_string(address: Option<&Address>) -> String {
@@ -49,83 +39,117 @@ pub fn address_string(address: Option<&Address>) -> String {
     }
 }
 
+/// A `socket_address` for a bound address.
+pub fn socket_address(addr: SocketAddr) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: addr.ip().to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
+                addr.port(),
+            ))),
+            ..Default::default()
+        })),
+    }
+}
+
+fn health_proto(health: HealthStatus) -> HealthProto {
+    match health {
+        HealthStatus::Unknown => HealthProto::Unknown,
+        HealthStatus::Healthy => HealthProto::Healthy,
+        HealthStatus::Unhealthy => HealthProto::Unhealthy,
+        HealthStatus::Draining => HealthProto::Draining,
+        HealthStatus::Timeout => HealthProto::Timeout,
+        HealthStatus::Degraded => HealthProto::Degraded,
+    }
+}
+
 /// Envoy's `health_flags` for an EDS health status.
 fn health_flags(status: i32) -> &'static str {
-    match HealthStatus::try_from(status) {
-        Ok(HealthStatus::Unhealthy | HealthStatus::Timeout) => "/failed_eds_health",
-        Ok(HealthStatus::Draining) => "/eds_status_draining",
-        Ok(HealthStatus::Degraded) => "/degraded_eds_health",
+    match HealthProto::try_from(status) {
+        Ok(HealthProto::Unhealthy | HealthProto::Timeout) => "/failed_eds_health",
+        Ok(HealthProto::Draining) => "/eds_status_draining",
+        Ok(HealthProto::Degraded) => "/degraded_eds_health",
         _ => "healthy",
+    }
+}
+
+fn host_status(host: &Host, entry: Option<&HostEntry>) -> HostStatus {
+    let stats = host.stats();
+    let metric = |name: &str, value: u64| SimpleMetric {
+        r#type: 0,
+        value,
+        name: name.to_owned(),
+    };
+    let health = entry.map_or(HealthStatus::Unknown, |e| e.health);
+    HostStatus {
+        address: Some(socket_address(host.address())),
+        stats: vec![
+            metric("cx_active", stats.cx_active.get()),
+            metric("cx_total", stats.cx_total.get()),
+            metric("rq_active", stats.rq_active.get()),
+            metric("rq_error", stats.rq_error.get()),
+            metric("rq_total", stats.rq_total.get()),
+        ],
+        health_status: Some(HostHealthStatus {
+            eds_health_status: health_proto(health) as i32,
+            ..Default::default()
+        }),
+        weight: entry.map_or(1, |e| e.weight),
+        hostname: host.hostname().to_owned(),
+        priority: entry.map_or(0, |e| e.priority),
+        locality: entry.map(|e| xds_proto::envoy::config::core::v3::Locality {
+            region: e.locality.region.clone(),
+            zone: e.locality.zone.clone(),
+            sub_zone: e.locality.sub_zone.clone(),
+        }),
+        ..Default::default()
     }
 }
 
 /// Every active cluster with its hosts, as Envoy's admin proto.
 pub fn cluster_statuses(tracker: &Tracker) -> Clusters {
-    let values: BTreeMap<String, u64> = tracker.stats().counters().into_iter().collect();
-    tracker.with_state(|state| {
-        let mut statuses = Vec::new();
-        for (name, slot) in state.slots(Kind::Cluster) {
-            let Some(entry) = &slot.active else { continue };
-            let Domain::Cluster(config) = &entry.domain else {
-                continue;
-            };
-            let eds = config.eds_service_name().map(str::to_owned);
-            let assignment: Option<ClusterLoadAssignment> = match &eds {
-                Some(service) => state
-                    .slots(Kind::Endpoint)
-                    .get(service)
-                    .and_then(|s| s.active.as_ref())
-                    .and_then(|e| unpack(&e.raw).ok()),
-                None => unpack::<Cluster>(&entry.raw)
-                    .ok()
-                    .and_then(|c| c.load_assignment),
-            };
-            let mut hosts = Vec::new();
-            for locality in assignment.iter().flat_map(|a| a.endpoints.iter()) {
-                for lb in &locality.lb_endpoints {
-                    let Some(HostIdentifier::Endpoint(endpoint)) = &lb.host_identifier else {
-                        continue;
-                    };
-                    let addr = address_string(endpoint.address.as_ref());
-                    let stats = HOST_STATS
-                        .iter()
-                        .map(|stat| SimpleMetric {
-                            r#type: 0,
-                            value: values
-                                .get(&format!("cluster.{name}.host.{addr}.{stat}"))
-                                .copied()
-                                .unwrap_or(0),
-                            name: (*stat).to_owned(),
-                        })
-                        .collect();
-                    hosts.push(HostStatus {
-                        address: endpoint.address.clone(),
-                        stats,
-                        health_status: Some(HostHealthStatus {
-                            eds_health_status: lb.health_status,
-                            ..Default::default()
-                        }),
-                        weight: lb.load_balancing_weight.as_ref().map_or(1, |w| w.value),
-                        hostname: endpoint.hostname.clone(),
-                        priority: locality.priority,
-                        locality: locality.locality.clone(),
-                        ..Default::default()
-                    });
-                }
+    let snapshot = tracker.store().load();
+    let dynamic: std::collections::BTreeSet<String> = tracker.with_state(|state| {
+        state
+            .slots(Kind::Cluster)
+            .iter()
+            .filter(|(_, slot)| slot.origin == Origin::Dynamic)
+            .map(|(name, _)| name.clone())
+            .collect()
+    });
+    let cluster_statuses = snapshot
+        .clusters
+        .iter()
+        .map(|(name, cluster)| {
+            let set = cluster.host_set();
+            let mut hosts: Vec<HostStatus> = set
+                .entries()
+                .iter()
+                .map(|entry| host_status(&entry.host, Some(entry)))
+                .collect();
+            if hosts.is_empty() {
+                // ORIGINAL_DST hosts exist only as connections make them.
+                hosts = cluster
+                    .hosts()
+                    .iter()
+                    .map(|h| host_status(h, None))
+                    .collect();
             }
-            statuses.push(ClusterStatus {
+            ClusterStatus {
                 name: name.clone(),
-                added_via_api: slot.origin == Origin::Dynamic,
+                added_via_api: dynamic.contains(name),
                 host_statuses: hosts,
                 observability_name: name.clone(),
-                eds_service_name: eds.unwrap_or_default(),
+                eds_service_name: cluster
+                    .config
+                    .eds_service_name()
+                    .unwrap_or_default()
+                    .to_owned(),
                 ..Default::default()
-            });
-        }
-        Clusters {
-            cluster_statuses: statuses,
-        }
-    })
+            }
+        })
+        .collect();
+    Clusters { cluster_statuses }
 }
 
 /// Envoy's text format.

@@ -1,5 +1,5 @@
 //! The admin server (Istio's 127.0.0.1:15000): `/ready`, `/config_dump`, `/clusters`, `/stats`,
-//! `/stats/prometheus`, `/quitquitquit`, `/drain_listeners`.
+//! `/stats/prometheus`, `/listeners`, `/quitquitquit`, `/drain_listeners`.
 //!
 //! It only reads what the xDS side tracks ([`crate::xds::Tracker`]) and the stats store, and
 //! turns lifecycle requests into [`Lifecycle`] signals; it never touches the data path.
@@ -7,6 +7,7 @@
 pub mod clusters;
 pub mod config_dump;
 mod lifecycle;
+pub mod listeners;
 pub mod prometheus;
 mod server;
 
@@ -16,6 +17,7 @@ use xds_proto::envoy::config::bootstrap::v3::Bootstrap;
 use xds_proto::envoy::config::core::v3::{address, socket_address};
 
 pub use lifecycle::{DrainScope, Lifecycle};
+pub use listeners::ListenerAddrs;
 pub use server::{AdminState, serve};
 
 /// A bootstrap `admin.address` Ferry cannot bind.

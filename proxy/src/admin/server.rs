@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::lifecycle::{DrainScope, Lifecycle};
+use super::listeners::{self, ListenerAddrs};
 use super::{clusters, config_dump, prometheus};
 use crate::body::{Body, full};
 use crate::xds::{ServerState, Tracker};
@@ -26,6 +27,8 @@ pub struct AdminState {
     pub lifecycle: Lifecycle,
     /// When the proxy started (`BootstrapConfigDump.last_updated`).
     pub started: SystemTime,
+    /// Bound listener addresses for `/listeners` (configured addresses without it).
+    pub listener_addrs: Option<ListenerAddrs>,
 }
 
 impl AdminState {
@@ -35,7 +38,19 @@ impl AdminState {
             tracker,
             lifecycle,
             started: SystemTime::now(),
+            listener_addrs: None,
         }
+    }
+
+    /// Reports bound listener addresses on `/listeners` (e.g. the listener manager's
+    /// `listener_addr`), so listeners on port 0 can be found.
+    #[must_use]
+    pub fn with_listener_addrs(
+        mut self,
+        lookup: impl Fn(&str) -> Option<SocketAddr> + Send + Sync + 'static,
+    ) -> Self {
+        self.listener_addrs = Some(ListenerAddrs(Arc::new(lookup)));
+        self
     }
 }
 
@@ -139,7 +154,7 @@ fn prometheus_response(tracker: &Tracker) -> Response<Body> {
     response
 }
 
-const HELP: &str = "admin commands are:\n  /: this help\n  /clusters: upstream cluster status\n  /config_dump: current config\n  /drain_listeners (POST): drain listeners\n  /quitquitquit (POST): exit the server\n  /ready: print server state, 200 when LIVE\n  /stats: print server stats\n  /stats/prometheus: print server stats in prometheus format\n";
+const HELP: &str = "admin commands are:\n  /: this help\n  /clusters: upstream cluster status\n  /config_dump: current config\n  /drain_listeners (POST): drain listeners\n  /listeners: listener names and addresses\n  /quitquitquit (POST): exit the server\n  /ready: print server state, 200 when LIVE\n  /stats: print server stats\n  /stats/prometheus: print server stats in prometheus format\n";
 
 /// Answers one admin request.
 pub async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Body> {
@@ -169,6 +184,17 @@ pub async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<
                 }
             } else {
                 text(StatusCode::OK, clusters::render_text(&statuses))
+            }
+        }
+        "/listeners" => {
+            let statuses = listeners::listener_statuses(tracker, state.listener_addrs.as_ref());
+            if query.get("format") == Some("json") {
+                match listeners::render_json(&statuses) {
+                    Ok(value) => json(&value),
+                    Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+                }
+            } else {
+                text(StatusCode::OK, listeners::render_text(&statuses))
             }
         }
         "/stats" => stats(tracker, &query),

@@ -202,7 +202,10 @@ pub(crate) fn duration(
     field: &str,
     d: &xds_proto::google::protobuf::Duration,
 ) -> Result<Duration, InvalidCluster> {
-    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+    // google.protobuf.Duration's own range (about 10,000 years): anything larger is malformed,
+    // and bounding it keeps deadline arithmetic from overflowing.
+    const MAX_SECONDS: i64 = 315_576_000_000;
+    if d.seconds < 0 || d.seconds > MAX_SECONDS || d.nanos < 0 || d.nanos >= 1_000_000_000 {
         return Err(InvalidCluster::new(
             name,
             field,

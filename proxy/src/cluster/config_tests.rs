@@ -264,6 +264,14 @@ fn unsupported_fields_are_refused_by_name() {
         ),
         ("name: a\nconnect_timeout: -1s", "connect_timeout"),
         (
+            "name: a\nhttp2_protocol_options: { initial_connection_window_size: 4294967295 }",
+            "http2_protocol_options.initial_connection_window_size",
+        ),
+        (
+            "name: a\nhttp2_protocol_options: { initial_stream_window_size: 10 }",
+            "http2_protocol_options.initial_stream_window_size",
+        ),
+        (
             "name: a\ntype: STATIC\neds_cluster_config: {}",
             "eds_cluster_config",
         ),
@@ -318,4 +326,16 @@ fn error_names_cluster_and_field() {
         err.to_string(),
         "cluster reviews: lb_subset_config: not implemented"
     );
+}
+
+#[test]
+fn out_of_range_durations_from_the_wire_are_refused() {
+    // JSON parsing already bounds durations; binary xDS does not.
+    let mut proto: ProtoCluster = xds_proto::json::from_yaml_str("name: a").unwrap();
+    proto.connect_timeout = Some(xds_proto::google::protobuf::Duration {
+        seconds: i64::MAX,
+        nanos: 0,
+    });
+    let err = ClusterConfig::try_from(&proto).unwrap_err();
+    assert_eq!(err.field, "connect_timeout");
 }

@@ -131,6 +131,25 @@ impl DnsConfig {
     }
 }
 
+impl DnsConfig {
+    /// How long to wait before the next resolution (jitter aside): after `failures`
+    /// consecutive failed rounds, `dns_failure_refresh_rate` doubling from its base up to its
+    /// max (or the refresh rate); after a success, the records' TTL with `respect_dns_ttl`, else
+    /// `dns_refresh_rate`.
+    pub fn next_refresh(&self, failures: u32, ttl: Option<Duration>) -> Duration {
+        if failures > 0 {
+            return match self.failure_refresh {
+                Some((base, max)) => base.saturating_mul(1 << (failures.min(16) - 1)).min(max),
+                None => self.refresh_rate,
+            };
+        }
+        match ttl {
+            Some(ttl) if self.respect_dns_ttl && !ttl.is_zero() => ttl,
+            _ => self.refresh_rate,
+        }
+    }
+}
+
 /// A resolver for one DNS cluster.
 #[derive(Clone)]
 pub struct DnsResolver {
@@ -197,5 +216,66 @@ impl DnsResolver {
             return Err(format!("no addresses for {host}"));
         }
         Ok((addresses, ttl))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> DnsConfig {
+        let proto: proto::Cluster = xds_proto::json::from_yaml_str(yaml).unwrap();
+        DnsConfig::parse(&proto).unwrap()
+    }
+
+    #[test]
+    fn refresh_follows_rate_ttl_and_failure_backoff() {
+        let plain = config("name: d");
+        assert_eq!(plain.refresh_rate, DEFAULT_DNS_REFRESH_RATE);
+        assert_eq!(plain.lookup_family, DnsLookupFamily::Auto);
+        assert_eq!(
+            plain.next_refresh(0, Some(Duration::from_secs(30))),
+            Duration::from_secs(5)
+        );
+        assert_eq!(plain.next_refresh(3, None), Duration::from_secs(5));
+
+        let ttl = config("name: d\nrespect_dns_ttl: true\ndns_refresh_rate: 1s");
+        assert_eq!(
+            ttl.next_refresh(0, Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
+        assert_eq!(ttl.next_refresh(0, None), Duration::from_secs(1));
+
+        let backoff =
+            config("name: d\ndns_failure_refresh_rate: { base_interval: 1s, max_interval: 5s }");
+        let waits: Vec<u64> = (1..=5)
+            .map(|f| backoff.next_refresh(f, None).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 5, 5]);
+    }
+
+    #[test]
+    fn invalid_dns_settings_are_refused() {
+        for (yaml, field) in [
+            ("name: d\ndns_refresh_rate: 0s", "dns_refresh_rate"),
+            (
+                "name: d\ndns_failure_refresh_rate: {}",
+                "dns_failure_refresh_rate.base_interval",
+            ),
+            (
+                "name: d\ndns_failure_refresh_rate: { base_interval: 2s, max_interval: 1s }",
+                "dns_failure_refresh_rate.max_interval",
+            ),
+        ] {
+            let proto: proto::Cluster = xds_proto::json::from_yaml_str(yaml).unwrap();
+            assert_eq!(DnsConfig::parse(&proto).unwrap_err().field, field, "{yaml}");
+        }
+    }
+
+    #[tokio::test]
+    async fn localhost_resolves_from_the_hosts_file() {
+        let resolver = DnsResolver::new(DnsLookupFamily::V4Only).unwrap();
+        let (ips, _) = resolver.resolve("localhost").await.unwrap();
+        assert!(ips.contains(&IpAddr::from([127, 0, 0, 1])), "{ips:?}");
     }
 }

@@ -6,7 +6,7 @@ use xds_proto::envoy::config::cluster::v3::Cluster as ProtoCluster;
 use xds_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 
 use super::*;
-use crate::cluster::LbContext;
+use crate::cluster::{ClusterStats, LbContext};
 use crate::pool::tests::upstream;
 
 fn cluster(yaml: &str) -> Arc<ClusterConfig> {
@@ -265,6 +265,41 @@ async fn original_dst_hosts_are_cleaned_up_when_unused() {
     assert_eq!(cluster.stats().membership_total.get(), 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn dns_clusters_re_resolve_at_the_refresh_rate() {
+    let manager = ClusterManager::default();
+    let config = cluster(
+        r#"
+name: refresh
+type: STRICT_DNS
+dns_refresh_rate: 2s
+dns_lookup_family: V4_ONLY
+load_assignment:
+  cluster_name: refresh
+  endpoints:
+  - lb_endpoints:
+    - endpoint: { address: { socket_address: { address: localhost, port_value: 9 } } }
+"#,
+    );
+    let set = manager.update(&configs(&[config]), &BTreeMap::new());
+    let cluster = set.get("refresh").unwrap().clone();
+    cluster.warmed().await;
+    let host = cluster.hosts()[0].clone();
+    let updates = cluster.stats().update_success.get();
+    for round in 1..=3 {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        for _ in 0..50 {
+            if cluster.stats().update_success.get() >= updates + round {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(cluster.stats().update_success.get() >= updates + round);
+    }
+    // The same address again: the host (and its pool) is kept.
+    assert!(Arc::ptr_eq(&host, &cluster.hosts()[0]));
+}
+
 #[tokio::test]
 async fn logical_dns_cluster_has_one_host() {
     let manager = ClusterManager::default();
@@ -328,6 +363,50 @@ load_assignment:
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"HTTP/1.1 /x");
     assert_eq!(up.opened.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn in_flight_requests_finish_when_their_cluster_is_removed() {
+    let up = upstream(false, 2).await;
+    let manager = ClusterManager::default();
+    let config = cluster(&format!(
+        "name: c\nload_assignment: {{ cluster_name: c, endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }} ] }} ] }}",
+        up.addr.port()
+    ));
+    let set = manager.update(&configs(&[config]), &BTreeMap::new());
+    let host = set
+        .get("c")
+        .unwrap()
+        .select_host(&LbContext::default())
+        .unwrap();
+    drop(set);
+    let wait = || {
+        http::Request::get("http://c/wait")
+            .body(crate::body::empty())
+            .unwrap()
+    };
+    let in_flight = tokio::spawn({
+        let host = host.clone();
+        async move { host.send(wait()).await.map(|r| r.status()) }
+    });
+    // Once the first request is at the upstream, remove the cluster, then release it.
+    let mut tries = 0;
+    while up.opened.load(Ordering::SeqCst) == 0 && tries < 1000 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        tries += 1;
+    }
+    let set = manager.update(&BTreeMap::new(), &BTreeMap::new());
+    assert!(set.get("c").is_none());
+    drop(host);
+    let other = crate::cluster::Host::new(
+        up.addr,
+        String::new(),
+        crate::cluster::TransportSocket::Plaintext,
+        Arc::default(),
+        Arc::new(ClusterStats::new(&Store::default(), "other")),
+    );
+    assert_eq!(other.send(wait()).await.unwrap().status(), 200);
+    assert_eq!(in_flight.await.unwrap().unwrap(), 200);
 }
 
 #[tokio::test]

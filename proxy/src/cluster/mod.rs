@@ -8,7 +8,19 @@
 //! [`resilience`] (circuit breakers and outlier detection, parsed but not enforced yet),
 //! [`protocol`] and [`transport`] (how to talk to hosts), [`host`] (one endpoint and its pool),
 //! [`priority`] (Envoy's priority/health/panic arithmetic), [`runtime`] (a live cluster),
-//! [`manager`] (reconciliation across snapshots) and [`dns`] (STRICT_DNS and LOGICAL_DNS).
+//! [`manager`] (reconciliation across snapshots), [`dns`] (STRICT_DNS and LOGICAL_DNS) and
+//! [`status`] (what admin `/clusters` prints).
+//!
+//! The router's side of the contract: `Cluster::select_host(&LbContext)` (`None` is 503 UH),
+//! `Host::send` (errors carry their response flag and whether a retry is safe), and
+//! `Cluster::record_response(status)` once per request, which feeds `upstream_rq_<class>xx`.
+//!
+//! Accepted but not enforced yet (seams for the resilience work): `circuit_breakers`,
+//! `outlier_detection` (a host's ejection state will live on [`Host`], which survives EDS
+//! updates), and upstream TLS (endpoints matched to a TLS transport socket fail at send with
+//! [`UpstreamError::TransportNotImplemented`]). Accepted and ignored because they only tune
+//! Envoy internals: `per_connection_buffer_limit_bytes`, `stats_matcher`,
+//! `track_cluster_stats`, `common_lb_config.update_merge_window`, HPACK and frame-flood limits.
 
 use std::net::SocketAddr;
 
@@ -25,6 +37,7 @@ pub mod protocol;
 pub mod resilience;
 pub mod runtime;
 pub mod stats;
+pub mod status;
 pub mod transport;
 
 pub use config::{ClusterConfig, Discovery, LbPolicy};
@@ -92,6 +105,10 @@ pub enum UpstreamError {
     /// configured protocol (e.g. HTTP/2 prior knowledge against an HTTP/1.1-only server).
     #[error("upstream protocol handshake failed: {0}")]
     Handshake(String),
+    /// The HTTP/2 upstream refused the stream (`REFUSED_STREAM`, or a GOAWAY before it was
+    /// processed): nothing was processed, so any request may be retried (UR).
+    #[error("upstream refused the stream: {0}")]
+    RefusedStream(String),
     /// The endpoint needs a transport Ferry does not implement yet (TLS via
     /// `transport_socket_matches`); no bytes were sent (UF).
     #[error("upstream transport not implemented: {0}")]
@@ -107,14 +124,26 @@ impl UpstreamError {
             | Self::Handshake(_)
             | Self::TransportNotImplemented(_) => ResponseFlag::UpstreamConnectionFailure,
             Self::Reset(_) => ResponseFlag::UpstreamConnectionTermination,
+            Self::RefusedStream(_) => ResponseFlag::UpstreamRemoteReset,
             Self::Overflow => ResponseFlag::UpstreamOverflow,
         }
     }
 
-    /// Whether the request was certainly not processed by the upstream, so a retry is safe for
-    /// any method (Envoy's `connect-failure` / `refused-stream` conditions).
+    /// Whether no connection could be made (Envoy's `connect-failure` retry condition).
     pub fn is_connect_failure(&self) -> bool {
-        !matches!(self, Self::Reset(_))
+        matches!(
+            self,
+            Self::ConnectFailure(_)
+                | Self::ConnectTimeout
+                | Self::Handshake(_)
+                | Self::TransportNotImplemented(_)
+        )
+    }
+
+    /// Whether the upstream certainly did not process the request, so a retry is safe for any
+    /// method (`connect-failure`, `refused-stream`).
+    pub fn is_unprocessed(&self) -> bool {
+        self.is_connect_failure() || matches!(self, Self::RefusedStream(_))
     }
 }
 

@@ -50,7 +50,9 @@ pub struct HostSet {
 struct Level {
     hosts: Vec<Arc<Host>>,
     healthy: Vec<Arc<Host>>,
-    all_lb: LoadBalancer,
+    /// Over all hosts, for panic mode; `None` when every host is healthy (then it would equal
+    /// `healthy_lb`, and a Maglev table is worth not building twice).
+    all_lb: Option<LoadBalancer>,
     healthy_lb: LoadBalancer,
     panic: bool,
     localities: Vec<LocalityLb>,
@@ -101,7 +103,8 @@ impl HostSet {
             levels.push(Level {
                 hosts: group.iter().map(|e| e.host.clone()).collect(),
                 healthy: healthy.iter().map(|e| e.host.clone()).collect(),
-                all_lb: LoadBalancer::new(policy, &lb_entries(group.iter())),
+                all_lb: (healthy.len() < group.len())
+                    .then(|| LoadBalancer::new(policy, &lb_entries(group.iter()))),
                 healthy_lb: LoadBalancer::new(policy, &lb_entries(healthy.into_iter())),
                 panic,
                 localities,
@@ -193,7 +196,10 @@ impl HostSet {
         }
         let level = &self.levels[index];
         let (hosts, lb) = if level.panic || self.total_panic {
-            (&level.hosts, &level.all_lb)
+            match &level.all_lb {
+                Some(lb) => (&level.hosts, lb),
+                None => (&level.healthy, &level.healthy_lb),
+            }
         } else if let Some(locality) = pick_locality(&level.localities, rng) {
             (&locality.hosts, &locality.lb)
         } else {

@@ -295,8 +295,23 @@ fn http2(name: &str, o: &core::Http2ProtocolOptions) -> Result<Http2Settings, In
         }
         s.max_concurrent_streams = max.value;
     }
-    s.initial_stream_window_size = o.initial_stream_window_size.map(|v| v.value);
-    s.initial_connection_window_size = o.initial_connection_window_size.map(|v| v.value);
+    // Envoy's bounds; beyond 2^31-1 the peer (and h2 itself) treat the setting as an error.
+    let window = |field: &str, v: Option<u32>| match v {
+        Some(size) if !(65_535..=2_147_483_647).contains(&size) => Err(InvalidCluster::new(
+            name,
+            field,
+            "must be between 65535 and 2147483647",
+        )),
+        v => Ok(v),
+    };
+    s.initial_stream_window_size = window(
+        "initial_stream_window_size",
+        o.initial_stream_window_size.map(|v| v.value),
+    )?;
+    s.initial_connection_window_size = window(
+        "initial_connection_window_size",
+        o.initial_connection_window_size.map(|v| v.value),
+    )?;
     if let Some(ka) = &o.connection_keepalive {
         let interval = ka
             .interval
@@ -311,6 +326,14 @@ fn http2(name: &str, o: &core::Http2ProtocolOptions) -> Result<Http2Settings, In
             .ok_or_else(|| {
                 InvalidCluster::new(name, "connection_keepalive.timeout", "is required")
             })?;
+        let too_small = |d: Duration| d < Duration::from_millis(1);
+        if interval.is_some_and(too_small) || too_small(timeout) {
+            return Err(InvalidCluster::new(
+                name,
+                "connection_keepalive",
+                "interval and timeout must be at least 1ms",
+            ));
+        }
         s.keepalive = interval.map(|i| (i, timeout));
     }
     Ok(s)

@@ -115,7 +115,13 @@ impl Cluster {
                     });
                 match &runtime {
                     Some(rt) => {
-                        let task = dns_refresh(Arc::downgrade(&shared), la, dns.clone(), logical);
+                        let task = dns_refresh(
+                            Arc::downgrade(&shared),
+                            la,
+                            dns.clone(),
+                            logical,
+                            donors.clone(),
+                        );
                         background = Some(rt.spawn(task).abort_handle());
                     }
                     None => {
@@ -314,7 +320,13 @@ impl Shared {
 }
 
 /// Re-resolves a DNS cluster's hostnames on its refresh schedule and swaps the host set.
-async fn dns_refresh(shared: Weak<Shared>, la: LoadAssignment, dns: DnsConfig, logical: bool) {
+async fn dns_refresh(
+    shared: Weak<Shared>,
+    la: LoadAssignment,
+    dns: DnsConfig,
+    logical: bool,
+    mut donors: Vec<Arc<Host>>,
+) {
     let resolver = match DnsResolver::new(dns.lookup_family) {
         Ok(resolver) => Some(resolver),
         Err(error) => {
@@ -362,23 +374,15 @@ async fn dns_refresh(shared: Weak<Shared>, la: LoadAssignment, dns: DnsConfig, l
         let Some(cluster) = shared.upgrade() else {
             return;
         };
-        cluster.apply(&la, &resolved, &[]);
+        // The previous version's hosts are offered once, to the first resolution.
+        cluster.apply(&la, &resolved, &std::mem::take(&mut donors));
         drop(cluster);
-        let mut wait = if failed {
-            failures = failures.saturating_add(1);
-            match dns.failure_refresh {
-                Some((base, max)) => base
-                    .saturating_mul(1 << failures.min(16).saturating_sub(1))
-                    .min(max),
-                None => dns.refresh_rate,
-            }
+        failures = if failed {
+            failures.saturating_add(1)
         } else {
-            failures = 0;
-            match ttl {
-                Some(ttl) if dns.respect_dns_ttl && !ttl.is_zero() => ttl,
-                _ => dns.refresh_rate,
-            }
+            0
         };
+        let mut wait = dns.next_refresh(failures, ttl);
         if let Some(jitter) = dns.jitter.filter(|j| !j.is_zero()) {
             wait += jitter.mul_f64(rand::rng().random::<f64>());
         }

@@ -73,12 +73,28 @@ pub struct HostStats {
     pub cx_total: HostCounter,
     /// Connections open now.
     pub cx_active: HostCounter,
+    /// Connect attempts that failed or timed out.
+    pub cx_connect_fail: HostCounter,
     /// Requests sent.
     pub rq_total: HostCounter,
     /// Requests in flight (until the response body ends); LEAST_REQUEST balances on it.
     pub rq_active: HostCounter,
     /// Requests that failed before a response (connect failure, reset).
     pub rq_error: HostCounter,
+}
+
+impl HostStats {
+    /// The values `/clusters` prints per host, by Envoy's names, in Envoy's order.
+    pub fn values(&self) -> [(&'static str, u64); 6] {
+        [
+            ("cx_active", self.cx_active.get()),
+            ("cx_connect_fail", self.cx_connect_fail.get()),
+            ("cx_total", self.cx_total.get()),
+            ("rq_active", self.rq_active.get()),
+            ("rq_error", self.rq_error.get()),
+            ("rq_total", self.rq_total.get()),
+        ]
+    }
 }
 
 /// A lock-free counter that can also go down.

@@ -51,6 +51,8 @@ pub struct HttpConnectionManagerConfig {
     /// Remove `x-forwarded-client-cert` (SANITIZE, SANITIZE_SET) or pass it (FORWARD_ONLY,
     /// APPEND_FORWARD; with no client certificate there is nothing to append).
     pub sanitize_xfcc: bool,
+    /// `normalize_path`: RFC 3986 dot-segment removal (and `\\` to `/`) before routing.
+    pub normalize_path: bool,
     /// `server_name` (Envoy default `envoy`), written per `server_header_transformation`.
     pub server_name: http::HeaderValue,
     /// `server_header_transformation`.
@@ -96,6 +98,7 @@ impl HttpConnectionManagerConfig {
             "scheme_header_transformation",
         )?;
         refuse_if(!zero(&h.request_timeout), "request_timeout")?;
+        refuse_if(!zero(&h.stream_idle_timeout), "stream_idle_timeout")?;
         refuse_if(!zero(&h.request_headers_timeout), "request_headers_timeout")?;
         refuse_if(h.xff_num_trusted_hops != 0, "xff_num_trusted_hops")?;
         refuse_if(
@@ -115,7 +118,6 @@ impl HttpConnectionManagerConfig {
             h.set_current_client_cert_details.is_some(),
             "set_current_client_cert_details",
         )?;
-        refuse_if(h.normalize_path.is_some_and(|b| b.value), "normalize_path")?;
         refuse_if(h.merge_slashes, "merge_slashes")?;
         refuse_if(
             h.path_with_escaped_slashes_action > 1,
@@ -210,6 +212,7 @@ impl HttpConnectionManagerConfig {
             always_set_request_id_in_response: h.always_set_request_id_in_response,
             websocket,
             sanitize_xfcc,
+            normalize_path: h.normalize_path.is_some_and(|b| b.value),
             server_name: if h.server_name.is_empty() {
                 http::HeaderValue::from_static("envoy")
             } else {
@@ -231,6 +234,24 @@ impl HttpConnectionManagerConfig {
     }
 }
 
+/// Whether the filter is a fault or CORS filter with its default (empty) config.
+fn is_inert_filter(type_url: &str, config: &Option<hcm_pb::http_filter::ConfigType>) -> bool {
+    use hcm_pb::http_filter::ConfigType;
+    use xds_proto::envoy::extensions::filters::http::{cors::v3::Cors, fault::v3::HttpFault};
+    let Some(ConfigType::TypedConfig(any)) = config else {
+        return false;
+    };
+    match type_url {
+        "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault" => {
+            xds_proto::any::unpack::<HttpFault>(any).is_ok_and(|f| f == HttpFault::default())
+        }
+        "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors" => {
+            xds_proto::any::unpack::<Cors>(any).is_ok_and(|c| c == Cors::default())
+        }
+        _ => false,
+    }
+}
+
 /// Only the router exists so far: it must be present and last, and every other filter is
 /// refused by name (disabled ones too: a route could enable them).
 fn http_filters(filters: &[hcm_pb::HttpFilter], field: &str) -> Result<(), Invalid> {
@@ -249,6 +270,12 @@ fn http_filters(filters: &[hcm_pb::HttpFilter], field: &str) -> Result<(), Inval
             None if filter.name == "envoy.filters.http.router" => ROUTER,
             None => "",
         };
+        if is_inert_filter(type_url, &filter.config_type) {
+            // Istio's (and ferry-control's) HCM lists fault and CORS filters with empty configs:
+            // they only act through per-route config, which the route table refuses. Accepting
+            // them as they stand changes nothing.
+            continue;
+        }
         if type_url != ROUTER {
             return Err(Invalid::new(
                 format!("{f}.typed_config"),

@@ -6,6 +6,7 @@
 
 pub mod config;
 mod local_reply;
+pub mod path;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use crate::body::Body;
 use crate::error::ResponseFlag;
 use crate::route::{Action, RequestHead, RouteTable};
 use crate::snapshot::{ConfigStore, Snapshot};
+use crate::stats::{Counter, Store};
 
 pub use config::{Codec, HttpConnectionManagerConfig, RouteSource, ServerHeader};
 pub use local_reply::local_reply;
@@ -40,6 +42,34 @@ pub struct Downstream {
     pub original_dst: Option<SocketAddr>,
     /// The listener that accepted it.
     pub listener: Arc<str>,
+    /// The stats store (HCM counters are looked up once per connection).
+    pub stats: Arc<Store>,
+}
+
+/// Envoy's HTTP connection manager counters (`http.<stat_prefix>.downstream_rq_*`).
+#[derive(Debug)]
+pub struct HcmStats {
+    rq_total: Arc<Counter>,
+    rq_class: [Arc<Counter>; 5],
+}
+
+impl HcmStats {
+    /// Looks the counters up (takes the store's lock; do it per connection, not per request).
+    pub fn new(store: &Store, stat_prefix: &str) -> Self {
+        let name = |suffix: &str| format!("http.{stat_prefix}.downstream_rq_{suffix}");
+        Self {
+            rq_total: store.counter(name("total")),
+            rq_class: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| store.counter(name(c))),
+        }
+    }
+
+    fn record(&self, status: StatusCode) {
+        self.rq_total.inc();
+        let class = usize::from(status.as_u16() / 100);
+        if let Some(counter) = class.checked_sub(1).and_then(|i| self.rq_class.get(i)) {
+            counter.inc();
+        }
+    }
 }
 
 /// Which HCM config serves a connection's requests.
@@ -69,10 +99,20 @@ pub async fn serve(
             Codec::Http2 => builder.http2_only(),
         };
     }
+    let stats = match &selector {
+        HcmSelector::Fixed(hcm) => {
+            Some(Arc::new(HcmStats::new(&downstream.stats, &hcm.stat_prefix)))
+        }
+        HcmSelector::ByAuthorityPort => None,
+    };
     let downstream = Arc::new(downstream);
     let service = hyper::service::service_fn(move |req| {
         let (downstream, selector, store) = (downstream.clone(), selector.clone(), store.clone());
-        async move { Ok::<_, Infallible>(handle(req, &downstream, &selector, &store).await) }
+        let stats = stats.clone();
+        async move {
+            let response = handle(req, &downstream, &selector, &store, stats.as_deref()).await;
+            Ok::<_, Infallible>(response)
+        }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
@@ -98,33 +138,56 @@ pub async fn serve(
     }
 }
 
-/// Handles one request end to end; never fails (errors become local replies).
+/// Handles one request end to end; never fails (errors become local replies). `stats` are the
+/// connection's HCM counters (looked up here when the HCM is chosen per request).
 pub async fn handle(
     req: Request<Incoming>,
     downstream: &Downstream,
     selector: &HcmSelector,
     store: &ConfigStore,
+    stats: Option<&HcmStats>,
 ) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let (response, hcm) = handle_inner(req, downstream, selector, store).await;
+    match (stats, &hcm) {
+        (Some(stats), _) => stats.record(response.status()),
+        (None, Some(hcm)) => {
+            HcmStats::new(&downstream.stats, &hcm.stat_prefix).record(response.status());
+        }
+        (None, None) => {}
+    }
+    let flag = response
+        .extensions()
+        .get::<ResponseFlag>()
+        .map_or("-", |f| f.code());
+    tracing::debug!(%method, path, status = response.status().as_u16(), response_flags = flag, "request done");
+    response
+}
+
+async fn handle_inner(
+    req: Request<Incoming>,
+    downstream: &Downstream,
+    selector: &HcmSelector,
+    store: &ConfigStore,
+) -> (Response<Body>, Option<Arc<HttpConnectionManagerConfig>>) {
+    let no_route = || local_reply(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NoRouteFound));
     let snapshot = store.load();
     if req.method() == http::Method::CONNECT {
-        return local_reply(StatusCode::METHOD_NOT_ALLOWED, "", None);
+        return (local_reply(StatusCode::METHOD_NOT_ALLOWED, "", None), None);
     }
     let hcm = match selector {
         HcmSelector::Fixed(hcm) => hcm.clone(),
         HcmSelector::ByAuthorityPort => match hcm_for_port(&snapshot, &req) {
             Some(hcm) => hcm,
-            None => {
-                return local_reply(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NoRouteFound));
-            }
+            None => return (no_route(), None),
         },
     };
     let table = match &hcm.route {
         RouteSource::Static(table) => table.clone(),
         RouteSource::Rds(name) => match snapshot.resources.routes.get(name) {
             Some(table) => table.clone(),
-            None => {
-                return local_reply(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NoRouteFound));
-            }
+            None => return (no_route(), Some(hcm)),
         },
     };
     let (mut parts, body) = req.into_parts();
@@ -132,7 +195,7 @@ pub async fn handle(
     let request_id = parts.headers.get(X_REQUEST_ID).cloned();
     let mut response = route_request(&snapshot, &hcm, &table, downstream, parts, body).await;
     finish_response(&hcm, request_id, &mut response);
-    response
+    (response, Some(hcm))
 }
 
 async fn route_request(
@@ -144,11 +207,17 @@ async fn route_request(
     body: Incoming,
 ) -> Response<Body> {
     let authority = authority(&parts).to_owned();
-    let path_and_query = parts
+    let mut path_and_query = parts
         .uri
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
+    if hcm.normalize_path {
+        match path::normalize(&path_and_query) {
+            Some(normalized) => path_and_query = normalized,
+            None => return local_reply(StatusCode::BAD_REQUEST, "", None),
+        }
+    }
     let head = RequestHead {
         method: &parts.method,
         scheme: "http",
@@ -226,7 +295,7 @@ fn hcm_for_port(
         Some(a) => a.as_str(),
         None => req.headers().get(header::HOST)?.to_str().ok()?,
     };
-    let port = crate::route::action::split_host_port(&authority)
+    let port = crate::route::action::split_host_port(authority)
         .1
         .unwrap_or(80);
     let listeners = &snapshot.resources.listeners;
@@ -282,10 +351,11 @@ fn prepare_request(
             .headers
             .insert("x-forwarded-proto", HeaderValue::from_static("http"));
     }
-    if hcm.generate_request_id && !parts.headers.contains_key(X_REQUEST_ID) {
-        if let Ok(id) = HeaderValue::from_str(&uuid_v4()) {
-            parts.headers.insert(X_REQUEST_ID, id);
-        }
+    if hcm.generate_request_id
+        && !parts.headers.contains_key(X_REQUEST_ID)
+        && let Ok(id) = HeaderValue::from_str(&uuid_v4())
+    {
+        parts.headers.insert(X_REQUEST_ID, id);
     }
 }
 

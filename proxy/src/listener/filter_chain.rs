@@ -214,10 +214,10 @@ pub(crate) fn check_unique(chains: &[FilterChain]) -> Result<(), Invalid> {
 
 /// Narrows `candidates` to those whose criterion is set and scores best (higher is more
 /// specific), or else to those leaving it unset.
-fn narrow<'a>(
-    candidates: Vec<&'a FilterChain>,
+fn narrow(
+    candidates: Vec<&FilterChain>,
     score: impl Fn(&FilterChainMatch) -> Option<Option<u32>>,
-) -> Vec<&'a FilterChain> {
+) -> Vec<&FilterChain> {
     // score: None = criterion unset; Some(None) = set, no match; Some(Some(s)) = match.
     let best = candidates
         .iter()

@@ -163,9 +163,13 @@ impl ListenerManager {
         socket: TcpListener,
         mut stop: watch::Receiver<bool>,
     ) {
+        // Envoy names listener stats by address: `listener.0.0.0.0_15001.downstream_cx_total`.
+        let address = socket
+            .local_addr()
+            .map_or_else(|_| name.clone(), |a| format!("{}_{}", a.ip(), a.port()));
         let cx_total = self
             .stats
-            .counter(format!("listener.{name}.downstream_cx_total"));
+            .counter(format!("listener.{address}.downstream_cx_total"));
         loop {
             let accepted = tokio::select! {
                 accepted = socket.accept() => accepted,
@@ -260,6 +264,7 @@ impl ListenerManager {
             local,
             original_dst,
             listener: Arc::from(listener.name.as_str()),
+            stats: self.stats.clone(),
         };
         match chain.map(|c| &c.filter) {
             Some(NetworkFilter::Http(config)) => {

@@ -76,13 +76,26 @@ fn unknown_filters_are_refused_by_name() {
 
     let fault = outbound().replace(
         "http_filters: [",
-        "http_filters: [{ name: envoy.filters.http.fault, typed_config: { '@type': type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault } }, ",
+        "http_filters: [{ name: envoy.filters.http.fault, typed_config: { '@type': type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault, abort: { http_status: 503, percentage: { numerator: 100 } } } }, ",
     );
     let e = listener(&fault).expect_err("refused");
     assert_eq!(
         e.field,
         "filter_chains[0].filters[0].typed_config.http_filters[0].typed_config"
     );
+}
+
+#[test]
+fn istio_style_hcm_with_inert_fault_and_cors_is_accepted() {
+    let istio = outbound().replace(
+        "http_filters: [",
+        "normalize_path: true, stream_idle_timeout: 0s, use_remote_address: false, http_filters: [{ name: envoy.filters.http.fault, typed_config: { '@type': type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault } }, { name: envoy.filters.http.cors, typed_config: { '@type': type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors } }, ",
+    );
+    let l = listener(&istio).expect("accepted");
+    let NetworkFilter::Http(hcm) = &l.filter_chains[0].filter else {
+        panic!("hcm")
+    };
+    assert!(hcm.normalize_path);
 }
 
 #[test]

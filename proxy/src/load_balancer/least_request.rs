@@ -1,19 +1,22 @@
-//! LEAST_REQUEST: power of `choice_count` choices. Sample that many entries at random (by
-//! weight when weights differ) and take the one with the fewest active requests (per unit of
-//! weight when weights differ). With equal weights this is exactly Envoy's P2C; with unequal
-//! weights Envoy uses an EDF schedule on `weight / (active + 1)`, which weighted sampling
-//! approximates without a lock on the hot path.
+//! LEAST_REQUEST as Envoy does it. Equal weights: power of `choice_count` choices (sample that
+//! many entries at random, take the one with the fewest active requests). Unequal weights: an
+//! EDF schedule in which an entry picked is rescheduled with weight `weight / (active + 1)`
+//! (`active_request_bias` 1.0), so busy hosts come round less often.
+
+use std::sync::Mutex;
 
 use rand::Rng;
 
-use super::{LbEntry, WeightedIndex};
+use super::LbEntry;
+use super::edf::Edf;
 
 /// Power-of-N-choices least request.
 #[derive(Debug)]
 pub struct LeastRequest {
     len: usize,
     choice_count: u32,
-    weights: Option<WeightedIndex>,
+    /// For unequal weights: the schedule and the configured weights.
+    edf: Option<(Mutex<Edf>, Vec<f64>)>,
 }
 
 impl LeastRequest {
@@ -22,7 +25,10 @@ impl LeastRequest {
         Self {
             len: entries.len(),
             choice_count: choice_count.max(1),
-            weights: WeightedIndex::new(entries.iter().map(|e| e.weight)),
+            edf: (!entries.windows(2).all(|w| w[0].weight == w[1].weight)).then(|| {
+                let weights: Vec<f64> = entries.iter().map(|e| f64::from(e.weight)).collect();
+                (Mutex::new(Edf::new(weights.iter().copied())), weights)
+            }),
         }
     }
 
@@ -35,18 +41,14 @@ impl LeastRequest {
         if self.len == 0 {
             return None;
         }
-        let mut best: Option<(usize, f64)> = None;
+        if let Some((edf, weights)) = &self.edf {
+            let mut edf = edf.lock().unwrap_or_else(|p| p.into_inner());
+            return edf.pick(|i| weights[i] / (active(i) as f64 + 1.0));
+        }
+        let mut best: Option<(usize, u64)> = None;
         for _ in 0..self.choice_count {
-            let (i, load) = match &self.weights {
-                Some(w) => {
-                    let i = w.sample(rng);
-                    (i, active(i) as f64 / w.weight(i) as f64)
-                }
-                None => {
-                    let i = rng.random_range(0..self.len);
-                    (i, active(i) as f64)
-                }
-            };
+            let i = rng.random_range(0..self.len);
+            let load = active(i);
             if best.is_none_or(|(_, b)| load < b) {
                 best = Some((i, load));
             }
@@ -112,13 +114,26 @@ mod tests {
     }
 
     #[test]
-    fn weights_scale_the_load() {
+    fn unequal_weights_follow_the_weights_when_idle() {
         let lb = LeastRequest::new(&entries(&[1, 4]), 2);
         let mut rng = StdRng::seed_from_u64(13);
         let mut counts = [0u32; 2];
-        for _ in 0..10_000 {
+        for _ in 0..1_000 {
             counts[lb.pick(&|_| 0, &mut rng).unwrap()] += 1;
         }
-        assert!(counts[1] > counts[0] * 3, "{counts:?}");
+        assert_eq!(counts, [200, 800]);
+    }
+
+    #[test]
+    fn unequal_weights_are_divided_by_load() {
+        // Host 1 has four times the weight but three requests in flight: 4 / (3 + 1) = 1.
+        let lb = LeastRequest::new(&entries(&[1, 4]), 2);
+        let mut rng = StdRng::seed_from_u64(17);
+        let active = |i: usize| if i == 1 { 3 } else { 0 };
+        let mut counts = [0i32; 2];
+        for _ in 0..1_000 {
+            counts[lb.pick(&active, &mut rng).unwrap()] += 1;
+        }
+        assert!((counts[0] - counts[1]).abs() <= 10, "{counts:?}");
     }
 }

@@ -11,6 +11,7 @@ use rand::Rng;
 
 use crate::cluster::LbPolicy;
 
+mod edf;
 pub mod least_request;
 pub mod maglev;
 pub mod random;

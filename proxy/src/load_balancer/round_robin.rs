@@ -2,54 +2,18 @@
 //! when they differ (each pick goes to the entry whose next deadline, advancing by 1/weight, is
 //! earliest; ties in list order), which spreads a heavy host's turns evenly instead of in bursts.
 
-use std::cmp::Ordering as CmpOrdering;
-use std::collections::BinaryHeap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::LbEntry;
+use super::edf::Edf;
 
 /// Weighted round robin.
 #[derive(Debug)]
 pub struct RoundRobin {
     len: usize,
     next: AtomicUsize,
-    edf: Option<Mutex<Edf>>,
-}
-
-#[derive(Debug)]
-struct Edf {
-    heap: BinaryHeap<Slot>,
-    weights: Vec<f64>,
-    sequence: u64,
-}
-
-#[derive(Debug)]
-struct Slot {
-    deadline: f64,
-    sequence: u64,
-    index: usize,
-}
-
-impl PartialEq for Slot {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == CmpOrdering::Equal
-    }
-}
-impl Eq for Slot {}
-impl PartialOrd for Slot {
-    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Slot {
-    // Reversed: BinaryHeap is a max-heap and we want the earliest deadline first.
-    fn cmp(&self, other: &Self) -> CmpOrdering {
-        other
-            .deadline
-            .total_cmp(&self.deadline)
-            .then_with(|| other.sequence.cmp(&self.sequence))
-    }
+    edf: Option<(Mutex<Edf>, Vec<f64>)>,
 }
 
 impl RoundRobin {
@@ -58,20 +22,7 @@ impl RoundRobin {
         let equal = entries.windows(2).all(|w| w[0].weight == w[1].weight);
         let edf = (!equal).then(|| {
             let weights: Vec<f64> = entries.iter().map(|e| f64::from(e.weight.max(1))).collect();
-            let heap = weights
-                .iter()
-                .enumerate()
-                .map(|(index, w)| Slot {
-                    deadline: 1.0 / w,
-                    sequence: index as u64,
-                    index,
-                })
-                .collect();
-            Mutex::new(Edf {
-                heap,
-                sequence: weights.len() as u64,
-                weights,
-            })
+            (Mutex::new(Edf::new(weights.iter().copied())), weights)
         });
         Self {
             len: entries.len(),
@@ -85,21 +36,11 @@ impl RoundRobin {
         if self.len == 0 {
             return None;
         }
-        let Some(edf) = &self.edf else {
+        let Some((edf, weights)) = &self.edf else {
             return Some(self.next.fetch_add(1, Ordering::Relaxed) % self.len);
         };
         let mut edf = edf.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = edf.heap.pop()?;
-        let index = slot.index;
-        let deadline = slot.deadline + 1.0 / edf.weights[index];
-        let sequence = edf.sequence;
-        edf.sequence += 1;
-        edf.heap.push(Slot {
-            deadline,
-            sequence,
-            index,
-        });
-        Some(index)
+        edf.pick(|i| weights[i])
     }
 }
 

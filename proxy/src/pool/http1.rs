@@ -9,7 +9,7 @@
 //! `101 Switching Protocols` response can be taken over with `hyper::upgrade::on`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use hyper::client::conn::http1::{self, SendRequest};
@@ -33,6 +33,8 @@ struct Inner {
     settings: Arc<PoolSettings>,
     stats: PoolStats,
     idle: Mutex<Vec<Idle>>,
+    /// Whether the idle reaper task is running (at most one per pool).
+    reaping: AtomicBool,
     next_id: AtomicU64,
 }
 
@@ -61,6 +63,7 @@ impl Http1Pool {
                 settings,
                 stats,
                 idle: Mutex::new(Vec::new()),
+                reaping: AtomicBool::new(false),
                 next_id: AtomicU64::new(0),
             }),
         }
@@ -179,29 +182,44 @@ impl Inner {
                 return;
             }
             let Some(pool) = pool.upgrade() else { return };
-            let since = Instant::now();
             pool.lock_idle().push(Idle {
                 id,
                 sender,
-                since,
+                since: Instant::now(),
                 served,
             });
-            if let Some(timeout) = pool.settings.idle_timeout {
-                let pool = Arc::downgrade(&pool);
-                tokio::spawn(evict_when_idle(pool, id, since, timeout));
+            if let Some(timeout) = pool.settings.idle_timeout
+                && !pool.reaping.swap(true, Ordering::AcqRel)
+            {
+                tokio::spawn(reap_idle(Arc::downgrade(&pool), timeout));
             }
         });
     }
 }
 
-/// Closes connection `id` if it is still idle since `since` when the idle timeout passes.
-async fn evict_when_idle(pool: Weak<Inner>, id: u64, since: Instant, timeout: std::time::Duration) {
-    tokio::time::sleep_until(since + timeout).await;
-    if let Some(pool) = pool.upgrade() {
-        let mut idle = pool.lock_idle();
-        if let Some(i) = idle.iter().position(|c| c.id == id && c.since == since) {
-            idle.remove(i);
-            tracing::debug!(upstream.addr = %pool.addr, "idle upstream connection closed");
-        }
+/// Closes idle connections once they have been idle for `timeout`: one task per pool, which
+/// sleeps until the oldest idle connection expires and exits when none is left.
+async fn reap_idle(pool: Weak<Inner>, timeout: std::time::Duration) {
+    loop {
+        let next = {
+            let Some(pool) = pool.upgrade() else { return };
+            let now = Instant::now();
+            let mut idle = pool.lock_idle();
+            let before = idle.len();
+            idle.retain(|c| now.duration_since(c.since) < timeout && !c.sender.is_closed());
+            if idle.len() < before {
+                tracing::debug!(upstream.addr = %pool.addr, closed = before - idle.len(), "idle upstream connections closed");
+            }
+            match idle.iter().map(|c| c.since).min() {
+                Some(oldest) => oldest + timeout,
+                None => {
+                    // Cleared under the lock: a concurrent release either sees the flag
+                    // cleared and starts a new reaper, or pushed before we looked.
+                    pool.reaping.store(false, Ordering::Release);
+                    return;
+                }
+            }
+        };
+        tokio::time::sleep_until(next).await;
     }
 }

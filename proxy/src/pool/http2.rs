@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use hyper::client::conn::http2::{self, SendRequest};
@@ -34,6 +34,9 @@ struct Inner {
     stats: PoolStats,
     conns: Mutex<Vec<Conn>>,
     connecting: tokio::sync::Mutex<()>,
+    connect_failures: AtomicU64,
+    /// Whether the idle reaper task is running (at most one per pool).
+    reaping: AtomicBool,
     next_id: AtomicU64,
 }
 
@@ -53,6 +56,9 @@ struct Conn {
 struct StreamSlot {
     pool: Weak<Inner>,
     id: u64,
+    /// Keeps the connection open for this stream even if the pool (its host, its cluster) is
+    /// dropped meanwhile: a removed endpoint drains instead of cutting the response.
+    _connection: SendRequest<Body>,
 }
 
 impl Drop for StreamSlot {
@@ -73,6 +79,8 @@ impl Http2Pool {
                 stats,
                 conns: Mutex::new(Vec::new()),
                 connecting: tokio::sync::Mutex::new(()),
+                connect_failures: AtomicU64::new(0),
+                reaping: AtomicBool::new(false),
                 next_id: AtomicU64::new(0),
             }),
         }
@@ -90,21 +98,28 @@ impl Http2Pool {
     ) -> Result<http::Response<Body>, UpstreamError> {
         let active = ActiveRequest::new(&self.inner.stats.host);
         super::to_http2(&mut request);
-        let (mut sender, slot) = match self.inner.claim() {
-            Some(claimed) => claimed,
-            None => {
-                let _connecting = self.inner.connecting.lock().await;
-                match self.inner.claim() {
-                    Some(claimed) => claimed,
-                    None => self.inner.connect().await?,
-                }
-            }
-        };
-        match sender.send_request(request).await {
-            Ok(response) => Ok(TrackedBody::boxed(response, (active, slot))),
-            Err(error) => {
-                tracing::debug!(upstream.addr = %self.inner.addr, %error, "upstream stream failed");
-                Err(UpstreamError::Reset(error.to_string()))
+        let mut retried = false;
+        loop {
+            let (mut sender, slot, fresh) = self.inner.checkout().await?;
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(TrackedBody::boxed(response, (active, slot))),
+                Err(mut error) => match error.take_message() {
+                    // The pooled connection went away before the stream was opened: nothing
+                    // was sent, so open the stream elsewhere (once).
+                    Some(unsent) if !fresh && !retried => {
+                        retried = true;
+                        request = unsent;
+                    }
+                    _ => {
+                        let error = error.into_error();
+                        tracing::debug!(upstream.addr = %self.inner.addr, %error, "upstream stream failed");
+                        return Err(if refused(&error) {
+                            UpstreamError::RefusedStream(error.to_string())
+                        } else {
+                            UpstreamError::Reset(error.to_string())
+                        });
+                    }
+                },
             }
         }
     }
@@ -123,6 +138,36 @@ impl Inner {
             .max_requests_per_connection
             .is_none_or(|max| conn.served < max);
         (conn.active as usize) < max_streams && below_max_requests
+    }
+
+    /// A stream slot on an open connection with room, or on a new connection (`true`).
+    ///
+    /// Connections are opened one at a time; requests that queued behind an attempt that
+    /// failed fail with it (UF) instead of each waiting out their own connect timeout, as
+    /// Envoy fails the pending requests of a failed connection.
+    async fn checkout(
+        self: &Arc<Self>,
+    ) -> Result<(SendRequest<Body>, StreamSlot, bool), UpstreamError> {
+        if let Some((sender, slot)) = self.claim() {
+            return Ok((sender, slot, false));
+        }
+        let failures = self.connect_failures.load(Ordering::Acquire);
+        let _connecting = self.connecting.lock().await;
+        if let Some((sender, slot)) = self.claim() {
+            return Ok((sender, slot, false));
+        }
+        if self.connect_failures.load(Ordering::Acquire) != failures {
+            return Err(UpstreamError::ConnectFailure(std::io::Error::other(
+                "the connection attempt this request waited for failed",
+            )));
+        }
+        match self.connect().await {
+            Ok((sender, slot)) => Ok((sender, slot, true)),
+            Err(error) => {
+                self.connect_failures.fetch_add(1, Ordering::AcqRel);
+                Err(error)
+            }
+        }
     }
 
     /// Takes a stream slot on an open connection with room.
@@ -145,6 +190,7 @@ impl Inner {
             StreamSlot {
                 pool: Arc::downgrade(self),
                 id: conn.id,
+                _connection: conn.sender.clone(),
             },
         ))
     }
@@ -193,13 +239,12 @@ impl Inner {
         };
         // Listed even when it may take no more streams, so `finish_stream` finds it.
         self.lock_conns().push(conn);
-        Ok((
-            sender,
-            StreamSlot {
-                pool: Arc::downgrade(self),
-                id,
-            },
-        ))
+        let slot = StreamSlot {
+            pool: Arc::downgrade(self),
+            id,
+            _connection: sender.clone(),
+        };
+        Ok((sender, slot))
     }
 
     /// A stream ended: free its slot, drop a connection that has served its maximum, and arm the
@@ -222,20 +267,57 @@ impl Inner {
             conns.remove(i);
             return;
         }
-        let since = Instant::now();
-        conn.idle_since = since;
-        if let (Some(timeout), Ok(runtime)) = (
-            self.settings.idle_timeout,
-            tokio::runtime::Handle::try_current(),
-        ) {
-            let pool = Arc::downgrade(self);
-            runtime.spawn(async move {
-                tokio::time::sleep_until(since + timeout).await;
-                if let Some(pool) = pool.upgrade() {
-                    pool.lock_conns()
-                        .retain(|c| !(c.id == id && c.active == 0 && c.idle_since == since));
-                }
-            });
+        conn.idle_since = Instant::now();
+        if let Some(timeout) = self.settings.idle_timeout
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && !self.reaping.swap(true, Ordering::AcqRel)
+        {
+            runtime.spawn(reap_idle(Arc::downgrade(self), timeout));
         }
+    }
+}
+
+/// Whether the peer refused the stream before processing it (REFUSED_STREAM reset, or a
+/// GOAWAY that did not cover it).
+fn refused(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away()
+                    && h2.is_remote()
+                    && h2.reason() == Some(h2::Reason::NO_ERROR));
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Closes connections without streams once they have been idle for `timeout`: one task per
+/// pool, which sleeps until the oldest idle connection expires and exits when none is idle.
+async fn reap_idle(pool: Weak<Inner>, timeout: std::time::Duration) {
+    loop {
+        let next = {
+            let Some(pool) = pool.upgrade() else { return };
+            let now = Instant::now();
+            let mut conns = pool.lock_conns();
+            conns.retain(|c| {
+                let expired = c.active == 0 && now.duration_since(c.idle_since) >= timeout;
+                !expired && !c.sender.is_closed()
+            });
+            let oldest = conns
+                .iter()
+                .filter(|c| c.active == 0)
+                .map(|c| c.idle_since)
+                .min();
+            match oldest {
+                Some(oldest) => oldest + timeout,
+                None => {
+                    pool.reaping.store(false, Ordering::Release);
+                    return;
+                }
+            }
+        };
+        tokio::time::sleep_until(next).await;
     }
 }

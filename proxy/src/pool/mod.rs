@@ -213,11 +213,13 @@ pub(crate) async fn connect(
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
                 stats.cluster.upstream_cx_connect_fail.inc();
+                stats.host.cx_connect_fail.inc();
                 tracing::debug!(upstream.addr = %addr, %error, "upstream connect failed");
                 return Err(UpstreamError::ConnectFailure(error));
             }
             Err(_) => {
                 stats.cluster.upstream_cx_connect_fail.inc();
+                stats.host.cx_connect_fail.inc();
                 stats.cluster.upstream_cx_connect_timeout.inc();
                 tracing::debug!(upstream.addr = %addr, "upstream connect timed out");
                 return Err(UpstreamError::ConnectTimeout);

@@ -172,6 +172,32 @@ async fn http1_keep_alive_reuses_one_connection() {
 }
 
 #[tokio::test]
+async fn http1_connections_the_server_closed_are_not_reused() {
+    // The server answers with an implicit keep-alive and then closes the socket: every request
+    // must still succeed, each on a new connection (skipped or re-sent, never failed).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+        }
+    });
+    let (host, _) = host(addr, PoolSettings::default());
+    for _ in 0..3 {
+        let resp = host.send(get("/")).await.unwrap();
+        assert_eq!(body(resp).await, "ok");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
 async fn http1_concurrent_requests_use_separate_connections() {
     let up = upstream(false, 2).await;
     let (host, _) = host(up.addr, PoolSettings::default());
@@ -214,6 +240,10 @@ async fn http1_idle_connections_close_after_idle_timeout() {
     eventually(|| up.closed.load(Ordering::SeqCst) == 1).await;
     assert_eq!(host.connections().0, 0);
     eventually(|| stats.upstream_cx_active.get() == 0).await;
+    // The reaper exits when nothing is idle and starts again for the next idle connection.
+    body(host.send(get("/")).await.unwrap()).await;
+    eventually(|| up.closed.load(Ordering::SeqCst) == 2).await;
+    assert_eq!(up.opened.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
@@ -250,6 +280,8 @@ async fn http2_idle_connection_closes_after_idle_timeout() {
     body(host.send(get("/")).await.unwrap()).await;
     eventually(|| host.connections().1 == 0).await;
     eventually(|| up.closed.load(Ordering::SeqCst) == 1).await;
+    body(host.send(get("/")).await.unwrap()).await;
+    eventually(|| up.closed.load(Ordering::SeqCst) == 2).await;
 }
 
 #[tokio::test]
@@ -301,6 +333,7 @@ async fn connection_refused_is_an_upstream_connect_failure() {
     assert!(err.is_connect_failure());
     assert_eq!(stats.upstream_cx_connect_fail.get(), 1);
     assert_eq!(host.stats().rq_error.get(), 1);
+    assert_eq!(host.stats().cx_connect_fail.get(), 1);
     assert_eq!(host.active_requests(), 0);
 }
 
@@ -332,6 +365,25 @@ async fn connect_timeout_is_an_upstream_connect_failure() {
     assert!(matches!(err, UpstreamError::ConnectTimeout), "{err}");
     assert_eq!(err.response_flag(), ResponseFlag::UpstreamConnectionFailure);
     assert_eq!(stats.upstream_cx_connect_timeout.get(), 1);
+}
+
+#[tokio::test]
+async fn http2_requests_queued_behind_a_failed_connect_fail_together() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let (host, stats) = host(addr, h2_settings());
+    let results = futures::future::join_all((0..5).map(|_| host.send(get("/")))).await;
+    for result in results {
+        let err = result.unwrap_err();
+        assert_eq!(
+            err.response_flag(),
+            ResponseFlag::UpstreamConnectionFailure,
+            "{err}"
+        );
+    }
+    // Only the first request tried to connect; the others failed with it.
+    assert_eq!(stats.upstream_cx_connect_fail.get(), 1);
 }
 
 #[tokio::test]
@@ -401,4 +453,75 @@ async fn tcp_connect_reaches_the_host() {
     client.unwrap();
     server.unwrap();
     assert_eq!(stats.upstream_cx_total.get(), 1);
+}
+
+#[tokio::test]
+async fn http2_response_trailers_are_preserved() {
+    use http_body_util::StreamBody;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let svc = service_fn(|_req: http::Request<Incoming>| async {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            let frames = vec![
+                Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from_static(b"msg"))),
+                Ok(hyper::body::Frame::trailers(trailers)),
+            ];
+            let body = StreamBody::new(futures::stream::iter(frames));
+            Ok::<_, Infallible>(http::Response::new(body))
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), svc)
+            .await;
+    });
+    let (host, _) = host(addr, h2_settings());
+    let resp = host.send(get("/grpc")).await.unwrap();
+    let collected = resp.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    assert_eq!(&collected.to_bytes()[..], b"msg");
+}
+
+#[tokio::test]
+async fn http2_refused_stream_is_retriable() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut conn = h2::server::handshake(stream).await.unwrap();
+        while let Some(Ok((_req, mut respond))) = conn.accept().await {
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+        }
+    });
+    let (host, _) = host(addr, h2_settings());
+    let err = host.send(get("/")).await.unwrap_err();
+    assert!(matches!(err, UpstreamError::RefusedStream(_)), "{err}");
+    assert!(err.is_unprocessed());
+    assert!(!err.is_connect_failure());
+    assert_eq!(err.response_flag(), ResponseFlag::UpstreamRemoteReset);
+}
+
+#[tokio::test]
+async fn http2_streams_finish_after_their_host_is_dropped() {
+    let up = upstream(true, 2).await;
+    let (host, _) = host(up.addr, h2_settings());
+    let host = Arc::new(host);
+    let first = tokio::spawn({
+        let host = host.clone();
+        async move {
+            let resp = host.send(get("/wait")).await.unwrap();
+            drop(host);
+            body(resp).await
+        }
+    });
+    eventually(|| host.active_requests() == 1).await;
+    drop(host);
+    // Release the first stream with a second request from an unrelated host.
+    let (other, _) = self::host(up.addr, h2_settings());
+    assert_eq!(
+        body(other.send(get("/wait")).await.unwrap()).await,
+        "HTTP/2.0 /wait"
+    );
+    assert_eq!(first.await.unwrap(), "HTTP/2.0 /wait");
 }

@@ -7,6 +7,7 @@ use xds_proto::envoy::config::route::v3 as route_pb;
 
 use super::header_mutation::HeaderMutation;
 use super::matcher::{Regex, RequestHead};
+use super::retry_policy::RetryPolicy;
 use super::{Invalid, duration};
 
 /// Envoy's default route timeout.
@@ -84,6 +85,8 @@ pub struct Forward {
     pub cluster_not_found_status: http::StatusCode,
     /// Whether WebSocket upgrades are allowed by the route (`None` = follow the HCM).
     pub websocket: Option<bool>,
+    /// The route's retry policy (`None`: the virtual host's, if any).
+    pub retry_policy: Option<RetryPolicy>,
 }
 
 /// Envoy's `RedirectAction`.
@@ -173,7 +176,6 @@ pub(crate) fn forward(a: &route_pb::RouteAction, field: &str) -> Result<Forward,
     )?;
     refuse_if(a.flush_timeout.is_some(), "flush_timeout")?;
     refuse_if(a.early_data_policy.is_some(), "early_data_policy")?;
-    refuse_if(a.retry_policy.is_some(), "retry_policy")?;
     refuse_if(
         a.retry_policy_typed_config.is_some(),
         "retry_policy_typed_config",
@@ -267,6 +269,11 @@ pub(crate) fn forward(a: &route_pb::RouteAction, field: &str) -> Result<Forward,
         hash_policy,
         cluster_not_found_status,
         websocket,
+        retry_policy: a
+            .retry_policy
+            .as_ref()
+            .map(|p| RetryPolicy::from_proto(p, &f("retry_policy")))
+            .transpose()?,
     })
 }
 
@@ -319,16 +326,16 @@ fn weighted(w: &route_pb::WeightedCluster, field: &str) -> Result<ClusterSpecifi
         });
     }
     #[allow(deprecated)]
-    if let Some(expected) = w.total_weight {
-        if u64::from(expected.value) != total {
-            return Err(Invalid::new(
-                format!("{field}.total_weight"),
-                format!(
-                    "total_weight {} differs from the sum of weights {total}",
-                    expected.value
-                ),
-            ));
-        }
+    if let Some(expected) = w.total_weight
+        && u64::from(expected.value) != total
+    {
+        return Err(Invalid::new(
+            format!("{field}.total_weight"),
+            format!(
+                "total_weight {} differs from the sum of weights {total}",
+                expected.value
+            ),
+        ));
     }
     if total == 0 {
         return Err(Invalid::new(
@@ -552,11 +559,11 @@ impl Redirect {
 
 /// Splits `host[:port]`, understanding `[v6]:port`.
 pub fn split_host_port(authority: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = authority.strip_prefix('[') {
-        if let Some((h, tail)) = rest.split_once(']') {
-            let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
-            return (&authority[..h.len() + 2], port);
-        }
+    if let Some(rest) = authority.strip_prefix('[')
+        && let Some((h, tail)) = rest.split_once(']')
+    {
+        let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
+        return (&authority[..h.len() + 2], port);
     }
     match authority.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => match p.parse() {

@@ -9,6 +9,7 @@
 pub mod action;
 pub mod header_mutation;
 pub mod matcher;
+pub mod retry_policy;
 mod virtual_host;
 
 use std::time::Duration;
@@ -18,6 +19,7 @@ use xds_proto::envoy::config::route::v3 as route_pb;
 pub use action::{Action, ClusterSpecifier, DirectResponse, Forward, Redirect, WeightedCluster};
 pub use header_mutation::HeaderMutation;
 pub use matcher::RequestHead;
+pub use retry_policy::RetryPolicy;
 pub use virtual_host::{DomainIndex, Route, RouteMatch, VirtualHost};
 
 /// A route configuration Ferry cannot accept; becomes the NACK's `error_detail`.

@@ -335,8 +335,8 @@ fn unimplemented_fields_are_refused_by_name() {
             "route.cluster_header",
         ),
         (
-            r#"{ match: { prefix: "/" }, route: { cluster: c, retry_policy: { retry_on: "5xx" } } }"#,
-            "route.retry_policy",
+            r#"{ match: { prefix: "/" }, route: { cluster: c, retry_policy: { retry_on: "envoy-ratelimited" } } }"#,
+            "route.retry_policy.retry_on",
         ),
         (
             r#"{ match: { prefix: "/", runtime_fraction: { default_value: { numerator: 1 } } }, route: { cluster: c } }"#,

@@ -10,6 +10,7 @@ use super::Invalid;
 use super::action::{self, Action};
 use super::header_mutation::HeaderMutation;
 use super::matcher::{HeaderMatch, PathMatch, QueryParameterMatch, RequestHead};
+use super::retry_policy::RetryPolicy;
 
 /// A validated virtual host.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +27,8 @@ pub struct VirtualHost {
     pub response_headers: HeaderMutation,
     /// Send `x-envoy-attempt-count` upstream.
     pub include_request_attempt_count: bool,
+    /// The virtual host's retry policy, for routes without their own.
+    pub retry_policy: Option<RetryPolicy>,
 }
 
 /// A validated route.
@@ -102,7 +105,6 @@ impl VirtualHost {
             vh.include_attempt_count_in_response,
             "include_attempt_count_in_response",
         )?;
-        refuse_if(vh.retry_policy.is_some(), "retry_policy")?;
         refuse_if(
             vh.retry_policy_typed_config.is_some(),
             "retry_policy_typed_config",
@@ -138,6 +140,11 @@ impl VirtualHost {
                 &f("response"),
             )?,
             include_request_attempt_count: vh.include_request_attempt_count,
+            retry_policy: vh
+                .retry_policy
+                .as_ref()
+                .map(|p| RetryPolicy::from_proto(p, &f("retry_policy")))
+                .transpose()?,
         })
     }
 }
@@ -312,8 +319,8 @@ impl DomainIndex {
             }
         }
         // Longest wins; ties keep config order (stable sort).
-        index.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        index.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        index.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+        index.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         Ok(index)
     }
 

@@ -1,7 +1,10 @@
 //! The router filter: turns a matched `route` action into one upstream request. It picks the
 //! cluster (weighted per request), a host through the cluster's load balancer, rewrites path and
 //! authority, applies header mutations, enforces the route timeout, and streams both bodies;
-//! WebSocket upgrades are joined byte for byte once both sides switch protocols.
+//! WebSocket upgrades are joined byte for byte once both sides switch protocols. Tries and
+//! retries live in [`attempts`].
+
+mod attempts;
 
 use http::{HeaderValue, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -74,14 +77,15 @@ pub fn rewrite_path(
     matched_prefix: Option<&str>,
     path_and_query: &str,
 ) -> String {
-    if let (Some(new), Some(old)) = (&forward.prefix_rewrite, matched_prefix) {
-        if path_and_query.len() >= old.len() && path_and_query.is_char_boundary(old.len()) {
-            let mut rewritten = format!("{new}{}", &path_and_query[old.len()..]);
-            if !rewritten.starts_with('/') {
-                rewritten.insert(0, '/');
-            }
-            return rewritten;
+    if let (Some(new), Some(old)) = (&forward.prefix_rewrite, matched_prefix)
+        && path_and_query.len() >= old.len()
+        && path_and_query.is_char_boundary(old.len())
+    {
+        let mut rewritten = format!("{new}{}", &path_and_query[old.len()..]);
+        if !rewritten.starts_with('/') {
+            rewritten.insert(0, '/');
         }
+        return rewritten;
     }
     if let Some((regex, substitution)) = &forward.regex_rewrite {
         let (path, query) = match path_and_query.split_once('?') {
@@ -131,20 +135,6 @@ pub async fn forward(
     if upgrade && !websocket_allowed {
         return local_reply(StatusCode::FORBIDDEN, "", None);
     }
-    let ctx = LbContext {
-        hash,
-        downstream: Some(downstream.peer),
-        original_dst: downstream.original_dst,
-        excluded: &[],
-    };
-    let Some(host) = cluster.select_host(&ctx) else {
-        return local_reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no healthy upstream",
-            Some(ResponseFlag::NoHealthyUpstream),
-        );
-    };
-    span.record("upstream.addr", tracing::field::display(host.address()));
 
     let path = rewrite_path(
         forward,
@@ -192,56 +182,26 @@ pub async fn forward(
         parts.headers.insert(header::HOST, host_header);
     }
     table.mutate_request(selected, weighted, &mut parts.headers);
-    if selected.virtual_host.include_request_attempt_count {
-        parts
-            .headers
-            .insert("x-envoy-attempt-count", HeaderValue::from_static("1"));
-    }
-    let upstream_request = http::Request::from_parts(parts, body::boxed(body));
-
-    let started = tokio::time::Instant::now();
-    let sent = host.send(upstream_request);
-    let result = match forward.timeout {
-        Some(timeout) => match tokio::time::timeout(timeout, sent).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::debug!(
-                    timeout_ms = timeout.as_millis() as u64,
-                    "upstream request timeout"
-                );
-                return local_reply(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream request timeout",
-                    Some(ResponseFlag::UpstreamRequestTimeout),
-                );
-            }
+    let replayable = http_body::Body::is_end_stream(&body) && on_upgrade.is_none();
+    let tries = attempts::Tries {
+        cluster,
+        ctx: LbContext {
+            hash,
+            downstream: Some(downstream.peer),
+            original_dst: downstream.original_dst,
+            excluded: &[],
         },
-        None => sent.await,
+        retry: forward
+            .retry_policy
+            .as_ref()
+            .or(selected.virtual_host.retry_policy.as_ref()),
+        route_timeout: forward.timeout,
+        include_attempt_count: selected.virtual_host.include_request_attempt_count,
     };
-    let mut response = match result {
+    let started = tokio::time::Instant::now();
+    let mut response = match tries.send(parts, body::boxed(body), replayable).await {
         Ok(response) => response,
-        Err(error) => {
-            tracing::debug!(%error, "upstream request failed");
-            let flag = error.response_flag();
-            let body = match flag {
-                ResponseFlag::UpstreamOverflow => {
-                    "upstream connect error or disconnect/reset before headers. reset reason: overflow"
-                }
-                ResponseFlag::UpstreamConnectionFailure => {
-                    "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
-                }
-                _ => {
-                    "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
-                }
-            };
-            let mut reply = local_reply(StatusCode::SERVICE_UNAVAILABLE, body, Some(flag));
-            if flag == ResponseFlag::UpstreamOverflow {
-                reply
-                    .headers_mut()
-                    .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
-            }
-            return reply;
-        }
+        Err(reply) => return reply,
     };
     tracing::debug!(status = response.status().as_u16(), "upstream response");
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -65,8 +65,17 @@ pub(crate) fn count_update(stats: &Store, kind: Kind, names: &[String], success:
             }
         }
         Kind::Endpoint => {
+            // The cluster runtime counts `cluster.NAME.update_success` when the host set
+            // changes; EDS adds the attempts and the rejections.
             for name in names {
-                stats.counter(format!("cluster.{name}.{outcome}")).inc();
+                stats
+                    .counter(format!("cluster.{name}.update_attempt"))
+                    .inc();
+                if !success {
+                    stats
+                        .counter(format!("cluster.{name}.update_rejected"))
+                        .inc();
+                }
             }
         }
     }

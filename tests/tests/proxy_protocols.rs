@@ -1,0 +1,223 @@
+//! ferry-proxy carrying more than plain HTTP/1.1: h2c, gRPC unary and streaming with trailers,
+//! WebSocket-style upgrades, and raw TCP through `tcp_proxy`. The real proxy library runs
+//! in-process from a static bootstrap in front of real loopback servers.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use ferry_proxy::app::{self, Running};
+use ferry_tests::net::{self, Protocol};
+use ferry_tests::upstream::Upstream;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const HCM: &str = "'@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const ROUTER: &str = "http_filters: [{ name: envoy.filters.http.router, typed_config: { '@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }]";
+
+/// A STATIC cluster; `protocol` is extra cluster YAML (e.g. upstream HTTP protocol options).
+/// Upstream HTTP/1.1 or HTTP/2 as downstream spoke (Envoy's default upstream is HTTP/1.1).
+const USE_DOWNSTREAM: &str = r#"
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        '@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        use_downstream_protocol_config: { http_protocol_options: {}, http2_protocol_options: {} }"#;
+
+fn cluster(name: &str, addr: SocketAddr, protocol: &str) -> String {
+    format!(
+        r#"
+  - name: "{name}"
+    type: STATIC
+    connect_timeout: 1s{protocol}
+    load_assignment:
+      cluster_name: "{name}"
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}] }}]"#,
+        addr.port()
+    )
+}
+
+/// An HTTP listener `http` routing everything to `echo`, and a TCP listener `tcp` to `tcp`.
+async fn start(echo: SocketAddr, tcp: SocketAddr) -> Running {
+    let yaml = format!(
+        r#"
+static_resources:
+  listeners:
+  - name: http
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          {HCM}
+          stat_prefix: http
+          {ROUTER}
+          upgrade_configs: [{{ upgrade_type: websocket }}]
+          route_config:
+            name: local
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/", grpc: {{}} }}
+                route: {{ cluster: echo, timeout: 0s }}
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: echo }}
+  - name: tcp
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters: [{{ name: envoy.filters.network.tcp_proxy, typed_config: {{ '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: tcp, cluster: tcp }} }}]
+  clusters: {}
+"#,
+        cluster("echo", echo, USE_DOWNSTREAM) + &cluster("tcp", tcp, "")
+    );
+    let bootstrap = xds_proto::json::from_yaml_str(&yaml).expect("bootstrap parses");
+    app::start(bootstrap).await.expect("proxy starts")
+}
+
+struct Fixture {
+    proxy: Running,
+    _echo: Upstream,
+    _tcp: Upstream,
+}
+
+async fn fixture() -> Fixture {
+    let echo = Upstream::echo("echo").await.expect("echo upstream");
+    let tcp = Upstream::tcp_echo("tcp").await.expect("tcp upstream");
+    let proxy = start(echo.addr, tcp.addr).await;
+    Fixture {
+        proxy,
+        _echo: echo,
+        _tcp: tcp,
+    }
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_end_to_end() {
+    let f = fixture().await;
+    let addr = f.proxy.listener_addr("http").expect("bound");
+    let request = net::request(Method::GET, "h2.test", "/two", &[]).unwrap();
+    let reply = net::send(addr, Protocol::Http2, request)
+        .await
+        .expect("h2 reply");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(body["path"], "/two");
+    assert_eq!(body["version"], "HTTP/2.0");
+}
+
+#[tokio::test]
+async fn grpc_unary_and_streaming_keep_trailers() {
+    let f = fixture().await;
+    let addr = f.proxy.listener_addr("http").expect("bound");
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+
+    // Unary: one message, the whole response, then trailers.
+    let unary = Request::post("http://grpc.test/echo.Echo/Unary")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(Bytes::from_static(
+            b"\0\0\0\0\x05hello",
+        )))
+        .unwrap();
+    let response = sender.send_request(unary).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(
+        collected.to_bytes(),
+        Bytes::from_static(b"\0\0\0\0\x05hello")
+    );
+    assert_eq!(trailers["grpc-status"], "0");
+
+    // Streaming: each message comes back before the next is sent, proving both bodies stream.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    let streaming = Request::post("http://grpc.test/echo.Echo/Stream")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .unwrap();
+    let (mut sender2, conn2) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        TokioIo::new(TcpStream::connect(addr).await.unwrap()),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn2);
+    let response = tokio::spawn(async move { sender2.send_request(streaming).await });
+    tx.send(Ok(Frame::data(Bytes::from_static(b"one"))))
+        .await
+        .unwrap();
+    let response = response.await.unwrap().unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, Bytes::from_static(b"one"));
+    tx.send(Ok(Frame::data(Bytes::from_static(b"two"))))
+        .await
+        .unwrap();
+    let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(second, Bytes::from_static(b"two"));
+    drop(tx);
+    let last = body.frame().await.unwrap().unwrap();
+    let trailers = last.into_trailers().expect("trailers after the messages");
+    assert_eq!(trailers["grpc-status"], "0");
+    drop(sender);
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_passed_through() {
+    let f = fixture().await;
+    let addr = f.proxy.listener_addr("http").expect("bound");
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).await.unwrap();
+        assert_eq!(
+            n,
+            1,
+            "connection closed during the handshake: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for message in [&b"ping"[..], b"a longer message after the first"] {
+        stream.write_all(message).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        stream.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(echoed, message);
+    }
+}
+
+#[tokio::test]
+async fn tcp_proxy_echoes_bytes() {
+    let f = fixture().await;
+    let addr = f.proxy.listener_addr("tcp").expect("bound");
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    for message in [&b"hello"[..], b"world, again"] {
+        stream.write_all(message).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        stream.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(echoed, message);
+    }
+}
