@@ -145,7 +145,7 @@ async fn proxy_balances_and_pools_across_real_upstreams() {
     let closed_port = closed.local_addr().unwrap().port();
     drop(closed);
 
-    let running = ferry_proxy::app::start(&bootstrap(a, b, h2, dns.port(), closed_port))
+    let running = ferry_proxy::app::start(bootstrap(a, b, h2, dns.port(), closed_port))
         .await
         .unwrap();
     let proxy = running.listener_addr("http").unwrap();
