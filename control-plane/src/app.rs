@@ -17,6 +17,7 @@ use crate::debug::{self, DebugState};
 use crate::model::{Model, ModelError};
 use crate::source::SourceHandle;
 use crate::source::dir::{DirError, watch_dir};
+use crate::source::kubernetes::{KubeSourceError, kubernetes_source};
 use crate::xds::debounce::{DebounceConfig, debounce};
 use crate::xds::metrics::Metrics;
 use crate::xds::{Generator, TranslateGenerator, XdsServer};
@@ -26,6 +27,8 @@ use crate::xds::{Generator, TranslateGenerator, XdsServer};
 pub struct ServeOptions {
     /// The directory of manifests to watch.
     pub config_dir: PathBuf,
+    /// Watch the Kubernetes API (in-cluster config or kubeconfig) instead of `config_dir`.
+    pub kubernetes: bool,
     /// Where ADS listens (istiod: 15010).
     pub xds_address: SocketAddr,
     /// Where the debug and metrics endpoint listens (istiod: 15014).
@@ -53,6 +56,9 @@ pub enum AppError {
     /// The directory source could not start.
     #[error(transparent)]
     Source(#[from] DirError),
+    /// The Kubernetes source could not start.
+    #[error(transparent)]
+    Kubernetes(#[from] KubeSourceError),
 }
 
 /// What the sources publish: the model (`None` until the initial sync) and the objects they
@@ -210,9 +216,9 @@ pub async fn run(options: ServeOptions) -> Result<(), AppError> {
     serve(&options).await?.wait().await
 }
 
-/// Starts the directory source, the translator and the server, and returns once the directory's
-/// initial read is served. The listeners open first; proxies that connect before the initial
-/// read completes are held until it does.
+/// Starts the source (the directory, or Kubernetes with `kubernetes`), the translator and the
+/// server, and returns once the source's initial sync is served. The listeners open first;
+/// proxies that connect before the initial sync completes are held until it does.
 pub async fn serve(options: &ServeOptions) -> Result<Running, AppError> {
     let (feed, sources) = Sources::channel();
     let generator = Arc::new(TranslateGenerator {
@@ -220,8 +226,12 @@ pub async fn serve(options: &ServeOptions) -> Result<Running, AppError> {
     });
     let mut running = start(options, sources, generator).await?;
     tracing::info!(xds = %running.xds_address, debug = %running.debug_address, "ferry-control listening");
-    let handle = watch_dir(&options.config_dir).await?;
-    tracing::info!(dir = %options.config_dir.display(), "initial sync complete; serving");
+    let handle = if options.kubernetes {
+        kubernetes_source().await?
+    } else {
+        watch_dir(&options.config_dir).await?
+    };
+    tracing::info!(kubernetes = options.kubernetes, dir = %options.config_dir.display(), "initial sync complete; serving");
     running.helpers.push(tokio::spawn(feed.forward(handle)));
     Ok(running)
 }

@@ -30,8 +30,11 @@ enum Command {
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// Directory of YAML manifests (VirtualService, DestinationRule, Service, ...).
-    #[arg(long)]
-    config_dir: PathBuf,
+    #[arg(long, required_unless_present = "kubernetes")]
+    config_dir: Option<PathBuf>,
+    /// Watch the Kubernetes API (in-cluster config or kubeconfig) instead of a directory.
+    #[arg(long, conflicts_with = "config_dir")]
+    kubernetes: bool,
     /// ADS (gRPC) listen address.
     #[arg(long, default_value = "127.0.0.1:15010")]
     xds_address: SocketAddr,
@@ -55,7 +58,8 @@ fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
         Command::Serve(args) => {
             let options = ServeOptions {
-                config_dir: args.config_dir,
+                config_dir: args.config_dir.unwrap_or_default(),
+                kubernetes: args.kubernetes,
                 xds_address: args.xds_address,
                 debug_address: args.debug_address,
                 local_mode: args.local_mode,

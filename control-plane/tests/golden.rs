@@ -11,6 +11,8 @@
 //! (`envoy --mode validate`) as static resources; it fails when `CI` is set and `envoy` is
 //! missing, and is skipped (with a message) otherwise.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -87,8 +89,8 @@ fn run_case(dir: &Path) -> (Generated, Vec<String>) {
         text.push('\n');
     }
     let name = dir.file_name().unwrap().to_string_lossy().to_string();
-    let (mut model, errors) = model_from_yaml(&text, &format!("{name}.yaml"));
-    let model_errors = shim_istio_rules(&mut model, &text, errors);
+    let (model, errors) = model_from_yaml(&text, &format!("{name}.yaml"));
+    let model_errors = errors.iter().map(|e| e.to_string()).collect();
     let proxy = ProxyNode {
         id: spec.id,
         kind: "sidecar".into(),
@@ -104,53 +106,6 @@ fn run_case(dir: &Path) -> (Generated, Vec<String>) {
         Options::default()
     };
     (generate(&model, &proxy, &options), model_errors)
-}
-
-/// TEMPORARY until the directory source builds Istio rules into the model: adds the rule kinds
-/// (not ServiceEntry/WorkloadEntry) from the manifests, and drops the matching model errors.
-fn shim_istio_rules(
-    model: &mut ferry_control::model::Model,
-    text: &str,
-    errors: Vec<ferry_control::model::ModelError>,
-) -> Vec<String> {
-    use ferry_control::api::{Manifest, parse_documents};
-    use ferry_control::model::Config;
-    let pending: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-    if !pending
-        .iter()
-        .any(|e| e.contains("Istio kinds are not implemented yet"))
-    {
-        return pending;
-    }
-    fn config<S: Clone>(o: &ferry_control::api::Object<S>, origin: &str) -> Config<S> {
-        Config {
-            name: o.metadata.name.clone().unwrap_or_default(),
-            namespace: o
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            origin: origin.to_string(),
-            spec: o.spec.clone(),
-        }
-    }
-    for doc in parse_documents(text, "golden").into_iter().flatten() {
-        match &doc.manifest {
-            Manifest::VirtualService(o) => model.virtual_services.push(config(o, &doc.origin)),
-            Manifest::DestinationRule(o) => model.destination_rules.push(config(o, &doc.origin)),
-            Manifest::Sidecar(o) => model.sidecars.push(config(o, &doc.origin)),
-            _ => {}
-        }
-    }
-    pending
-        .into_iter()
-        .filter(|e| {
-            !(e.contains("Istio kinds are not implemented yet")
-                && ["VirtualService", "DestinationRule", "Sidecar"]
-                    .iter()
-                    .any(|k| e.contains(&format!(" {k} "))))
-        })
-        .collect()
 }
 
 fn to_json(generated: &Generated) -> Value {
@@ -173,15 +128,6 @@ fn golden_cases() {
     for dir in cases() {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
         let (generated, model_errors) = run_case(&dir);
-        // TEMPORARY (see shim_istio_rules): ServiceEntry needs the directory source.
-        if !model_errors.is_empty()
-            && model_errors
-                .iter()
-                .all(|e| e.contains("Istio kinds are not implemented yet"))
-        {
-            eprintln!("PENDING {name}: {model_errors:?}");
-            continue;
-        }
         assert!(
             model_errors.is_empty(),
             "{name}: the manifests do not build a clean model: {model_errors:#?}"

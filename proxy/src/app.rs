@@ -192,7 +192,9 @@ pub async fn start(bootstrap: Bootstrap) -> Result<Running, StartError> {
     tasks.extend(client);
     let admin_addr = match admin_address {
         Some(address) => {
-            let state = AdminState::new(tracker.clone(), lifecycle.clone());
+            let bound = listeners.clone();
+            let state = AdminState::new(tracker.clone(), lifecycle.clone())
+                .with_listener_addrs(move |name| bound.listener_addr(name));
             let (bound, task) = crate::admin::serve(address, state)
                 .await
                 .map_err(StartError::AdminBind)?;

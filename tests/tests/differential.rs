@@ -296,7 +296,8 @@ async fn weighted_share(addr: SocketAddr, requests: u32) -> f64 {
 
 /// Starts ferry-proxy in-process on `bootstrap`; returns it and its `ingress` listener's address.
 async fn start_ferry(bootstrap: &str) -> (ferry_proxy::app::Running, SocketAddr) {
-    let bootstrap = xds_proto::json::from_yaml_str(bootstrap).expect("the bootstrap parses");
+    let bootstrap: xds_proto::envoy::config::bootstrap::v3::Bootstrap =
+        xds_proto::json::from_yaml_str(bootstrap).expect("the bootstrap parses");
     let running = ferry_proxy::app::start(bootstrap)
         .await
         .expect("ferry-proxy starts");

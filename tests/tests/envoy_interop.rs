@@ -323,6 +323,7 @@ async fn interop(api_type: &str) {
     models_tx.send_replace(Some(Arc::new(Model::default())));
     let options = ServeOptions {
         config_dir: ".".into(),
+        kubernetes: false,
         xds_address: "127.0.0.1:0".parse().unwrap(),
         debug_address: "127.0.0.1:0".parse().unwrap(),
         local_mode: true,

@@ -208,6 +208,7 @@ async fn mesh(api_type: &str, net: u8) {
     write_manifests(dir.path(), net, port);
     let options = ServeOptions {
         config_dir: dir.path().to_owned(),
+        kubernetes: false,
         xds_address: "127.0.0.1:0".parse().unwrap(),
         debug_address: "127.0.0.1:0".parse().unwrap(),
         local_mode: true,

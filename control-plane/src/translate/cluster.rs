@@ -40,7 +40,11 @@ pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
 
 /// All clusters for the proxy, with the EDS assignments of the EDS ones.
 pub fn build(scope: &Scope<'_>) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
-    let mut clusters = vec![black_hole(), passthrough(), inbound_passthrough()];
+    let mut clusters = vec![
+        black_hole(),
+        passthrough(),
+        inbound_passthrough(scope.options.local_mode),
+    ];
     let mut assignments = Vec::new();
     for service in scope.services() {
         let rule = scope.destination_rule(service);
@@ -298,9 +302,10 @@ pub fn passthrough() -> Cluster {
 }
 
 /// Inbound traffic to a port no service declares: forwarded to the original destination from
-/// 127.0.0.6, the source address Istio uses so the workload's own iptables rules let it through.
-pub fn inbound_passthrough() -> Cluster {
-    Cluster {
+/// 127.0.0.6, the source address Istio uses so the workload's own iptables rules let it through
+/// (not in local mode, where there are no such rules).
+pub fn inbound_passthrough(local_mode: bool) -> Cluster {
+    let mut cluster = Cluster {
         name: INBOUND_PASSTHROUGH_CLUSTER.to_string(),
         cluster_discovery_type: discovery(DiscoveryType::OriginalDst),
         connect_timeout: Some(seconds(DEFAULT_CONNECT_TIMEOUT_SECS)),
@@ -315,5 +320,9 @@ pub fn inbound_passthrough() -> Cluster {
             ..Default::default()
         }),
         ..Default::default()
+    };
+    if local_mode {
+        cluster.upstream_bind_config = None;
     }
+    cluster
 }

@@ -342,3 +342,70 @@ subsets: [{name: v1, labels: {version: v1}}]
     assert!(out.errors[0].field.contains("tunnel"));
     assert!(out.clusters.iter().all(|c| !c.name.contains("|v1|")));
 }
+
+#[test]
+fn subset_policy_overrides_field_by_field_and_port_level_does_not_inherit() {
+    use crate::api::DestinationRule;
+    let rule: Config<DestinationRule> = config(
+        "reviews",
+        r#"
+host: reviews
+trafficPolicy:
+  loadBalancer: {simple: RANDOM}
+  outlierDetection: {consecutive5xxErrors: 3}
+subsets:
+- name: v2
+  labels: {version: v2}
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 5}}
+    portLevelSettings:
+    - port: {number: 9080}
+      loadBalancer: {simple: ROUND_ROBIN}
+- name: v3
+  labels: {version: v3}
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 7}}
+"#,
+    );
+    let subsets = traffic_policy::subsets(&rule);
+    let v3 = traffic_policy::effective(Some(&rule), &subsets[1], 9080);
+    assert!(v3.load_balancer.is_some() && v3.outlier_detection.is_some());
+    assert!(v3.connection_pool.is_some());
+    // v2's port-level entry replaces everything on 9080: no outlier detection inherited.
+    let v2 = traffic_policy::effective(Some(&rule), &subsets[0], 9080);
+    assert!(v2.outlier_detection.is_none() && v2.connection_pool.is_none());
+    assert_eq!(
+        v2.load_balancer.and_then(|lb| lb.simple),
+        Some(crate::api::destination_rule::SimpleLb::RoundRobin)
+    );
+    // On another port the subset's own fields apply over the rule's.
+    let other = traffic_policy::effective(Some(&rule), &subsets[0], 8080);
+    assert!(other.connection_pool.is_some() && other.outlier_detection.is_some());
+}
+
+#[test]
+fn explicit_retries_split_status_codes_and_zero_attempts_disable() {
+    let mut model = bookinfo();
+    model.virtual_services.push(config(
+        "ratings",
+        r#"
+hosts: [ratings]
+http:
+- match: [{uri: {prefix: /a}}]
+  retries: {attempts: 3, perTryTimeout: 2s, retryOn: "gateway-error,503,429"}
+  route: [{destination: {host: ratings}}]
+- retries: {attempts: 0}
+  route: [{destination: {host: ratings}}]
+"#,
+    ));
+    let out = generate(&model, &productpage(), &Options::default());
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    let routes = json_of(&out.routes);
+    let vh = vhost(&routes, "9080", "ratings.default.svc.cluster.local:9080");
+    let retry = &vh["routes"][0]["route"]["retry_policy"];
+    assert_eq!(retry["retry_on"], "gateway-error,retriable-status-codes");
+    assert_eq!(retry["retriable_status_codes"], json!([503, 429]));
+    assert_eq!(retry["num_retries"], 3);
+    assert_eq!(retry["per_try_timeout"], "2s");
+    assert_eq!(vh["routes"][1]["route"].get("retry_policy"), None);
+}

@@ -170,6 +170,7 @@ impl Harness {
         models.send_replace(initial);
         let options = ServeOptions {
             config_dir: ".".into(),
+            kubernetes: false,
             xds_address: "127.0.0.1:0".parse().unwrap(),
             debug_address: "127.0.0.1:0".parse().unwrap(),
             local_mode: true,

@@ -77,6 +77,9 @@ pub struct Forward {
     pub regex_rewrite: Option<(Regex, String)>,
     /// `host_rewrite_literal`.
     pub host_rewrite: Option<String>,
+    /// `auto_host_rewrite`: the authority becomes the chosen endpoint's hostname (DNS clusters;
+    /// endpoints without a hostname leave it unchanged, as Envoy).
+    pub auto_host_rewrite: bool,
     /// Route timeout; `None` = no timeout (Envoy's `0s`).
     pub timeout: Option<Duration>,
     /// Hash policies, in order.
@@ -151,11 +154,14 @@ pub(crate) fn forward(a: &route_pb::RouteAction, field: &str) -> Result<Forward,
         }
         None => return Err(Invalid::new(field, "a cluster specifier is required")),
     };
+    let mut auto_host_rewrite = false;
     let host_rewrite = match &a.host_rewrite_specifier {
         None => None,
         Some(H::HostRewriteLiteral(h)) => Some(h.clone()),
-        Some(H::AutoHostRewrite(b)) if !b.value => None,
-        Some(H::AutoHostRewrite(_)) => return Err(unsupported(f("auto_host_rewrite"))),
+        Some(H::AutoHostRewrite(b)) => {
+            auto_host_rewrite = b.value;
+            None
+        }
         Some(H::HostRewriteHeader(_)) => return Err(unsupported(f("host_rewrite_header"))),
         Some(H::HostRewritePathRegex(_)) => return Err(unsupported(f("host_rewrite_path_regex"))),
         Some(H::HostRewrite(_)) => return Err(unsupported(f("host_rewrite"))),
@@ -263,6 +269,7 @@ pub(crate) fn forward(a: &route_pb::RouteAction, field: &str) -> Result<Forward,
         prefix_rewrite: (!a.prefix_rewrite.is_empty()).then(|| a.prefix_rewrite.clone()),
         regex_rewrite,
         host_rewrite,
+        auto_host_rewrite,
         timeout,
         hash_policy,
         cluster_not_found_status,

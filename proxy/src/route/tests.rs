@@ -347,10 +347,6 @@ fn unimplemented_fields_are_refused_by_name() {
             "route.prefix_rewrite",
         ),
         (
-            r#"{ match: { prefix: "/" }, route: { cluster: c, auto_host_rewrite: true } }"#,
-            "route.auto_host_rewrite",
-        ),
-        (
             r#"{ match: { safe_regex: { regex: "(" } }, route: { cluster: c } }"#,
             "match.safe_regex.regex",
         ),

@@ -22,6 +22,7 @@ pub(crate) struct Tries<'a> {
     pub(crate) retry: Option<&'a RetryPolicy>,
     pub(crate) route_timeout: Option<std::time::Duration>,
     pub(crate) include_attempt_count: bool,
+    pub(crate) auto_host_rewrite: bool,
 }
 
 enum Outcome {
@@ -59,6 +60,25 @@ fn timeout_reply() -> Response<Body> {
         "upstream request timeout",
         Some(ResponseFlag::UpstreamRequestTimeout),
     )
+}
+
+/// `auto_host_rewrite`: Host and the URI's authority become the endpoint's hostname.
+fn rewrite_authority(request: &mut http::Request<Body>, hostname: &str) {
+    if hostname.is_empty() {
+        return;
+    }
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    if let (Ok(uri), Ok(host)) = (
+        http::Uri::try_from(format!("http://{hostname}{path}")),
+        HeaderValue::from_str(hostname),
+    ) {
+        *request.uri_mut() = uri;
+        request.headers_mut().insert(http::header::HOST, host);
+    }
 }
 
 fn grpc_status(response: &Response<Body>) -> Option<u32> {
@@ -123,6 +143,9 @@ impl Tries<'_> {
                 *request.headers_mut() = headers.clone();
                 request
             });
+            if self.auto_host_rewrite {
+                rewrite_authority(&mut request, host.hostname());
+            }
             if self.include_attempt_count
                 && let Ok(value) = HeaderValue::from_str(&attempt.to_string())
             {

@@ -217,6 +217,7 @@ pub async fn forward(
             .or(selected.virtual_host.retry_policy.as_ref()),
         route_timeout: forward.timeout,
         include_attempt_count: selected.virtual_host.include_request_attempt_count,
+        auto_host_rewrite: forward.auto_host_rewrite,
     };
     let started = tokio::time::Instant::now();
     let mut response = match tries.send(parts, body::boxed(body), replayable).await {
