@@ -50,9 +50,9 @@ pub struct ClusterConfig {
     pub pool: PoolSettings,
     /// `transport_socket` / `transport_socket_matches`.
     pub transport: TransportSockets,
-    /// `circuit_breakers`, parsed; not enforced yet (see [`CircuitBreakers`]).
+    /// `circuit_breakers` (what is enforced: see [`CircuitBreakers`]).
     pub circuit_breakers: CircuitBreakers,
-    /// `outlier_detection`, parsed; not enforced yet (see [`OutlierDetection`]).
+    /// `outlier_detection`, run by the cluster's `outlier::Detector`.
     pub outlier_detection: Option<OutlierDetection>,
 }
 

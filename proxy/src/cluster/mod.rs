@@ -5,7 +5,7 @@
 //! This file is the contract between the router (which picks a host and sends) and the upstream
 //! side (which owns hosts, balancing and pools). The pieces live in submodules named after the
 //! Envoy concept they implement: [`config`] (the `Cluster` proto), [`load_assignment`] (EDS),
-//! [`resilience`] (circuit breakers and outlier detection, parsed but not enforced yet),
+//! [`resilience`] (circuit breakers and outlier detection, enforced by [`Cluster`]),
 //! [`protocol`] and [`transport`] (how to talk to hosts), [`host`] (one endpoint and its pool),
 //! [`priority`] (Envoy's priority/health/panic arithmetic), [`runtime`] (a live cluster),
 //! [`manager`] (reconciliation across snapshots), [`dns`] (STRICT_DNS and LOGICAL_DNS) and
@@ -15,9 +15,9 @@
 //! `Host::send` (errors carry their response flag and whether a retry is safe), and
 //! `Cluster::record_response(status)` once per request, which feeds `upstream_rq_<class>xx`.
 //!
-//! Accepted but not enforced yet (seams for the resilience work): `circuit_breakers`,
-//! `outlier_detection` (a host's ejection state will live on [`Host`], which survives EDS
-//! updates), and upstream TLS (endpoints matched to a TLS transport socket fail at send with
+//! `Cluster::send` enforces `circuit_breakers.max_requests` and feeds outlier detection (state
+//! keyed by host address, so it survives EDS updates); see [`resilience`]. Not implemented yet:
+//! upstream TLS (endpoints matched to a TLS transport socket fail at send with
 //! [`UpstreamError::TransportNotImplemented`]). Accepted and ignored because they only tune
 //! Envoy internals: `per_connection_buffer_limit_bytes`, `stats_matcher`,
 //! `track_cluster_stats`, `common_lb_config.update_merge_window`, HPACK and frame-flood limits.
