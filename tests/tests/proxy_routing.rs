@@ -243,6 +243,10 @@ async fn timeouts_and_missing_upstreams() {
             - name: t
               domains: ["*"]
               routes:
+              - match: { prefix: "/hang", headers: [{ name: x-stream, present_match: true }] }
+                route: { cluster: slow, timeout: 0s, max_stream_duration: { max_stream_duration: 0.2s } }
+              - match: { prefix: "/hang", headers: [{ name: grpc-timeout, present_match: true }] }
+                route: { cluster: slow, timeout: 0s, max_stream_duration: { grpc_timeout_header_max: 0.2s } }
               - match: { prefix: "/hang" }
                 route: { cluster: slow, timeout: 0.2s }
               - match: { prefix: "/dead" }
@@ -257,6 +261,13 @@ async fn timeouts_and_missing_upstreams() {
     let timeout = get(addr, "t", "/hang", &[]).await;
     assert_eq!(timeout.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(timeout.text(), "upstream request timeout");
+    // With no route timeout, max_stream_duration bounds the wait, and grpc-timeout capped by
+    // grpc_timeout_header_max (an hour would hang the test).
+    for header in [("x-stream", "1"), ("grpc-timeout", "1H")] {
+        let reply = get(addr, "t", "/hang", &[header]).await;
+        assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{header:?}");
+        assert_eq!(reply.text(), "upstream request timeout");
+    }
     assert_eq!(
         get(addr, "t", "/dead", &[]).await.status,
         StatusCode::SERVICE_UNAVAILABLE

@@ -7,6 +7,7 @@ use xds_proto::envoy::config::route::v3 as route_pb;
 
 use super::header_mutation::HeaderMutation;
 use super::matcher::{Regex, RequestHead};
+use super::max_stream_duration::MaxStreamDuration;
 use super::retry_policy::RetryPolicy;
 use super::{Invalid, duration};
 
@@ -88,6 +89,8 @@ pub struct Forward {
     pub cluster_not_found_status: http::StatusCode,
     /// Whether WebSocket upgrades are allowed by the route (`None` = follow the HCM).
     pub websocket: Option<bool>,
+    /// `max_stream_duration`: the stream's limit, possibly from a `grpc-timeout` header.
+    pub max_stream_duration: MaxStreamDuration,
     /// The route's retry policy (`None`: the virtual host's, if any).
     pub retry_policy: Option<RetryPolicy>,
     /// `request_mirror_policies`: shadow copies to other clusters.
@@ -203,21 +206,12 @@ pub(crate) fn forward(a: &route_pb::RouteAction, field: &str) -> Result<Forward,
         refuse_if(a.max_grpc_timeout.is_some(), "max_grpc_timeout")?;
         refuse_if(a.grpc_timeout_offset.is_some(), "grpc_timeout_offset")?;
     }
-    if let Some(m) = &a.max_stream_duration {
-        // Istio always sends `max_stream_duration {max_stream_duration: 0s}`-like blocks; a zero
-        // duration means "none". Header-derived gRPC timeouts are not implemented.
-        let zero = |d: &Option<xds_proto::google::protobuf::Duration>| {
-            d.is_none_or(|d| d.seconds == 0 && d.nanos == 0)
-        };
-        refuse_if(
-            !zero(&m.max_stream_duration),
-            "max_stream_duration.max_stream_duration",
-        )?;
-        refuse_if(
-            m.grpc_timeout_header_offset.is_some(),
-            "max_stream_duration.grpc_timeout_header_offset",
-        )?;
-    }
+    let max_stream_duration = a
+        .max_stream_duration
+        .as_ref()
+        .map(|m| MaxStreamDuration::from_proto(m, &f("max_stream_duration")))
+        .transpose()?
+        .unwrap_or_default();
     let regex_rewrite = match &a.regex_rewrite {
         Some(r) => {
             let pattern = r
@@ -274,6 +268,7 @@ pub(crate) fn forward(a: &route_pb::RouteAction, field: &str) -> Result<Forward,
         hash_policy,
         cluster_not_found_status,
         websocket,
+        max_stream_duration,
         retry_policy: a
             .retry_policy
             .as_ref()
@@ -393,6 +388,15 @@ fn hash(h: &route_pb::route_action::HashPolicy, field: &str) -> Result<HashPolic
 }
 
 impl Forward {
+    /// How long to wait for the upstream's response headers: the route `timeout` bounded by the
+    /// `max_stream_duration` limit for these request headers; `None` = unbounded.
+    pub fn response_timeout(&self, headers: &http::HeaderMap) -> Option<Duration> {
+        match (self.timeout, self.max_stream_duration.limit(headers)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Envoy's request hash: each policy that yields a value is folded in (rotate-left by one,
     /// xor), stopping after a `terminal` one that matched. `None` when no policy applied.
     pub fn request_hash(

@@ -9,6 +9,7 @@
 pub mod action;
 pub mod header_mutation;
 pub mod matcher;
+pub mod max_stream_duration;
 pub mod retry_policy;
 mod virtual_host;
 
@@ -19,6 +20,7 @@ use xds_proto::envoy::config::route::v3 as route_pb;
 pub use action::{Action, ClusterSpecifier, DirectResponse, Forward, Redirect, WeightedCluster};
 pub use header_mutation::HeaderMutation;
 pub use matcher::RequestHead;
+pub use max_stream_duration::MaxStreamDuration;
 pub use retry_policy::RetryPolicy;
 pub use virtual_host::{DomainIndex, Route, RouteMatch, VirtualHost};
 

@@ -247,6 +247,48 @@ fn default_timeout_is_fifteen_seconds() {
 }
 
 #[test]
+fn istio_max_stream_duration_bounds_the_response_timeout() {
+    // What ferry-control and Istio emit for a VirtualService `timeout: 2s`.
+    let t = routes(
+        r#"{ name: c, match: { prefix: "/" }, route: { cluster: c, timeout: 2s,
+            max_stream_duration: { max_stream_duration: 2s, grpc_timeout_header_max: 2s } } }"#,
+    );
+    let Action::Forward(c) = &t.virtual_hosts[0].routes[0].action else {
+        panic!("forward")
+    };
+    let mut headers = HeaderMap::new();
+    assert_eq!(c.response_timeout(&headers), Some(Duration::from_secs(2)));
+    headers.insert("grpc-timeout", HeaderValue::from_static("500m"));
+    assert_eq!(
+        c.response_timeout(&headers),
+        Some(Duration::from_millis(500))
+    );
+    headers.insert("grpc-timeout", HeaderValue::from_static("10S"));
+    assert_eq!(c.response_timeout(&headers), Some(Duration::from_secs(2)));
+    // A longer stream limit leaves the shorter route timeout in charge, and vice versa.
+    let t = routes(
+        r#"{ name: c, match: { prefix: "/" }, route: { cluster: c, timeout: 0s,
+            max_stream_duration: { max_stream_duration: 3s, grpc_timeout_header_offset: 1s } } }"#,
+    );
+    let Action::Forward(c) = &t.virtual_hosts[0].routes[0].action else {
+        panic!("forward")
+    };
+    assert_eq!(
+        c.response_timeout(&HeaderMap::new()),
+        Some(Duration::from_secs(3))
+    );
+    // Istio's "no timeout": everything zero.
+    let t = routes(
+        r#"{ name: c, match: { prefix: "/" }, route: { cluster: c, timeout: 0s,
+            max_stream_duration: { max_stream_duration: 0s, grpc_timeout_header_max: 0s } } }"#,
+    );
+    let Action::Forward(c) = &t.virtual_hosts[0].routes[0].action else {
+        panic!("forward")
+    };
+    assert_eq!(c.response_timeout(&HeaderMap::new()), None);
+}
+
+#[test]
 fn total_weight_must_match() {
     let e = refused(
         r#"{ name: r, virtual_hosts: [{ name: vh, domains: ['*'], routes: [{ match: { prefix: "/" }, route: { weighted_clusters: { total_weight: 50, clusters: [{ name: a, weight: 80 }] } } }] }] }"#,

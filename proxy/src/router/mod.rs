@@ -190,6 +190,8 @@ pub async fn forward(
     if let Ok(host_header) = HeaderValue::from_str(&authority) {
         parts.headers.insert(header::HOST, host_header);
     }
+    // Chosen from the downstream's headers, before route mutations, as Envoy's HCM does.
+    let route_timeout = forward.response_timeout(&parts.headers);
     table.mutate_request(selected, weighted, &mut parts.headers);
     let replayable = http_body::Body::is_end_stream(&body) && on_upgrade.is_none();
     // Mirrors: fire-and-forget copies of bodiless requests (bodies are not teed yet).
@@ -215,7 +217,7 @@ pub async fn forward(
             .retry_policy
             .as_ref()
             .or(selected.virtual_host.retry_policy.as_ref()),
-        route_timeout: forward.timeout,
+        route_timeout,
         include_attempt_count: selected.virtual_host.include_request_attempt_count,
         auto_host_rewrite: forward.auto_host_rewrite,
     };
