@@ -221,3 +221,93 @@ async fn tcp_proxy_echoes_bytes() {
         assert_eq!(echoed, message);
     }
 }
+
+/// A real ClientHello for `sni`, written by a rustls client (never completed: the test only
+/// checks where the proxy sends it).
+fn client_hello(sni: &str) -> Vec<u8> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).expect("name");
+    let mut client =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+    let mut out = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut out).expect("write");
+    }
+    out
+}
+
+/// A TCP upstream that answers each connection's first `expect` bytes with them, prefixed by
+/// its one-letter name.
+async fn recording_upstream(name: u8, expect: usize) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("bound");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = vec![0u8; expect];
+                if stream.read_exact(&mut got).await.is_ok() {
+                    let _ = stream.write_all(&[name]).await;
+                    let _ = stream.write_all(&got).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn tcp_proxy_filter_chains_match_tls_server_names() {
+    let exact = client_hello("api.example.com");
+    let wild = client_hello("www.example.com");
+    let none = client_hello("elsewhere.io");
+    // ClientHellos for names of one length have one length.
+    assert_eq!(exact.len(), wild.len());
+    let a = recording_upstream(b'a', exact.len()).await;
+    let b = recording_upstream(b'b', exact.len()).await;
+    let c = recording_upstream(b'c', none.len()).await;
+    let tcp = |cluster: &str| {
+        format!(
+            "filters: [{{ name: envoy.filters.network.tcp_proxy, typed_config: {{ '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: tcp, cluster: {cluster} }} }}]"
+        )
+    };
+    let yaml = format!(
+        r#"
+static_resources:
+  listeners:
+  - name: sni
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    listener_filters:
+    - {{ name: envoy.filters.listener.tls_inspector, typed_config: {{ '@type': type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector }} }}
+    filter_chains:
+    - filter_chain_match: {{ server_names: ['*.example.com'] }}
+      {}
+    - filter_chain_match: {{ server_names: [api.example.com] }}
+      {}
+    - {}
+  clusters:
+{}
+"#,
+        tcp("b"),
+        tcp("a"),
+        tcp("c"),
+        cluster("a", a, "") + &cluster("b", b, "") + &cluster("c", c, "")
+    );
+    let bootstrap = xds_proto::json::from_yaml_str(&yaml).expect("bootstrap parses");
+    let proxy = app::start(bootstrap).await.expect("proxy starts");
+    let addr = proxy.listener_addr("sni").expect("bound");
+    for (hello, upstream) in [(&exact, b'a'), (&wild, b'b'), (&none, b'c')] {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(hello).await.unwrap();
+        let mut reply = vec![0u8; hello.len() + 1];
+        stream.read_exact(&mut reply).await.unwrap();
+        assert_eq!(reply[0], upstream, "chosen upstream");
+        assert_eq!(&reply[1..], &hello[..], "the ClientHello arrives intact");
+    }
+}

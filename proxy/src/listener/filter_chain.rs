@@ -157,7 +157,15 @@ fn chain_match(
     refuse_if(m.source_type != 0, "source_type")?;
     refuse_if(!m.source_prefix_ranges.is_empty(), "source_prefix_ranges")?;
     refuse_if(!m.source_ports.is_empty(), "source_ports")?;
-    refuse_if(!m.server_names.is_empty(), "server_names")?;
+    for (i, name) in m.server_names.iter().enumerate() {
+        let exact = name.strip_prefix("*.").unwrap_or(name);
+        if exact.is_empty() || exact.contains('*') {
+            return Err(Invalid::new(
+                f(&format!("server_names[{i}]")),
+                "only exact names and `*.suffix` wildcards are supported",
+            ));
+        }
+    }
     let destination_port = m
         .destination_port
         .map(|p| {
@@ -235,6 +243,16 @@ fn narrow(
     }
 }
 
+/// How well `pattern` matches `sni` (both lower case): an exact name beats every wildcard, a
+/// longer `*.suffix` beats a shorter one, as Envoy's lookup order.
+fn server_name_score(pattern: &str, sni: &str) -> Option<u32> {
+    match pattern.strip_prefix('*') {
+        None => (pattern == sni).then_some(u32::MAX),
+        Some(suffix) => (sni.len() > suffix.len() && sni.ends_with(suffix))
+            .then(|| u32::try_from(suffix.len()).unwrap_or(u32::MAX - 1)),
+    }
+}
+
 /// The chain Envoy would pick, if any.
 pub fn select<'a>(chains: &'a [FilterChain], conn: &ConnectionInfo) -> Option<&'a FilterChain> {
     let mut candidates: Vec<&FilterChain> = chains.iter().collect();
@@ -249,6 +267,15 @@ pub fn select<'a>(chains: &'a [FilterChain], conn: &ConnectionInfo) -> Option<&'
                 .iter()
                 .filter(|r| ip.is_some_and(|ip| r.contains(ip)))
                 .map(|r| u32::from(r.len))
+                .max()
+        })
+    });
+    candidates = narrow(candidates, |m| {
+        (!m.server_names.is_empty()).then(|| {
+            let sni = conn.server_name.as_deref()?;
+            m.server_names
+                .iter()
+                .filter_map(|n| server_name_score(n, sni))
                 .max()
         })
     });

@@ -255,8 +255,8 @@ impl ListenerManager {
             application_protocols: inspection
                 .application_protocol
                 .map(|p| vec![p.to_owned()])
-                .unwrap_or_default(),
-            server_name: None,
+                .unwrap_or(inspection.alpn),
+            server_name: inspection.server_name,
         };
         let chain = listener.select_chain(&info);
         let downstream = Downstream {

@@ -129,3 +129,53 @@ filter_chains:
     let e = listener(&yaml).expect_err("refused");
     assert_eq!(e.field, "filter_chains[1].filter_chain_match");
 }
+
+fn sni_listener() -> Listener {
+    let chain = |name: &str, names: &str| {
+        format!(
+            "- name: {name}\n  filter_chain_match: {{ server_names: {names} }}\n  filters: [{{ name: envoy.filters.network.tcp_proxy, typed_config: {{ {TCP}, stat_prefix: t, cluster: {name} }} }}]\n"
+        )
+    };
+    let yaml = format!(
+        "name: sni\naddress: {{ socket_address: {{ address: 0.0.0.0, port_value: 443 }} }}\nfilter_chains:\n{}{}{}{}- name: none\n  filters: [{{ name: envoy.filters.network.tcp_proxy, typed_config: {{ {TCP}, stat_prefix: t, cluster: none }} }}]\n",
+        chain("exact", "[api.example.com, Other.Example.com]"),
+        chain("wide", "['*.example.com']"),
+        chain("narrow", "['*.eu.example.com']"),
+        chain("other", "[a.other.io]"),
+    );
+    listener(&yaml).expect("accepted")
+}
+
+fn sni_chain(l: &Listener, sni: Option<&str>) -> String {
+    let info = ConnectionInfo {
+        destination: Some("1.2.3.4:443".parse().expect("address")),
+        transport_protocol: "tls",
+        application_protocols: Vec::new(),
+        server_name: sni.map(str::to_owned),
+    };
+    l.select_chain(&info).map_or("-".into(), |c| c.name.clone())
+}
+
+#[test]
+fn server_names_follow_envoy_precedence() {
+    let l = sni_listener();
+    assert_eq!(sni_chain(&l, Some("api.example.com")), "exact");
+    assert_eq!(sni_chain(&l, Some("other.example.com")), "exact");
+    assert_eq!(sni_chain(&l, Some("www.example.com")), "wide");
+    assert_eq!(sni_chain(&l, Some("a.b.example.com")), "wide");
+    assert_eq!(sni_chain(&l, Some("api.eu.example.com")), "narrow");
+    assert_eq!(sni_chain(&l, Some("example.com")), "none");
+    assert_eq!(sni_chain(&l, Some("unknown.io")), "none");
+    assert_eq!(sni_chain(&l, None), "none");
+}
+
+#[test]
+fn partial_wildcards_are_refused() {
+    for bad in ["'*'", "'w*.example.com'", "'*.*.example.com'"] {
+        let yaml = format!(
+            "name: sni\naddress: {{ socket_address: {{ address: 0.0.0.0, port_value: 443 }} }}\nfilter_chains:\n- filter_chain_match: {{ server_names: [{bad}] }}\n  filters: [{{ name: envoy.filters.network.tcp_proxy, typed_config: {{ {TCP}, stat_prefix: t, cluster: c }} }}]\n"
+        );
+        let err = listener(&yaml).expect_err(bad);
+        assert!(err.to_string().contains("server_names[0]"), "{err}");
+    }
+}
