@@ -295,6 +295,54 @@ async fn wait_for_admin(process: &mut Process, path: &Path) -> Result<SocketAddr
     }
 }
 
+/// An Envoy bootstrap shaped like an Istio sidecar's for the `productpage` pod: Istio's node id
+/// and metadata, ADS of `api_type` (`GRPC` or `DELTA_GRPC`) through a static `xds-grpc` cluster at
+/// `xds`, LDS and CDS from ADS. Tests that connect a real Envoy to ferry-control share it.
+pub fn sidecar_bootstrap(
+    api_type: &str,
+    node_id: &str,
+    ip: &str,
+    xds: std::net::SocketAddr,
+) -> String {
+    format!(
+        r#"
+node:
+  id: "{node_id}"
+  cluster: productpage.default
+  metadata:
+    NAMESPACE: default
+    LABELS: {{ app: productpage, version: v1 }}
+    SERVICE_ACCOUNT: bookinfo-productpage
+    INSTANCE_IPS: "{ip}"
+    CLUSTER_ID: Kubernetes
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+dynamic_resources:
+  ads_config:
+    api_type: {api_type}
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds-grpc }} }}]
+  cds_config: {{ ads: {{}}, initial_fetch_timeout: 0s, resource_api_version: V3 }}
+  lds_config: {{ ads: {{}}, initial_fetch_timeout: 0s, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: xds-grpc
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: xds-grpc
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: {xds_ip}, port_value: {port} }} }} }} }}] }}]
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+"#,
+        xds_ip = xds.ip(),
+        port = xds.port()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -255,42 +255,7 @@ fn bookinfo(ports: &BTreeMap<&str, u16>, weights: (u32, u32)) -> Resources {
 }
 
 fn bootstrap(api_type: &str, xds: SocketAddr) -> String {
-    format!(
-        r#"
-node:
-  id: "{NODE_ID}"
-  cluster: productpage.default
-  metadata:
-    NAMESPACE: default
-    LABELS: {{ app: productpage, version: v1 }}
-    SERVICE_ACCOUNT: bookinfo-productpage
-    INSTANCE_IPS: 127.0.0.1
-    CLUSTER_ID: Kubernetes
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds-grpc }} }}]
-  cds_config: {{ ads: {{}}, initial_fetch_timeout: 0s, resource_api_version: V3 }}
-  lds_config: {{ ads: {{}}, initial_fetch_timeout: 0s, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds-grpc
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: xds-grpc
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}] }}]
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-"#,
-        port = xds.port()
-    )
+    ferry_tests::envoy::sidecar_bootstrap(api_type, NODE_ID, "127.0.0.1", xds)
 }
 
 /// A request to the sidecar for `reviews:9080`: (status, body).

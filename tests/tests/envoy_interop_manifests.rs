@@ -156,39 +156,7 @@ spec:
 }
 
 fn bootstrap(api_type: &str, node_id: &str, ip: &str, xds: SocketAddr) -> String {
-    format!(
-        r#"
-node:
-  id: "{node_id}"
-  cluster: productpage.default
-  metadata:
-    NAMESPACE: default
-    LABELS: {{ app: productpage, version: v1 }}
-    SERVICE_ACCOUNT: bookinfo-productpage
-    INSTANCE_IPS: "{ip}"
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds-grpc }} }}]
-  cds_config: {{ ads: {{}}, initial_fetch_timeout: 0s, resource_api_version: V3 }}
-  lds_config: {{ ads: {{}}, initial_fetch_timeout: 0s, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds-grpc
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: xds-grpc
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}] }}]
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-"#,
-        port = xds.port()
-    )
+    ferry_tests::envoy::sidecar_bootstrap(api_type, node_id, ip, xds)
 }
 
 /// A request for `reviews:9080` through the sidecar's explicit-proxy listener.
