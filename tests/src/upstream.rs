@@ -118,6 +118,11 @@ impl Gate {
         self.open.send_replace(true);
     }
 
+    /// Holds requests again (those already released stay released).
+    pub fn close(&self) {
+        self.open.send_replace(false);
+    }
+
     /// How many requests reached the upstream.
     pub fn arrived(&self) -> usize {
         self.arrived.load(std::sync::atomic::Ordering::SeqCst)

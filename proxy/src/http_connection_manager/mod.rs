@@ -2,9 +2,10 @@
 //! prior knowledge, upgrades enabled), and for each request loads the snapshot once, applies the
 //! sidecar's header handling (`x-envoy-*` stripping, `x-forwarded-*`, `x-request-id`, XFCC),
 //! picks a route and either answers locally (no route, redirect, direct response) or hands the
-//! request to the [`crate::router`].
+//! request to the [`crate::router`]. How a connection drains lives in [`drain`].
 
 pub mod config;
+pub mod drain;
 mod local_reply;
 pub mod path;
 
@@ -27,6 +28,7 @@ use crate::snapshot::{ConfigStore, Snapshot};
 use crate::stats::{Counter, Store};
 
 pub use config::{Codec, HttpConnectionManagerConfig, RouteSource, ServerHeader};
+pub use drain::{ConnectionDrain, DrainSignals};
 pub use local_reply::local_reply;
 
 const X_REQUEST_ID: &str = "x-request-id";
@@ -82,14 +84,15 @@ pub enum HcmSelector {
     ByAuthorityPort,
 }
 
-/// Serves one downstream connection until it closes, or until `drain` turns true (then
-/// in-flight requests finish and the connection closes gracefully).
+/// Serves one downstream connection until it closes. `drain` asks it to finish: on shutdown
+/// at once (in-flight requests finish), when its listener is updated or removed the way Envoy
+/// drains a listener (see [`drain`]).
 pub async fn serve(
     stream: TcpStream,
     downstream: Downstream,
     selector: HcmSelector,
     store: Arc<ConfigStore>,
-    mut drain: watch::Receiver<bool>,
+    drain: DrainSignals,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     if let HcmSelector::Fixed(hcm) = &selector {
@@ -106,21 +109,49 @@ pub async fn serve(
         HcmSelector::ByAuthorityPort => None,
     };
     let downstream = Arc::new(downstream);
-    let service = hyper::service::service_fn(move |req| {
+    let connection = Arc::new(ConnectionDrain::default());
+    let service_connection = connection.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (downstream, selector, store) = (downstream.clone(), selector.clone(), store.clone());
-        let stats = stats.clone();
+        let (stats, connection) = (stats.clone(), service_connection.clone());
         async move {
-            let response = handle(req, &downstream, &selector, &store, stats.as_deref()).await;
+            let version = req.version();
+            connection.saw(version);
+            let mut response = handle(req, &downstream, &selector, &store, stats.as_deref()).await;
+            connection.finish_response(version, &mut response);
             Ok::<_, Infallible>(response)
         }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    let mut draining = *drain.borrow();
-    if draining {
-        conn.as_mut().graceful_shutdown();
-    }
+    let DrainSignals {
+        mut shutdown,
+        mut retired,
+    } = drain;
+    // `closing`: graceful shutdown asked of hyper; `retiring`: the listener changed.
+    let mut closing = false;
+    let mut retiring = false;
+    let idle_deadline = tokio::time::sleep(std::time::Duration::MAX / 4);
+    tokio::pin!(idle_deadline);
     loop {
+        if !closing && *shutdown.borrow() {
+            closing = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        if !retiring && !closing && *retired.borrow() {
+            retiring = true;
+            connection.start_draining();
+            if connection.is_http2() {
+                tracing::debug!("listener changed: GOAWAY");
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            } else {
+                tracing::debug!("listener changed: closing after the next response");
+                idle_deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + drain::DRAIN_TIMEOUT);
+            }
+        }
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(error) = result {
@@ -128,11 +159,25 @@ pub async fn serve(
                 }
                 return;
             }
-            changed = drain.changed(), if !draining => {
-                if changed.is_err() || *drain.borrow() {
-                    draining = true;
+            changed = shutdown.changed(), if !closing => {
+                if changed.is_err() {
+                    closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
+            }
+            changed = retired.changed(), if !retiring && !closing => {
+                if changed.is_err() {
+                    // The listener's generation is gone: treat it as retired.
+                    retired = watch::channel(true).1;
+                }
+            }
+            () = &mut idle_deadline, if retiring && !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = connection.http2_seen_while_draining(), if retiring && !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
             }
         }
     }

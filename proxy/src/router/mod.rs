@@ -2,9 +2,13 @@
 //! cluster (weighted per request), a host through the cluster's load balancer, rewrites path and
 //! authority, applies header mutations, enforces the route timeout, and streams both bodies;
 //! WebSocket upgrades are joined byte for byte once both sides switch protocols. Tries and
-//! retries live in [`attempts`].
+//! retries live in [`attempts`]; the route timeout's part after the response headers in
+//! [`timeout`].
 
 mod attempts;
+pub mod timeout;
+
+use std::sync::Arc;
 
 use http::{HeaderValue, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -222,9 +226,20 @@ pub async fn forward(
         auto_host_rewrite: forward.auto_host_rewrite,
     };
     let started = tokio::time::Instant::now();
+    let timeout_stats = || timeout::TimeoutStats {
+        store: downstream.stats.clone(),
+        cluster: Arc::from(cluster.config.stat_name.as_str()),
+    };
     let mut response = match tries.send(parts, body::boxed(body), replayable).await {
         Ok(response) => response,
-        Err(reply) => return reply,
+        Err(reply) => {
+            if reply.extensions().get::<ResponseFlag>()
+                == Some(&ResponseFlag::UpstreamRequestTimeout)
+            {
+                timeout_stats().count();
+            }
+            return reply;
+        }
     };
     tracing::debug!(status = response.status().as_u16(), "upstream response");
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -234,6 +249,15 @@ pub async fn forward(
         }
     } else {
         strip_hop_by_hop(response.headers_mut());
+        // The route timeout runs on until the body is complete (Envoy's semantics).
+        if let Some(limit) = route_timeout {
+            let deadline = started + limit;
+            response = response.map(|inner| {
+                let body =
+                    timeout::DeadlineBody::new(inner, started, deadline, Some(timeout_stats()));
+                http_body_util::BodyExt::boxed(body)
+            });
+        }
     }
     let elapsed = started.elapsed().as_millis().to_string();
     if let Ok(value) = HeaderValue::from_str(&elapsed) {
