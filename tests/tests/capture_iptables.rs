@@ -1,16 +1,20 @@
 //! Traffic capture for real: a network namespace shaped like an Istio pod (the pod IP and a
-//! default route), Istio's nat OUTPUT rules redirecting the app's outbound
-//! TCP to 15001 while the proxy's own traffic is excluded by its uid/gid 1337, ferry-proxy and a
-//! plain upstream inside it, and curl as the unmodified application.
+//! default route), Istio's nat OUTPUT rules redirecting the app's outbound TCP to 15001 while
+//! the proxy's own traffic is excluded by its uid/gid 1337, ferry-proxy and a plain upstream
+//! inside it, and curl as the unmodified application.
 //!
 //! It shows that `virtualOutbound` (`use_original_dst`) recovers `SO_ORIGINAL_DST` and hands the
 //! connection to the listener of the original destination's port (the route's response header
 //! and the upstream's body prove the `0.0.0.0_9080` route and its cluster served it), and that a
 //! destination no listener claims goes through `PassthroughCluster` to where the app meant to go.
 //!
-//! Needs root (network namespaces, iptables), `ip`, `iptables`, `setpriv`, `curl` and `python3`
-//! (the upstream). Under `CI` a missing piece fails the test; elsewhere it is skipped with the
-//! reason printed.
+//! Both families are covered: IPv4 (`SO_ORIGINAL_DST`, iptables) and IPv6
+//! (`IP6T_SO_ORIGINAL_DST`, ip6tables).
+//!
+//! Needs root (network namespaces, iptables), `ip`, `iptables`/`ip6tables`, `setpriv`, `curl`
+//! and `python3` (the upstream). Under `CI` a missing piece fails the test; elsewhere it is
+//! skipped with the reason printed. A kernel built without IPv6 skips the IPv6 case everywhere:
+//! that is the platform, not a missing tool.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -19,9 +23,45 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use ferry_tests::poll::{PATIENCE, poll_until};
 use ferry_tests::process::{Process, in_ci, workspace_binary};
 
-/// The pod's IP, and a service VIP reached through the default route.
-const POD_IP: &str = "10.244.0.5";
-const SERVICE_VIP: &str = "10.96.0.10";
+/// One address family's pod: the rules' tool, the pod IP and a service VIP reached through
+/// the default route, the wildcard and loopback addresses.
+struct Family {
+    iptables: &'static str,
+    pod_ip: &'static str,
+    vip: &'static str,
+    any: &'static str,
+    loopback: &'static str,
+    host_bits: u8,
+}
+
+const IPV4: Family = Family {
+    iptables: "iptables",
+    pod_ip: "10.244.0.5",
+    vip: "10.96.0.10",
+    any: "0.0.0.0",
+    loopback: "127.0.0.1",
+    host_bits: 32,
+};
+
+const IPV6: Family = Family {
+    iptables: "ip6tables",
+    pod_ip: "fd00:10:244::5",
+    vip: "fd00:10:96::10",
+    any: "::",
+    loopback: "::1",
+    host_bits: 128,
+};
+
+impl Family {
+    /// `http://ip:port` with IPv6 brackets.
+    fn url(&self, ip: &str, port: u16, path: &str) -> String {
+        if ip.contains(':') {
+            format!("http://[{ip}]:{port}{path}")
+        } else {
+            format!("http://{ip}:{port}{path}")
+        }
+    }
+}
 /// The port of the upstream inside the namespace (a fresh namespace has every port free).
 const UPSTREAM_PORT: u16 = 8000;
 /// Istio's proxy user and group.
@@ -54,20 +94,7 @@ impl Netns {
     }
 
     fn run(&self, program: &str, args: &[&str]) -> Result<Output, String> {
-        let output = self
-            .command(program, args)
-            .output()
-            .map_err(|e| format!("{program}: {e}"))?;
-        if output.status.success() {
-            Ok(output)
-        } else {
-            Err(format!(
-                "{program} {}: {}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ))
-        }
+        checked(self.command(program, args), program, args)
     }
 }
 
@@ -80,16 +107,21 @@ impl Drop for Netns {
 }
 
 fn run(program: &str, args: &[&str]) -> Result<Output, String> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{program}: {e}"))?;
+    let mut command = Command::new(program);
+    command.args(args);
+    checked(command, program, args)
+}
+
+/// Runs `command` (`program args` for the error) to completion; a failure carries its output.
+fn checked(mut command: Command, program: &str, args: &[&str]) -> Result<Output, String> {
+    let output = command.output().map_err(|e| format!("{program}: {e}"))?;
     if output.status.success() {
         Ok(output)
     } else {
         Err(format!(
-            "{program} {}: {}",
+            "{program} {}: {}{}",
             args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         ))
     }
@@ -105,13 +137,20 @@ fn unavailable(reason: &str) {
 }
 
 /// The pod: interfaces and Istio's outbound capture rules (istio-iptables' nat OUTPUT part).
-fn set_up_pod(ns: &Netns) -> Result<(), String> {
+fn set_up_pod(ns: &Netns, family: &Family) -> Result<(), String> {
     let ip = |args: &[&str]| ns.run("ip", args).map(drop);
     ip(&["link", "set", "lo", "up"])?;
     // The pod IP and a default route on loopback: all a client needs to connect to any
     // address (dummy and veth links need kernel modules a CI container may lack).
-    ip(&["addr", "add", &format!("{POD_IP}/32"), "dev", "lo"])?;
-    ip(&["route", "add", "default", "dev", "lo"])?;
+    let pod = format!("{}/{}", family.pod_ip, family.host_bits);
+    if family.host_bits == 128 {
+        ip(&["-6", "addr", "add", &pod, "dev", "lo", "nodad"])?;
+        ip(&["-6", "route", "add", "default", "dev", "lo"])?;
+    } else {
+        ip(&["addr", "add", &pod, "dev", "lo"])?;
+        ip(&["route", "add", "default", "dev", "lo"])?;
+    }
+    let loopback = format!("{}/{}", family.loopback, family.host_bits);
     let rules: [&[&str]; 8] = [
         &["-N", "ISTIO_REDIRECT"],
         &[
@@ -147,20 +186,28 @@ fn set_up_pod(ns: &Netns) -> Result<(), String> {
             "-j",
             "RETURN",
         ],
-        &["-A", "ISTIO_OUTPUT", "-d", "127.0.0.1/32", "-j", "RETURN"],
+        &["-A", "ISTIO_OUTPUT", "-d", &loopback, "-j", "RETURN"],
         &["-A", "ISTIO_OUTPUT", "-j", "ISTIO_REDIRECT"],
     ];
     for rule in rules {
         let mut args = vec!["-t", "nat"];
         args.extend_from_slice(rule);
-        ns.run("iptables", &args)?;
+        ns.run(family.iptables, &args)?;
     }
     Ok(())
 }
 
 /// Istio's outbound shape: `virtualOutbound` capturing on 15001 with a passthrough chain, the
 /// `0.0.0.0_9080` listener (not bound) routing the service to its cluster.
-fn bootstrap() -> String {
+fn bootstrap(family: &Family) -> String {
+    let Family {
+        any, vip, loopback, ..
+    } = family;
+    let vip_host = if vip.contains(':') {
+        format!("[{vip}]")
+    } else {
+        (*vip).to_owned()
+    };
     const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
     const TCP: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
     const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
@@ -170,7 +217,7 @@ admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 15000 }
 static_resources:
   listeners:
   - name: virtualOutbound
-    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 15001 }} }}
+    address: {{ socket_address: {{ address: "{any}", port_value: 15001 }} }}
     use_original_dst: true
     filter_chains:
     - name: PassthroughFilterChain
@@ -178,7 +225,7 @@ static_resources:
       - name: envoy.filters.network.tcp_proxy
         typed_config: {{ '@type': {TCP}, stat_prefix: PassthroughCluster, cluster: PassthroughCluster }}
   - name: 0.0.0.0_9080
-    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 9080 }} }}
+    address: {{ socket_address: {{ address: "{any}", port_value: 9080 }} }}
     bind_to_port: false
     filter_chains:
     - filters:
@@ -191,7 +238,7 @@ static_resources:
             name: "9080"
             virtual_hosts:
             - name: reviews.default.svc.cluster.local:9080
-              domains: [reviews, "reviews:9080", "{SERVICE_VIP}", "{SERVICE_VIP}:9080"]
+              domains: [reviews, "reviews:9080", "{vip_host}", "{vip_host}:9080"]
               routes:
               - match: {{ prefix: / }}
                 route: {{ cluster: "outbound|9080||reviews.default.svc.cluster.local" }}
@@ -206,7 +253,7 @@ static_resources:
     connect_timeout: 5s
     load_assignment:
       cluster_name: "outbound|9080||reviews.default.svc.cluster.local"
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {UPSTREAM_PORT} }} }} }} }}] }}]
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: "{loopback}", port_value: {UPSTREAM_PORT} }} }} }} }}] }}]
 "#
     )
 }
@@ -296,7 +343,21 @@ fn accessible_as_proxy_user(binary: &Path, file: &Path) -> bool {
 
 #[tokio::test]
 async fn captured_connections_reach_the_listener_of_their_original_destination() {
-    for tool in ["ip", "iptables", "setpriv", "curl", "python3"] {
+    capture(&IPV4).await;
+}
+
+/// `IP6T_SO_ORIGINAL_DST` and ip6tables: the same for an IPv6 pod.
+#[tokio::test]
+async fn captured_ipv6_connections_reach_the_listener_of_their_original_destination() {
+    if !Path::new("/proc/sys/net/ipv6").exists() {
+        eprintln!("SKIPPED: this kernel has no IPv6");
+        return;
+    }
+    capture(&IPV6).await;
+}
+
+async fn capture(family: &Family) {
+    for tool in ["ip", family.iptables, "setpriv", "curl", "python3"] {
         if run("sh", &["-c", &format!("command -v {tool}")]).is_err() {
             return unavailable(&format!("`{tool}`"));
         }
@@ -305,7 +366,7 @@ async fn captured_connections_reach_the_listener_of_their_original_destination()
         Ok(ns) => ns,
         Err(error) => return unavailable(&format!("a network namespace ({error})")),
     };
-    if let Err(error) = set_up_pod(&ns) {
+    if let Err(error) = set_up_pod(&ns, family) {
         return unavailable(&format!("Istio's iptables rules in a namespace ({error})"));
     }
 
@@ -315,7 +376,7 @@ async fn captured_connections_reach_the_listener_of_their_original_destination()
     std::fs::create_dir(&shared).expect("dir");
     std::fs::write(shared.join("hello.txt"), "hello from the upstream\n").expect("file");
     let config = shared.join("bootstrap.yaml");
-    std::fs::write(&config, bootstrap()).expect("bootstrap");
+    std::fs::write(&config, bootstrap(family)).expect("bootstrap");
     {
         use std::os::unix::fs::PermissionsExt;
         for path in [dir.path(), &shared] {
@@ -335,7 +396,7 @@ async fn captured_connections_reach_the_listener_of_their_original_destination()
                 "http.server",
                 &UPSTREAM_PORT.to_string(),
                 "--bind",
-                "0.0.0.0",
+                family.any,
                 "--directory",
                 &shared.display().to_string(),
             ],
@@ -375,7 +436,7 @@ async fn captured_connections_reach_the_listener_of_their_original_destination()
     // The app calls the service VIP; iptables sends it to 15001; the 9080 listener routes it.
     // `Host: reviews` names no port, so only the original destination can pick port 9080's
     // listener (the Host-header fallback would look for port 80 and answer 404).
-    let url = format!("http://{SERVICE_VIP}:9080/hello.txt");
+    let url = family.url(family.vip, 9080, "/hello.txt");
     let reply = curl_with(&ns, &url, &["-H", "Host: reviews"]).expect("via VIP");
     assert_eq!(reply.status, 200, "{}", proxy.log());
     assert_eq!(reply.body, "hello from the upstream\n");
@@ -384,7 +445,8 @@ async fn captured_connections_reach_the_listener_of_their_original_destination()
         Some("reviews-9080"),
         "the 0.0.0.0_9080 route served it"
     );
-    assert!(stat(&ns, "listener.0.0.0.0_15001.downstream_cx_total") >= 1);
+    let listener_stat = format!("listener.{}_15001.downstream_cx_total", family.any);
+    assert!(stat(&ns, &listener_stat) >= 1);
     assert!(
         stat(
             &ns,
@@ -396,7 +458,7 @@ async fn captured_connections_reach_the_listener_of_their_original_destination()
     // destination as the proxy user, which the rules let through unredirected.
     assert_eq!(stat(&ns, "cluster.PassthroughCluster.upstream_cx_total"), 0);
     let reply =
-        curl(&ns, &format!("http://{POD_IP}:{UPSTREAM_PORT}/hello.txt")).expect("passthrough");
+        curl(&ns, &family.url(family.pod_ip, UPSTREAM_PORT, "/hello.txt")).expect("passthrough");
     assert_eq!(reply.status, 200, "{}", proxy.log());
     assert_eq!(reply.body, "hello from the upstream\n");
     assert_eq!(reply.header("x-ferry-route"), None);
