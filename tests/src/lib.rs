@@ -7,9 +7,11 @@
 //! - [`net`]: free ports and a one-request-per-connection HTTP/1.1 and h2c client.
 //! - [`poll`]: waiting for a condition with a safety-net deadline.
 //! - [`ads`]: a scriptable ADS server (SotW and delta) that records what clients send.
+//! - [`bootstrap`]: bootstrap YAML fragments (an HTTP listener, a static cluster).
 //! - [`upstream`]: echo, gRPC-like, upgrade and TCP upstream servers for proxy tests.
 
 pub mod ads;
+pub mod bootstrap;
 pub mod envoy;
 pub mod net;
 pub mod poll;

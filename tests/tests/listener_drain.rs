@@ -10,6 +10,7 @@ use bytes::Bytes;
 use ferry_proxy::app::{self, Running};
 use ferry_proxy::listener::Listener;
 use ferry_proxy::snapshot::Resources;
+use ferry_tests::bootstrap;
 use ferry_tests::poll::{PATIENCE, poll_until};
 use ferry_tests::upstream::Upstream;
 use http::StatusCode;
@@ -22,43 +23,18 @@ use xds_proto::envoy::config::bootstrap::v3::Bootstrap;
 /// The `http` listener on 127.0.0.1:0: `/` answers `version` directly, `/gated` goes to the
 /// gated upstream.
 fn listener_yaml(version: &str) -> String {
-    format!(
-        r#"
-  - name: http
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: http
-          http_filters: [{{ name: envoy.filters.http.router, typed_config: {{ '@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}]
-          route_config:
-            name: inline
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - {{ match: {{ prefix: /gated }}, route: {{ cluster: gated }} }}
-              - {{ match: {{ prefix: / }}, direct_response: {{ status: 200, body: {{ inline_string: "{version}" }} }} }}"#
-    )
+    let routes = format!(
+        r#"[
+        {{ match: {{ prefix: /gated }}, route: {{ cluster: gated }} }},
+        {{ match: {{ prefix: / }}, direct_response: {{ status: 200, body: {{ inline_string: "{version}" }} }} }}]"#
+    );
+    bootstrap::http_listener("http", &routes)
 }
 
 fn bootstrap(version: &str, gated: SocketAddr) -> Bootstrap {
-    let yaml = format!(
-        r#"
-static_resources:
-  listeners:{}
-  clusters:
-  - name: gated
-    type: STATIC
-    connect_timeout: 5s
-    load_assignment:
-      cluster_name: gated
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}] }}]
-"#,
-        listener_yaml(version),
-        gated.port()
+    let yaml = bootstrap::static_resources(
+        &[listener_yaml(version)],
+        &[bootstrap::static_cluster("gated", gated)],
     );
     xds_proto::json::from_yaml_str(&yaml).expect("bootstrap parses")
 }

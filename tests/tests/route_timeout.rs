@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use ferry_proxy::app::{self, Running};
+use ferry_tests::bootstrap;
 use ferry_tests::poll::PATIENCE;
 use futures::StreamExt;
 use http::{Request, Response, StatusCode};
@@ -45,40 +46,12 @@ async fn stalling_upstream() -> (SocketAddr, JoinHandle<()>) {
 }
 
 async fn start(upstream: SocketAddr) -> Running {
-    const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
-    const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
-    let yaml = format!(
-        r#"
-static_resources:
-  listeners:
-  - name: http
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          '@type': {HCM}
-          stat_prefix: http
-          http_filters: [{{ name: envoy.filters.http.router, typed_config: {{ '@type': {ROUTER} }} }}]
-          route_config:
-            name: local
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: /grpc }}
-                route: {{ cluster: stall, timeout: 0s, max_stream_duration: {{ grpc_timeout_header_max: 0s }} }}
-              - match: {{ prefix: / }}
-                route: {{ cluster: stall, timeout: 0.5s }}
-  clusters:
-  - name: stall
-    type: STATIC
-    connect_timeout: 5s
-    load_assignment:
-      cluster_name: stall
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}] }}]
-"#,
-        upstream.port()
+    let routes = "[
+        { match: { prefix: /grpc }, route: { cluster: stall, timeout: 0s, max_stream_duration: { grpc_timeout_header_max: 0s } } },
+        { match: { prefix: / }, route: { cluster: stall, timeout: 0.5s } }]";
+    let yaml = bootstrap::static_resources(
+        &[bootstrap::http_listener("http", routes)],
+        &[bootstrap::static_cluster("stall", upstream)],
     );
     let bootstrap = xds_proto::json::from_yaml_str(&yaml).expect("bootstrap parses");
     app::start(bootstrap).await.expect("proxy starts")
