@@ -41,8 +41,13 @@ fn bootstrap(version: &str, gated: SocketAddr) -> Bootstrap {
 
 /// Swaps in the listener answering `version` (the cluster set stays).
 fn update(proxy: &Running, version: &str) {
+    replace_listener(proxy, &listener_yaml(version));
+}
+
+/// Swaps in the listener of the YAML fragment `listener`.
+fn replace_listener(proxy: &Running, listener: &str) {
     let current = proxy.store.load();
-    let yaml = format!("listeners:{}", listener_yaml(version));
+    let yaml = format!("listeners:{listener}");
     let holder: xds_proto::envoy::config::bootstrap::v3::bootstrap::StaticResources =
         xds_proto::json::from_yaml_str(&yaml).expect("listener parses");
     let listener = Listener::try_from(&holder.listeners[0]).expect("listener valid");
@@ -182,4 +187,46 @@ async fn keep_alive_clients_move_to_an_updated_listener_without_failures() {
         // The next protocol's in-flight request needs a closed gate again.
         gate.close();
     }
+}
+
+/// A retired HTTP/1.1 connection that sends nothing more is closed after the HCM's
+/// `drain_timeout`, so an idle client does not pin the old listener forever.
+#[tokio::test]
+async fn an_idle_retired_http1_connection_closes_after_the_drain_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gated, _gate) = Upstream::gated("gated").await.expect("gated upstream");
+    let with_timeout = |version: &str| {
+        listener_yaml(version).replace(
+            "stat_prefix: http",
+            "stat_prefix: http\n          drain_timeout: 0.1s",
+        )
+    };
+    let yaml = bootstrap::static_resources(
+        &[with_timeout("v1")],
+        &[bootstrap::static_cluster("gated", gated.addr)],
+    );
+    let proxy = app::start(xds_proto::json::from_yaml_str(&yaml).expect("bootstrap parses"))
+        .await
+        .expect("proxy starts");
+    let addr = proxy.listener_addr("http").expect("bound");
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n")
+        .await
+        .expect("request");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).ends_with("v1") {
+        let n = stream.read(&mut buf).await.expect("response");
+        assert_ne!(n, 0, "closed before the response");
+        seen.extend_from_slice(&buf[..n]);
+    }
+
+    replace_listener(&proxy, &with_timeout("v2"));
+
+    let closed = tokio::time::timeout(PATIENCE, stream.read(&mut buf))
+        .await
+        .expect("the retired idle connection is closed");
+    assert_eq!(closed.expect("clean close"), 0, "nothing more was sent");
 }

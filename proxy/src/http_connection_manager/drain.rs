@@ -7,8 +7,8 @@
 //! two-step GOAWAY lets streams the client already sent finish); HTTP/1.1 answers the next
 //! response with `Connection: close` and closes after it, because closing an idle HTTP/1.1
 //! connection under a client would race the client's next request. An idle HTTP/1.1 connection
-//! that sends nothing more is closed after [`DRAIN_TIMEOUT`] (Envoy's HCM `drain_timeout`
-//! default).
+//! that sends nothing more is closed after the HCM's `drain_timeout` ([`DRAIN_TIMEOUT`] by
+//! default, as in Envoy).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -18,7 +18,8 @@ use tokio::sync::{Notify, watch};
 
 use crate::body::Body;
 
-/// How long a retired HTTP/1.1 connection may stay idle before it is closed.
+/// Envoy's default HCM `drain_timeout`: how long a retired HTTP/1.1 connection may stay idle
+/// before it is closed.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What asks one connection to finish.

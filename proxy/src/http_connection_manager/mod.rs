@@ -102,6 +102,10 @@ pub async fn serve(
             Codec::Http2 => builder.http2_only(),
         };
     }
+    let drain_timeout = match &selector {
+        HcmSelector::Fixed(hcm) => hcm.drain_timeout,
+        HcmSelector::ByAuthorityPort => drain::DRAIN_TIMEOUT,
+    };
     let stats = match &selector {
         HcmSelector::Fixed(hcm) => {
             Some(Arc::new(HcmStats::new(&downstream.stats, &hcm.stat_prefix)))
@@ -149,7 +153,7 @@ pub async fn serve(
                 tracing::debug!("listener changed: closing after the next response");
                 idle_deadline
                     .as_mut()
-                    .reset(tokio::time::Instant::now() + drain::DRAIN_TIMEOUT);
+                    .reset(tokio::time::Instant::now() + drain_timeout);
             }
         }
         tokio::select! {
