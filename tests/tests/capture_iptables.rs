@@ -30,6 +30,8 @@ struct Family {
     pod_ip: &'static str,
     vip: &'static str,
     any: &'static str,
+    /// The wildcard as Envoy writes it in listener stat names.
+    stat_any: &'static str,
     loopback: &'static str,
     host_bits: u8,
 }
@@ -39,6 +41,7 @@ const IPV4: Family = Family {
     pod_ip: "10.244.0.5",
     vip: "10.96.0.10",
     any: "0.0.0.0",
+    stat_any: "0.0.0.0",
     loopback: "127.0.0.1",
     host_bits: 32,
 };
@@ -48,6 +51,7 @@ const IPV6: Family = Family {
     pod_ip: "fd00:10:244::5",
     vip: "fd00:10:96::10",
     any: "::",
+    stat_any: "[__]",
     loopback: "::1",
     host_bits: 128,
 };
@@ -445,7 +449,7 @@ async fn capture(family: &Family) {
         Some("reviews-9080"),
         "the 0.0.0.0_9080 route served it"
     );
-    let listener_stat = format!("listener.{}_15001.downstream_cx_total", family.any);
+    let listener_stat = format!("listener.{}_15001.downstream_cx_total", family.stat_any);
     assert!(stat(&ns, &listener_stat) >= 1);
     assert!(
         stat(

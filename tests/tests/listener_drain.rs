@@ -136,8 +136,22 @@ async fn keep_alive_clients_move_to_an_updated_listener_without_failures() {
         let old = format!("v{version}");
         assert_eq!(get(&client, addr, "/").await.expect("first").body, old);
 
-        // An idle pooled connection across the update: the client is moved off it.
+        // The same listener re-sent (a new object, equal by value) drains nothing.
         let connections = accepted.get();
+        update(&proxy, &old);
+        let again = get(&client, addr, "/").await.expect("same listener");
+        assert_eq!(again.body, old);
+        assert!(
+            !again.connection_close,
+            "an unchanged listener keeps its connections"
+        );
+        assert_eq!(
+            accepted.get(),
+            connections,
+            "no reconnect for an unchanged listener"
+        );
+
+        // An idle pooled connection across the update: the client is moved off it.
         version += 1;
         let new = format!("v{version}");
         update(&proxy, &new);
@@ -189,8 +203,9 @@ async fn keep_alive_clients_move_to_an_updated_listener_without_failures() {
     }
 }
 
-/// A retired HTTP/1.1 connection that sends nothing more is closed after the HCM's
-/// `drain_timeout`, so an idle client does not pin the old listener forever.
+/// A listener re-sent unchanged retires nothing; a retired HTTP/1.1 connection that sends
+/// nothing more is closed after the HCM's `drain_timeout`, so an idle client does not pin the
+/// old listener forever.
 #[tokio::test]
 async fn an_idle_retired_http1_connection_closes_after_the_drain_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -211,17 +226,30 @@ async fn an_idle_retired_http1_connection_closes_after_the_drain_timeout() {
     let addr = proxy.listener_addr("http").expect("bound");
 
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n")
-        .await
-        .expect("request");
-    let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).ends_with("v1") {
-        let n = stream.read(&mut buf).await.expect("response");
-        assert_ne!(n, 0, "closed before the response");
-        seen.extend_from_slice(&buf[..n]);
+    // One request on the connection; returns the response head and body as text.
+    async fn exchange(stream: &mut tokio::net::TcpStream, buf: &mut [u8]) -> String {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n")
+            .await
+            .expect("request");
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).ends_with("v1") {
+            let n = stream.read(buf).await.expect("response");
+            assert_ne!(n, 0, "closed before the response");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&seen).to_ascii_lowercase()
     }
+    exchange(&mut stream, &mut buf).await;
+
+    // The same listener re-sent (a new object, equal by value) retires nothing.
+    replace_listener(&proxy, &with_timeout("v1"));
+    let again = exchange(&mut stream, &mut buf).await;
+    assert!(
+        !again.contains("connection: close"),
+        "an unchanged listener keeps its connections: {again}"
+    );
 
     replace_listener(&proxy, &with_timeout("v2"));
 

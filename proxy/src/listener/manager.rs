@@ -234,10 +234,11 @@ impl ListenerManager {
         socket: TcpListener,
         mut stop: watch::Receiver<bool>,
     ) {
-        // Envoy names listener stats by address: `listener.0.0.0.0_15001.downstream_cx_total`.
+        // Envoy names listener stats by address with `:` made `_`:
+        // `listener.0.0.0.0_15001.downstream_cx_total`, `listener.[__]_15001...` for `[::]`.
         let address = socket
             .local_addr()
-            .map_or_else(|_| name.clone(), |a| format!("{}_{}", a.ip(), a.port()));
+            .map_or_else(|_| name.clone(), |a| a.to_string().replace(':', "_"));
         let cx_total = self
             .stats
             .counter(format!("listener.{address}.downstream_cx_total"));
