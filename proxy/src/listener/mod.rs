@@ -2,8 +2,9 @@
 //! accepting connections and handing each to the filter chain that matches it.
 //!
 //! The validated [`Listener`] is pure config; [`manager::ListenerManager`] owns the sockets and
-//! reconciles them with each snapshot, so a changed listener keeps its socket and the next
-//! connection sees the new filter chains (Envoy drains the whole listener instead).
+//! reconciles them with each snapshot: a changed listener keeps its socket, the next connection
+//! sees the new filter chains, and the connections it accepted before are drained as Envoy
+//! drains an updated listener.
 
 pub mod filter_chain;
 pub mod inspector;
