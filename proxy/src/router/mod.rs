@@ -249,8 +249,11 @@ pub async fn forward(
         }
     } else {
         strip_hop_by_hop(response.headers_mut());
-        // The route timeout runs on until the body is complete (Envoy's semantics).
-        if let Some(limit) = route_timeout {
+        // The route timeout runs on until the body is complete (Envoy's semantics); a body
+        // already complete needs no timer.
+        if let Some(limit) = route_timeout
+            && !http_body::Body::is_end_stream(response.body())
+        {
             let deadline = started + limit;
             response = response.map(|inner| {
                 let body =
