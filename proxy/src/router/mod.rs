@@ -230,7 +230,15 @@ pub async fn forward(
         store: downstream.stats.clone(),
         cluster: Arc::from(cluster.config.stat_name.as_str()),
     };
-    let mut response = match tries.send(parts, body::boxed(body), replayable).await {
+    // The route timeout starts when the request is complete: now, or when its body ends.
+    let (request_body, timer_start) =
+        if route_timeout.is_some() && !http_body::Body::is_end_stream(&body) {
+            let (body, end) = timeout::notify_end(body::boxed(body));
+            (body, timeout::TimerStart::RequestEnd(end))
+        } else {
+            (body::boxed(body), timeout::TimerStart::At(started))
+        };
+    let mut response = match tries.send(parts, request_body, replayable).await {
         Ok(response) => response,
         Err(reply) => {
             if reply.extensions().get::<ResponseFlag>()
@@ -254,10 +262,9 @@ pub async fn forward(
         if let Some(limit) = route_timeout
             && !http_body::Body::is_end_stream(response.body())
         {
-            let deadline = started + limit;
             response = response.map(|inner| {
                 let body =
-                    timeout::DeadlineBody::new(inner, started, deadline, Some(timeout_stats()));
+                    timeout::DeadlineBody::new(inner, timer_start, limit, Some(timeout_stats()));
                 http_body_util::BodyExt::boxed(body)
             });
         }

@@ -4,13 +4,19 @@
 //! on their way downstream a status can no longer change, so the body ends in an error instead:
 //! hyper then resets the HTTP/2 stream (RST_STREAM) or closes the HTTP/1.1 connection, and the
 //! client never mistakes a cut-off body for a complete one.
+//!
+//! As in Envoy, the timer starts once the downstream request is complete: a streaming request
+//! body (gRPC client or bidi streaming) is watched for its end ([`notify_end`]). The wait for
+//! the response headers (in [`super::attempts`]) still counts from routing.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use crate::body::{Body, BoxError};
@@ -43,30 +49,72 @@ impl TimeoutStats {
     }
 }
 
-/// A response body that fails once `deadline` passes before it ends.
+/// When the route timeout starts. Envoy starts it once the downstream request is complete; a
+/// request without a body is complete when it is routed.
+pub(crate) enum TimerStart {
+    /// Already started, at this instant.
+    At(Instant),
+    /// When the streaming request body ends (see [`notify_end`]).
+    RequestEnd(oneshot::Receiver<Instant>),
+}
+
+enum Timer {
+    Waiting(oneshot::Receiver<Instant>),
+    Armed {
+        started: Instant,
+        sleep: Pin<Box<Sleep>>,
+    },
+}
+
+/// A response body that fails once the route timeout passes before it ends.
 pub(crate) struct DeadlineBody {
     inner: Body,
-    sleep: Pin<Box<Sleep>>,
-    started: Instant,
+    timer: Timer,
+    limit: Duration,
     stats: Option<TimeoutStats>,
     done: bool,
 }
 
 impl DeadlineBody {
-    /// Wraps `inner`; `started` is when the route timeout began (for the log).
+    /// Wraps `inner`: it must end within `limit` of `start`.
     pub(crate) fn new(
         inner: Body,
-        started: Instant,
-        deadline: Instant,
+        start: TimerStart,
+        limit: Duration,
         stats: Option<TimeoutStats>,
     ) -> Self {
+        let timer = match start {
+            TimerStart::At(started) => armed(started, limit),
+            TimerStart::RequestEnd(end) => Timer::Waiting(end),
+        };
         Self {
             inner,
-            sleep: Box::pin(tokio::time::sleep_until(deadline)),
-            started,
+            timer,
+            limit,
             stats,
             done: false,
         }
+    }
+
+    fn fire(&mut self, started: Instant) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.done = true;
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if let Some(stats) = &self.stats {
+            stats.count();
+        }
+        tracing::info!(
+            elapsed_ms,
+            response_flags = ResponseFlag::UpstreamRequestTimeout.code(),
+            "route timeout after response headers: resetting the stream"
+        );
+        Poll::Ready(Some(Err(Box::new(RouteTimeoutAfterHeaders { elapsed_ms }))))
+    }
+}
+
+fn armed(started: Instant, limit: Duration) -> Timer {
+    Timer::Armed {
+        started,
+        sleep: Box::pin(tokio::time::sleep_until(started + limit)),
     }
 }
 
@@ -90,24 +138,81 @@ impl HttpBody for DeadlineBody {
             Poll::Ready(Some(frame)) => return Poll::Ready(Some(frame)),
             Poll::Pending => {}
         }
-        if this.sleep.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
+        loop {
+            match &mut this.timer {
+                Timer::Waiting(end) => {
+                    // A request body dropped before its end counts as ended now.
+                    let started = match Pin::new(end).poll(cx) {
+                        Poll::Ready(ended) => ended.unwrap_or_else(|_| Instant::now()),
+                        Poll::Pending => return Poll::Pending,
+                    };
+                    this.timer = armed(started, this.limit);
+                }
+                Timer::Armed { started, sleep } => {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let started = *started;
+                    return this.fire(started);
+                }
+            }
         }
-        this.done = true;
-        let elapsed_ms = u64::try_from(this.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        if let Some(stats) = &this.stats {
-            stats.count();
-        }
-        tracing::info!(
-            elapsed_ms,
-            response_flags = ResponseFlag::UpstreamRequestTimeout.code(),
-            "route timeout after response headers: resetting the stream"
-        );
-        Poll::Ready(Some(Err(Box::new(RouteTimeoutAfterHeaders { elapsed_ms }))))
     }
 
     fn is_end_stream(&self) -> bool {
         self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Wraps a streaming request body so the returned receiver learns when it ended.
+pub(crate) fn notify_end(inner: Body) -> (Body, oneshot::Receiver<Instant>) {
+    let (tx, rx) = oneshot::channel();
+    let body = RequestEndBody {
+        inner,
+        end: Some(tx),
+    };
+    (http_body_util::BodyExt::boxed(body), rx)
+}
+
+struct RequestEndBody {
+    inner: Body,
+    end: Option<oneshot::Sender<Instant>>,
+}
+
+impl RequestEndBody {
+    fn ended(&mut self) {
+        if let Some(end) = self.end.take() {
+            let _ = end.send(Instant::now());
+        }
+    }
+}
+
+impl HttpBody for RequestEndBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.ended(),
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() || this.inner.is_end_stream() => {
+                this.ended()
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -141,8 +246,8 @@ mod tests {
         };
         let mut body = DeadlineBody::new(
             stalled_after("head"),
-            started,
-            started + Duration::from_secs(2),
+            TimerStart::At(started),
+            Duration::from_secs(2),
             Some(stats),
         );
         let first = body.frame().await.expect("frame").expect("data");
@@ -165,13 +270,45 @@ mod tests {
         let started = Instant::now();
         let body = DeadlineBody::new(
             BodyExt::boxed(StreamBody::new(frames)),
-            started,
-            started + Duration::from_secs(1),
+            TimerStart::At(started),
+            Duration::from_secs(1),
             None,
         );
         let collected = body.collect().await.expect("complete");
         assert_eq!(collected.trailers().expect("trailers")["grpc-status"], "0");
         assert_eq!(collected.to_bytes(), "a");
         tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_timer_starts_when_the_streaming_request_ends() {
+        let (request_tx, request_rx) =
+            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let request = BodyExt::boxed(StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(request_rx),
+        ));
+        let (mut request, end) = notify_end(request);
+        let mut response = DeadlineBody::new(
+            stalled_after("head"),
+            TimerStart::RequestEnd(end),
+            Duration::from_secs(2),
+            None,
+        );
+        response.frame().await.expect("frame").expect("data");
+        // The request is still streaming: no timer runs, however long it takes.
+        let waited = tokio::time::timeout(Duration::from_secs(60), response.frame()).await;
+        assert!(waited.is_err(), "no timeout while the request streams");
+
+        request_tx
+            .send(Ok(Frame::data(Bytes::from("last"))))
+            .await
+            .expect("send");
+        drop(request_tx);
+        request.frame().await.expect("frame").expect("data");
+        assert!(request.frame().await.is_none());
+        let ended = Instant::now();
+        let error = response.frame().await.expect("an error frame").unwrap_err();
+        assert!(error.is::<RouteTimeoutAfterHeaders>(), "{error}");
+        assert_eq!(ended.elapsed(), Duration::from_secs(2));
     }
 }
