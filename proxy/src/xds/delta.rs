@@ -6,13 +6,13 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use xds_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
 use super::client::{StreamError, invalid_argument};
 use super::resources::{InvalidResource, Kind, Validated, validate};
 use super::session::{self, Stream};
 use super::tracker::Tracker;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 
 /// One delta stream's bookkeeping.
 pub(crate) struct Session<'a> {

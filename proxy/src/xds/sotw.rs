@@ -5,13 +5,13 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use xds_proto::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
 use super::client::{StreamError, invalid_argument};
 use super::resources::{Kind, validate_all};
 use super::session::{self, Stream};
 use super::tracker::Tracker;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 
 #[derive(Debug, Default)]
 struct TypeState {
