@@ -101,10 +101,16 @@ impl ListenerManager {
         generations: &mut HashMap<String, Generation>,
         listener: &Arc<Listener>,
     ) -> watch::Receiver<bool> {
-        if let Some(current) = generations.get(&listener.name)
-            && (Arc::ptr_eq(&current.config, listener) || *current.config == **listener)
-        {
-            return current.retired.subscribe();
+        if let Some(current) = generations.get_mut(&listener.name) {
+            if Arc::ptr_eq(&current.config, listener) {
+                return current.retired.subscribe();
+            }
+            if *current.config == **listener {
+                // Same config, new object: keep the generation, remember the object so the
+                // next connection's check is a pointer comparison.
+                current.config = listener.clone();
+                return current.retired.subscribe();
+            }
         }
         let generation = Generation {
             config: listener.clone(),
