@@ -64,6 +64,8 @@ pub struct Seen {
     pub headers: HeaderMap,
     /// The whole request body.
     pub body: Bytes,
+    /// When the request head arrived (tokio time: follows a paused clock in-process).
+    pub at: tokio::time::Instant,
 }
 
 impl Seen {
@@ -196,6 +198,7 @@ struct ResetByChaos;
 
 async fn answer(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>, ResetByChaos> {
     let (parts, body) = req.into_parts();
+    let at = tokio::time::Instant::now();
     let body = body
         .collect()
         .await
@@ -212,6 +215,7 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body
                 .to_owned(),
             headers: parts.headers.clone(),
             body,
+            at,
         });
         let steady = state.steady.clone();
         state.script.pop_front().unwrap_or(steady)
