@@ -319,9 +319,9 @@ async fn per_try_timeout_is_retried_and_succeeds() {
     let up = Chaos::start("a", Behaviour::Ok).await.unwrap();
     up.script([Behaviour::Hang]);
     let (proxy, addr) = start(&bootstrap(
-        &[format!(
-            r#"{{ match: {{ prefix: "/" }}, route: {{ cluster: svc, timeout: 10s, retry_policy: {{ retry_on: reset, num_retries: 1, per_try_timeout: 1s }} }} }}"#
-        )],
+        &[(
+            r#"{ match: { prefix: "/" }, route: { cluster: svc, timeout: 10s, retry_policy: { retry_on: reset, num_retries: 1, per_try_timeout: 1s } } }"#
+        ).to_owned()],
         &[up.addr],
         "",
     ))
@@ -342,9 +342,9 @@ async fn per_try_timeout_is_retried_and_succeeds() {
 async fn the_route_timeout_bounds_all_attempts_with_ut() {
     let up = Chaos::start("a", Behaviour::Hang).await.unwrap();
     let (proxy, addr) = start(&bootstrap(
-        &[format!(
-            r#"{{ match: {{ prefix: "/" }}, route: {{ cluster: svc, timeout: 2.5s, retry_policy: {{ retry_on: 5xx, num_retries: 10, per_try_timeout: 1s }} }} }}"#
-        )],
+        &[(
+            r#"{ match: { prefix: "/" }, route: { cluster: svc, timeout: 2.5s, retry_policy: { retry_on: 5xx, num_retries: 10, per_try_timeout: 1s } } }"#
+        ).to_owned()],
         &[up.addr],
         "",
     ))
