@@ -514,3 +514,59 @@ async fn a_retry_storm_stays_within_the_default_budget() {
     assert!(uo > 0, "retries beyond the budget are refused (UO)");
     assert_eq!(urx + uo, requests, "every request ended with URX or UO");
 }
+
+#[tokio::test]
+async fn grpc_over_h2_is_retried_with_its_body_unless_it_overflows_the_buffer() {
+    let up = Chaos::start("a", Behaviour::Ok).await.unwrap();
+    let h2 = "typed_extension_protocol_options: { envoy.extensions.upstreams.http.v3.HttpProtocolOptions: { '@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: { http2_protocol_options: {} } } }";
+    let (_proxy, addr) = start(&bootstrap(
+        &[
+            r#"{ match: { prefix: "/small.Buffer/" }, per_request_buffer_limit_bytes: 16, route: { cluster: svc, retry_policy: { retry_on: unavailable, num_retries: 1 } } }"#.to_owned(),
+            route("/", "retry_policy: { retry_on: unavailable, num_retries: 1 }"),
+        ],
+        &[up.addr],
+        h2,
+    ))
+    .await;
+    // One length-prefixed gRPC message of 100 bytes.
+    let mut message = vec![0u8, 0, 0, 0, 100];
+    message.extend(std::iter::repeat_n(b'm', 100));
+    let message = Bytes::from(message);
+    let grpc = |path: &str| {
+        let mut request = net::request(
+            Method::POST,
+            "svc",
+            path,
+            &[("content-type", "application/grpc"), ("te", "trailers")],
+        )
+        .expect("request");
+        *request.body_mut() = message.clone();
+        request
+    };
+    up.script([Behaviour::GrpcStatus(14)]);
+    let reply = net::send(addr, Protocol::Http2, grpc("/echo.Echo/Say"))
+        .await
+        .expect("response");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("grpc-status"), None, "the retry's answer");
+    assert_eq!(reply.header("x-envoy-attempt-count"), Some("2"));
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.iter().all(|s| s.body == message),
+        "the retry replayed the message"
+    );
+
+    up.reset_counts();
+    up.script([Behaviour::GrpcStatus(14)]);
+    let reply = net::send(addr, Protocol::Http2, grpc("/small.Buffer/Say"))
+        .await
+        .expect("response");
+    assert_eq!(
+        reply.header("grpc-status"),
+        Some("14"),
+        "over the limit: not retried"
+    );
+    assert_eq!(up.hits(), 1);
+    assert_eq!(up.seen()[0].body, message);
+}
