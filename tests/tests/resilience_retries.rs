@@ -286,6 +286,14 @@ async fn retry_on_conditions_status_codes_headers_and_grpc() {
         ("retry_on: unavailable", Behaviour::GrpcStatus(14), true),
         ("retry_on: unavailable", Behaviour::GrpcStatus(5), false),
         ("retry_on: connect-failure", Behaviour::Status(503), false),
+        (
+            "retry_on: envoy-ratelimited",
+            header("x-envoy-ratelimited", "true"),
+            true,
+        ),
+        ("retry_on: envoy-ratelimited", Behaviour::Status(429), false),
+        ("retry_on: reset-before-request", Behaviour::Reset, false),
+        ("retry_on: reset", Behaviour::Reset, true),
     ];
     let up = Chaos::start("a", Behaviour::Ok).await.unwrap();
     let routes: Vec<String> = rows
