@@ -445,6 +445,44 @@ async fn request_bodies_are_replayed_up_to_the_buffer_limit() {
 }
 
 #[tokio::test]
+async fn the_listener_buffer_limit_applies_when_the_route_sets_none() {
+    let up = Chaos::start("a", Behaviour::Ok).await.unwrap();
+    let yaml = bootstrap(
+        &[route(
+            "/",
+            "retry_policy: { retry_on: 5xx, num_retries: 2 }",
+        )],
+        &[up.addr],
+        "",
+    )
+    .replacen(
+        "    filter_chains:",
+        "    per_connection_buffer_limit_bytes: 1024\n    filter_chains:",
+        1,
+    );
+    let (_proxy, addr) = start(&yaml).await;
+    up.fail_times(1, 503);
+    let small = Bytes::from(vec![b's'; 1000]);
+    let reply = send(addr, Method::PUT, "/", &[], small.clone()).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "under the listener's limit: retried"
+    );
+    assert_eq!(up.hits(), 2);
+    up.reset_counts();
+    up.fail_times(1, 503);
+    let large = Bytes::from(vec![b'l'; 2000]);
+    let reply = send(addr, Method::PUT, "/", &[], large).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "over it: sent once"
+    );
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test]
 async fn internal_callers_override_retries_and_timeouts_with_headers() {
     let up = Chaos::start("a", Behaviour::Status(503)).await.unwrap();
     let (proxy, addr) = start(&bootstrap(&[route("/", "")], &[up.addr], "")).await;

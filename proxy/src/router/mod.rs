@@ -209,7 +209,7 @@ pub async fn forward(
         .route
         .per_request_buffer_limit
         .or(selected.virtual_host.per_request_buffer_limit)
-        .unwrap_or(crate::retry::replay::DEFAULT_LIMIT);
+        .unwrap_or(downstream.buffer_limit);
     let tries = attempts::Tries {
         cluster,
         ctx: LbContext {
