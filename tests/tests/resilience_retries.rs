@@ -510,6 +510,22 @@ async fn internal_callers_override_retries_and_timeouts_with_headers() {
         assert_eq!(seen.header("x-envoy-max-retries"), None);
     }
 
+    up.set(Behaviour::Ok);
+    up.script([Behaviour::Hang]);
+    let per_try = [
+        ("x-envoy-retry-on", "reset"),
+        ("x-envoy-upstream-rq-per-try-timeout-ms", "100"),
+        ("x-forwarded-for", "10.1.2.3"),
+    ];
+    let reply = send(addr, Method::GET, "/", &per_try, Bytes::new()).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "the hanging try was cut and retried"
+    );
+    assert_eq!(reply.header("x-envoy-attempt-count"), Some("2"));
+    assert_eq!(stat(&proxy, "upstream_rq_per_try_timeout"), 1);
+
     up.set(Behaviour::Hang);
     let timeout = [
         ("x-envoy-upstream-rq-timeout-ms", "200"),
