@@ -44,9 +44,3 @@ impl InvalidRetryPolicy {
         }
     }
 }
-
-impl From<InvalidRetryPolicy> for crate::route::Invalid {
-    fn from(e: InvalidRetryPolicy) -> Self {
-        crate::route::Invalid::new(format!("retry_policy.{}", e.field), e.reason)
-    }
-}
