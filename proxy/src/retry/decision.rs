@@ -240,6 +240,12 @@ impl<'a> RetryState<'a> {
         }
     }
 
+    /// Whether this request may be retried at all (a policy with retries left); when not, the
+    /// router need not keep the request body for replay.
+    pub fn may_retry(&self) -> bool {
+        self.policy.is_some() && self.retries < self.max_retries
+    }
+
     /// The 1-based number of the attempt about to be (or just) sent.
     pub fn attempt(&self) -> u32 {
         self.retries + 1
@@ -461,6 +467,8 @@ mod tests {
 
         let s = RetryState::new(None, &o);
         assert_eq!(s.max_retries, 4);
+        assert!(s.may_retry());
+        assert!(!RetryState::new(None, &HeaderOverrides::default()).may_retry());
         assert_eq!(s.per_try_timeout(), Some(Duration::from_millis(150)));
         assert!(s.is_retriable(&Outcome::Failure(FailureKind::Reset)));
 

@@ -74,7 +74,13 @@ impl Tries<'_> {
         let host_selection_attempts = state.host_selection_max_attempts();
         let breaker = self.cluster.circuit_breakers().for_priority(false);
         breaker.record_request();
-        let replay = Replay::new(body, self.buffer_limit);
+        // Nothing is kept when no retry can happen (no policy, or `x-envoy-max-retries: 0`).
+        let limit = if retriable && state.may_retry() {
+            self.buffer_limit
+        } else {
+            0
+        };
+        let replay = Replay::new(body, limit);
         let (method, uri, version, headers) = (
             parts.method.clone(),
             parts.uri.clone(),
