@@ -632,3 +632,62 @@ async fn grpc_over_h2_is_retried_with_its_body_unless_it_overflows_the_buffer() 
     assert_eq!(up.hits(), 1);
     assert_eq!(up.seen()[0].body, message);
 }
+
+#[tokio::test]
+async fn max_retries_bounds_concurrent_retries_with_uo() {
+    let a = Chaos::start("a", Behaviour::Status(503)).await.unwrap();
+    let (b, gate) = ferry_tests::upstream::Upstream::gated("b").await.unwrap();
+    let policy = format!("retry_policy: {{ retry_on: 5xx, num_retries: 1, {PREVIOUS_HOSTS} }}");
+    let (proxy, addr) = start(&bootstrap(
+        &[route("/", &policy)],
+        &[a.addr, b.addr],
+        "circuit_breakers: { thresholds: [{ max_retries: 2 }] }",
+    ))
+    .await;
+    let requests = 20;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..requests)
+        .map(|_| {
+            let done = done.clone();
+            tokio::spawn(async move {
+                let reply = get(addr, "/").await;
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                reply
+            })
+        })
+        .collect();
+    // Every request either ended (its retry was refused) or is held by the gated endpoint.
+    ferry_tests::poll::poll_until("requests settled", ferry_tests::poll::PATIENCE, || {
+        let settled = done.load(std::sync::atomic::Ordering::SeqCst) + gate.arrived();
+        async move { (settled == requests).then_some(()) }
+    })
+    .await;
+    let wanted_retries = a.hits();
+    assert!(
+        wanted_retries > 2,
+        "round robin sent {wanted_retries} first tries to the 503 endpoint"
+    );
+    let overflowed = stat(&proxy, "upstream_rq_retry_overflow") as usize;
+    assert_eq!(
+        overflowed,
+        wanted_retries - 2,
+        "two retries in flight, the rest UO"
+    );
+    assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), overflowed);
+    gate.open();
+    let mut ok = 0;
+    for task in tasks {
+        let reply = task.await.expect("join");
+        if reply.status == StatusCode::OK {
+            ok += 1;
+        } else {
+            assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(
+                reply.text(),
+                "a",
+                "the refused retry passes the first answer on"
+            );
+        }
+    }
+    assert_eq!(ok, requests - overflowed);
+}
