@@ -132,7 +132,7 @@ impl Tries<'_> {
             outlier: cluster.outlier_detector().map(|d| &**d),
             stats: Some(&cluster.stats().retry),
         };
-        let result = driver::run(
+        let mut result = driver::run(
             &mut state,
             timeouts,
             upstream,
@@ -141,7 +141,6 @@ impl Tries<'_> {
         )
         .await;
         let attempts = state.attempt();
-        let mut result = result;
         let (Ok(response) | Err(response)) = &mut result;
         cluster.record_response(response.status());
         if self.include_attempt_count_in_response {
