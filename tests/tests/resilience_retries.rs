@@ -635,13 +635,29 @@ async fn grpc_over_h2_is_retried_with_its_body_unless_it_overflows_the_buffer() 
 
 #[tokio::test]
 async fn max_retries_bounds_concurrent_retries_with_uo() {
+    two_retries_in_flight("circuit_breakers: { thresholds: [{ max_retries: 2 }] }").await;
+}
+
+#[tokio::test]
+async fn a_configured_retry_budget_bounds_concurrent_retries_with_uo() {
+    // 1% of at most 20 active requests rounds down to 0: the floor (min_retry_concurrency)
+    // rules, and max_retries is ignored when a budget is set, as in Envoy.
+    two_retries_in_flight(
+        "circuit_breakers: { thresholds: [{ max_retries: 1000, retry_budget: { budget_percent: { value: 1 }, min_retry_concurrency: 2 } }] }",
+    )
+    .await;
+}
+
+/// Twenty concurrent requests: first tries on the 503 endpoint want a retry, retries go to a
+/// gated endpoint and stay in flight; the breaker admits exactly two, the rest end with UO.
+async fn two_retries_in_flight(breakers: &str) {
     let a = Chaos::start("a", Behaviour::Status(503)).await.unwrap();
     let (b, gate) = ferry_tests::upstream::Upstream::gated("b").await.unwrap();
     let policy = format!("retry_policy: {{ retry_on: 5xx, num_retries: 1, {PREVIOUS_HOSTS} }}");
     let (proxy, addr) = start(&bootstrap(
         &[route("/", &policy)],
         &[a.addr, b.addr],
-        "circuit_breakers: { thresholds: [{ max_retries: 2 }] }",
+        breakers,
     ))
     .await;
     let requests = 20;
