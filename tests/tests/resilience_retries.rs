@@ -651,8 +651,12 @@ async fn a_configured_retry_budget_bounds_concurrent_retries_with_uo() {
 /// Twenty concurrent requests: first tries on the 503 endpoint want a retry, retries go to a
 /// gated endpoint and stay in flight; the breaker admits exactly two, the rest end with UO.
 async fn two_retries_in_flight(breakers: &str) {
-    let a = Chaos::start("a", Behaviour::Status(503)).await.unwrap();
-    let (b, gate) = ferry_tests::upstream::Upstream::gated("b").await.unwrap();
+    let a = Chaos::start("a", Behaviour::Status(503))
+        .await
+        .expect("chaos upstream");
+    let (b, gate) = ferry_tests::upstream::Upstream::gated("b")
+        .await
+        .expect("gated upstream");
     let policy = format!("retry_policy: {{ retry_on: 5xx, num_retries: 1, {PREVIOUS_HOSTS} }}");
     let (proxy, addr) = start(&bootstrap(
         &[route("/", &policy)],
