@@ -195,7 +195,11 @@ pub async fn forward(
         parts.headers.insert(header::HOST, host_header);
     }
     // Chosen from the downstream's headers, before route mutations, as Envoy's HCM does.
-    let route_timeout = forward.response_timeout(&parts.headers);
+    // `x-envoy-*` retry and timeout overrides (kept by the HCM only for internal callers) are
+    // consumed here and never forwarded; the header timeout wins over the route's and gRPC's.
+    let overrides = crate::retry::HeaderOverrides::parse(&parts.headers);
+    crate::retry::HeaderOverrides::strip(&mut parts.headers);
+    let route_timeout = overrides.route_timeout(forward.response_timeout(&parts.headers));
     table.mutate_request(selected, weighted, &mut parts.headers);
     let replayable = http_body::Body::is_end_stream(&body) && on_upgrade.is_none();
     // Mirrors: fire-and-forget copies of bodiless requests (bodies are not teed yet).
@@ -209,6 +213,11 @@ pub async fn forward(
             }
         }
     }
+    let buffer_limit = selected
+        .route
+        .per_request_buffer_limit
+        .or(selected.virtual_host.per_request_buffer_limit)
+        .unwrap_or(downstream.buffer_limit);
     let tries = attempts::Tries {
         cluster,
         ctx: LbContext {
@@ -222,10 +231,14 @@ pub async fn forward(
             .as_ref()
             .or(selected.virtual_host.retry_policy.as_ref()),
         route_timeout,
+        overrides,
         include_attempt_count: selected.virtual_host.include_request_attempt_count,
+        include_attempt_count_in_response: selected.virtual_host.include_attempt_count_in_response,
         auto_host_rewrite: forward.auto_host_rewrite,
+        buffer_limit,
     };
     let started = tokio::time::Instant::now();
+    let retriable = on_upgrade.is_none();
     let timeout_stats = || timeout::TimeoutStats {
         store: downstream.stats.clone(),
         cluster: Arc::from(cluster.config.stat_name.as_str()),
@@ -238,7 +251,7 @@ pub async fn forward(
         } else {
             (body::boxed(body), timeout::TimerStart::At(started))
         };
-    let mut response = match tries.send(parts, request_body, replayable).await {
+    let mut response = match tries.send(parts, request_body, retriable).await {
         Ok(response) => response,
         Err(reply) => {
             if reply.extensions().get::<ResponseFlag>()
