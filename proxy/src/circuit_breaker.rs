@@ -42,6 +42,9 @@ pub struct CircuitBreaker {
     budget: Option<RetryBudget>,
     ratio: Option<RatioBudget>,
     counts: [AtomicU64; 4],
+    /// Woken when a connection unit is given back, so requests waiting for a connection at the
+    /// `max_connections` limit (on any host of the cluster) try again.
+    connection_released: tokio::sync::Notify,
 }
 
 impl CircuitBreaker {
@@ -67,6 +70,23 @@ impl CircuitBreaker {
             },
             budget,
             counts: Default::default(),
+            connection_released: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Resolves when a connection unit is given back (see [`Resource::Connections`]).
+    pub fn connection_released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.connection_released.notified()
+    }
+
+    /// Takes one unit of `resource` even beyond its limit. Envoy does this for a host with no
+    /// connection at all when other hosts hold every `max_connections` unit, so its pending
+    /// requests are not stranded.
+    pub fn force_acquire(self: &Arc<Self>, resource: Resource) -> Guard {
+        self.counts[resource as usize].fetch_add(1, Ordering::AcqRel);
+        Guard {
+            breaker: Arc::clone(self),
+            resource,
         }
     }
 
@@ -140,6 +160,9 @@ pub struct Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         self.breaker.counts[self.resource as usize].fetch_sub(1, Ordering::AcqRel);
+        if self.resource == Resource::Connections {
+            self.breaker.connection_released.notify_waiters();
+        }
     }
 }
 

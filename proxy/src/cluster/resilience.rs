@@ -1,12 +1,17 @@
 //! `circuit_breakers` and `outlier_detection`, validated into domain types with Envoy's
 //! defaults filled in.
 //!
-//! Enforced by [`Cluster`](super::Cluster): `max_requests` of the DEFAULT priority in
-//! `Cluster::send` (overflow: 503 UO, `x-envoy-overloaded`), `max_retries` / `retry_budget`
-//! when the router admits a retry, and outlier detection (see [`crate::outlier`]; ejected
-//! hosts are avoided by host selection unless the panic threshold is crossed). Accepted but not
-//! enforced yet: `max_connections`, `max_pending_requests`, the HIGH priority's thresholds
-//! (routes do not carry a priority yet) and `per_host_thresholds`.
+//! Enforced by [`Cluster`](super::Cluster) through [`crate::circuit_breaker`]: `max_requests`
+//! of the DEFAULT priority in `Cluster::send`, `max_pending_requests` and `max_connections` in
+//! the host pools ([`crate::pool`]), all overflowing with 503 UO and `x-envoy-overloaded`;
+//! `max_retries` / `retry_budget` when the router admits a retry; and outlier detection (see
+//! [`crate::outlier`]; ejected hosts are avoided by host selection unless the panic threshold
+//! is crossed). The HIGH priority's thresholds are built but unused: routes with
+//! `priority: HIGH` are refused by route validation. Accepted but not enforced:
+//! `per_host_thresholds`.
+//!
+//! This module holds only the validated configuration; the live counters and guards are
+//! [`crate::circuit_breaker`]'s, so there is one implementation of each limit.
 
 use std::time::Duration;
 
