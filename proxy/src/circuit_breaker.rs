@@ -107,11 +107,6 @@ impl CircuitBreaker {
     /// [`UpstreamError::Overflow`].
     pub fn try_acquire(self: &Arc<Self>, resource: Resource) -> Result<Guard, UpstreamError> {
         if self.try_increment(resource, self.limits[resource as usize]) {
-            if resource == Resource::Requests
-                && let Some(ratio) = &self.ratio
-            {
-                ratio.deposit();
-            }
             Ok(Guard {
                 breaker: Arc::clone(self),
                 resource,
@@ -123,6 +118,14 @@ impl CircuitBreaker {
                 "circuit breaker overflow"
             );
             Err(UpstreamError::Overflow)
+        }
+    }
+
+    /// Counts one downstream request (not its retries) towards the default ratio budget; the
+    /// router calls it once per request so retries never earn budget for more retries.
+    pub fn record_request(&self) {
+        if let Some(ratio) = &self.ratio {
+            ratio.deposit();
         }
     }
 

@@ -42,6 +42,26 @@ pub struct ClusterStats {
     pub upstream_rq_pending_total: Arc<Counter>,
     /// `upstream_rq_pending_active` (gauge): requests waiting for a connection now.
     pub upstream_rq_pending_active: Arc<Gauge>,
+    /// Retry counters (`upstream_rq_retry`, `_success`, `_overflow`, `_limit_exceeded`) and
+    /// timeouts (`upstream_rq_per_try_timeout`, `upstream_rq_timeout`), see [`RetryStats`].
+    pub retry: RetryStats,
+}
+
+/// Envoy's retry and timeout counters of a cluster.
+#[derive(Debug)]
+pub struct RetryStats {
+    /// `upstream_rq_retry`: retries sent.
+    pub retry: Arc<Counter>,
+    /// `upstream_rq_retry_success`: retries that ended the request with a non-retriable answer.
+    pub success: Arc<Counter>,
+    /// `upstream_rq_retry_overflow`: retries refused by the budget / `max_retries` (UO).
+    pub overflow: Arc<Counter>,
+    /// `upstream_rq_retry_limit_exceeded`: retriable outcomes with no retries left (URX).
+    pub limit_exceeded: Arc<Counter>,
+    /// `upstream_rq_per_try_timeout`.
+    pub per_try_timeout: Arc<Counter>,
+    /// `upstream_rq_timeout`: route timeouts (504 UT).
+    pub timeout: Arc<Counter>,
 }
 
 impl ClusterStats {
@@ -64,6 +84,14 @@ impl ClusterStats {
             upstream_rq_pending_overflow: store.counter(name("upstream_rq_pending_overflow")),
             upstream_rq_pending_total: store.counter(name("upstream_rq_pending_total")),
             upstream_rq_pending_active: store.gauge(name("upstream_rq_pending_active")),
+            retry: RetryStats {
+                retry: store.counter(name("upstream_rq_retry")),
+                success: store.counter(name("upstream_rq_retry_success")),
+                overflow: store.counter(name("upstream_rq_retry_overflow")),
+                limit_exceeded: store.counter(name("upstream_rq_retry_limit_exceeded")),
+                per_try_timeout: store.counter(name("upstream_rq_per_try_timeout")),
+                timeout: store.counter(name("upstream_rq_timeout")),
+            },
         }
     }
 

@@ -308,6 +308,36 @@ fn hcm_for_port(
     listener.http_connection_manager().cloned()
 }
 
+/// Envoy's internal-request rule: with `use_remote_address` the peer's address decides; without
+/// it, `x-forwarded-for` must hold exactly one address (no XFF: external). The address is
+/// internal when it is loopback, RFC 1918 or unique-local IPv6 (Envoy's classic default for
+/// `internal_address_config`).
+fn is_internal_request(
+    hcm: &HttpConnectionManagerConfig,
+    downstream: &Downstream,
+    headers: &http::HeaderMap,
+) -> bool {
+    let address = if hcm.use_remote_address {
+        Some(downstream.peer.ip())
+    } else {
+        let mut xff = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|a| !a.is_empty());
+        match (xff.next(), xff.next()) {
+            (Some(single), None) => single.parse::<std::net::IpAddr>().ok(),
+            _ => None,
+        }
+    };
+    address.is_some_and(|ip| match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+        std::net::IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+    })
+}
+
 /// Envoy's request header handling for a sidecar.
 fn prepare_request(
     hcm: &HttpConnectionManagerConfig,
@@ -315,12 +345,14 @@ fn prepare_request(
     downstream: &Downstream,
     parts: &mut http::request::Parts,
 ) {
-    // Requests from the application are external: Envoy's internal-only headers must not be
-    // spoofable from outside.
+    // Envoy's internal-only headers must not be spoofable from outside. Internal callers (see
+    // `is_internal_request`) keep the router's retry and timeout overrides, as Envoy does.
+    let keep_overrides = is_internal_request(hcm, downstream, &parts.headers);
     let internal: Vec<_> = parts
         .headers
         .keys()
         .filter(|k| k.as_str().starts_with("x-envoy-"))
+        .filter(|k| !(keep_overrides && crate::retry::HeaderOverrides::NAMES.contains(&k.as_str())))
         .cloned()
         .collect();
     for name in internal {

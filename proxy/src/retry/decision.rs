@@ -150,6 +150,16 @@ fn merge(a: RetryOn, b: RetryOn) -> RetryOn {
 }
 
 impl HeaderOverrides {
+    /// The request headers that tune retries and timeouts (kept for internal callers by the
+    /// HTTP connection manager, consumed and stripped by the router).
+    pub const NAMES: [&'static str; 5] = [
+        MAX_RETRIES,
+        RETRY_ON,
+        RETRY_GRPC_ON,
+        RQ_TIMEOUT_MS,
+        RQ_PER_TRY_TIMEOUT_MS,
+    ];
+
     /// Reads the override headers; malformed values are ignored, as Envoy does.
     pub fn parse(headers: &HeaderMap) -> Self {
         let retry_on = match (

@@ -8,8 +8,8 @@ use xds_proto::envoy::config::route::v3 as route_pb;
 use super::header_mutation::HeaderMutation;
 use super::matcher::{Regex, RequestHead};
 use super::max_stream_duration::MaxStreamDuration;
-use super::retry_policy::RetryPolicy;
 use super::{Invalid, duration};
+use crate::retry::RetryPolicy;
 
 /// Envoy's default route timeout.
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);

@@ -205,6 +205,11 @@ pub async fn forward(
             }
         }
     }
+    let buffer_limit = selected
+        .route
+        .per_request_buffer_limit
+        .or(selected.virtual_host.per_request_buffer_limit)
+        .unwrap_or(crate::retry::replay::DEFAULT_LIMIT);
     let tries = attempts::Tries {
         cluster,
         ctx: LbContext {
@@ -219,10 +224,13 @@ pub async fn forward(
             .or(selected.virtual_host.retry_policy.as_ref()),
         route_timeout,
         include_attempt_count: selected.virtual_host.include_request_attempt_count,
+        include_attempt_count_in_response: selected.virtual_host.include_attempt_count_in_response,
         auto_host_rewrite: forward.auto_host_rewrite,
+        buffer_limit,
     };
     let started = tokio::time::Instant::now();
-    let mut response = match tries.send(parts, body::boxed(body), replayable).await {
+    let retriable = on_upgrade.is_none();
+    let mut response = match tries.send(parts, body::boxed(body), retriable).await {
         Ok(response) => response,
         Err(reply) => return reply,
     };
