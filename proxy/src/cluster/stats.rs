@@ -42,6 +42,9 @@ pub struct ClusterStats {
     pub upstream_rq_pending_total: Arc<Counter>,
     /// `upstream_rq_pending_active` (gauge): requests waiting for a connection now.
     pub upstream_rq_pending_active: Arc<Gauge>,
+    /// `upstream_rq_shadow_too_large` (Ferry's): mirrored requests not sent to this shadow
+    /// cluster because their body passed the buffer limit.
+    pub upstream_rq_shadow_too_large: Arc<Counter>,
     /// Retry counters (`upstream_rq_retry`, `_success`, `_overflow`, `_limit_exceeded`) and
     /// timeouts (`upstream_rq_per_try_timeout`, `upstream_rq_timeout`), see [`RetryStats`].
     pub retry: RetryStats,
@@ -84,6 +87,7 @@ impl ClusterStats {
             upstream_rq_pending_overflow: store.counter(name("upstream_rq_pending_overflow")),
             upstream_rq_pending_total: store.counter(name("upstream_rq_pending_total")),
             upstream_rq_pending_active: store.gauge(name("upstream_rq_pending_active")),
+            upstream_rq_shadow_too_large: store.counter(name("upstream_rq_shadow_too_large")),
             retry: RetryStats {
                 retry: store.counter(name("upstream_rq_retry")),
                 success: store.counter(name("upstream_rq_retry_success")),

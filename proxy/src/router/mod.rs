@@ -193,23 +193,24 @@ pub async fn forward(
     // Chosen from the downstream's headers, before route mutations, as Envoy's HCM does.
     let route_timeout = forward.response_timeout(&parts.headers);
     table.mutate_request(selected, weighted, &mut parts.headers);
-    let replayable = http_body::Body::is_end_stream(&body) && on_upgrade.is_none();
-    // Mirrors: fire-and-forget copies of bodiless requests (bodies are not teed yet).
-    if replayable {
-        for mirror in &forward.mirrors {
-            if let Some(shadow_cluster) = snapshot.clusters.get(&mirror.cluster)
-                && mirror.sample(&mut rand::rng())
-            {
-                let shadow = mirror.shadow_request(&parts, bytes::Bytes::new());
-                crate::mirror::spawn(shadow_cluster.clone(), shadow);
-            }
-        }
-    }
     let buffer_limit = selected
         .route
         .per_request_buffer_limit
         .or(selected.virtual_host.per_request_buffer_limit)
         .unwrap_or(crate::retry::replay::DEFAULT_LIMIT);
+    // Mirrors: fire-and-forget copies, the body teed as it streams to the primary.
+    let body = if on_upgrade.is_none() {
+        crate::mirror::start(
+            &snapshot.clusters,
+            &forward.mirrors,
+            &parts,
+            body::boxed(body),
+            buffer_limit,
+            route_timeout,
+        )
+    } else {
+        body::boxed(body)
+    };
     let tries = attempts::Tries {
         cluster,
         ctx: LbContext {
@@ -230,7 +231,7 @@ pub async fn forward(
     };
     let started = tokio::time::Instant::now();
     let retriable = on_upgrade.is_none();
-    let mut response = match tries.send(parts, body::boxed(body), retriable).await {
+    let mut response = match tries.send(parts, body, retriable).await {
         Ok(response) => response,
         Err(reply) => return reply,
     };
