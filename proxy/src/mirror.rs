@@ -66,7 +66,8 @@ impl TryFrom<&RequestMirrorPolicy> for MirrorPolicy {
             "request_headers_mutations",
         )?;
         refuse(!p.host_rewrite_literal.is_empty(), "host_rewrite_literal")?;
-        refuse(p.trace_sampled.is_some(), "trace_sampled")?;
+        // `trace_sampled` (Istio sets it to false) only decides whether the shadow's span is
+        // sampled; Ferry emits no spans, so either value means the same here.
         if p.cluster.is_empty() {
             return Err(InvalidMirror {
                 field: "cluster".to_owned(),
@@ -285,6 +286,15 @@ mod tests {
         };
         let m = MirrorPolicy::try_from(&p).expect("valid");
         assert!(m.sample(&mut rand::rng()), "absent fraction = 100%");
+        let p = RequestMirrorPolicy {
+            cluster: "c".into(),
+            trace_sampled: Some(false),
+            ..Default::default()
+        };
+        assert!(
+            MirrorPolicy::try_from(&p).is_ok(),
+            "Istio's trace_sampled: false is accepted"
+        );
         let p = RequestMirrorPolicy {
             cluster: "c".into(),
             cluster_header: "x-cluster".into(),
