@@ -288,7 +288,7 @@ mod tests {
         assert!(m.sample(&mut rand::rng()), "absent fraction = 100%");
         let p = RequestMirrorPolicy {
             cluster: "c".into(),
-            trace_sampled: Some(false),
+            trace_sampled: Some(xds_proto::google::protobuf::BoolValue { value: false }),
             ..Default::default()
         };
         assert!(
