@@ -180,3 +180,35 @@ async fn without_a_breaker_nothing_is_pending() {
     }
     assert_eq!(stats.upstream_rq_pending_total.get(), 0);
 }
+
+#[tokio::test]
+async fn upstream_connections_carry_the_configured_tcp_keepalive() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let settings = PoolSettings {
+        tcp_keepalive: Some(TcpKeepalive {
+            probes: Some(4),
+            time: Some(Duration::from_secs(70)),
+            interval: Some(Duration::from_secs(9)),
+        }),
+        ..PoolSettings::default()
+    };
+    let stats = PoolStats {
+        cluster: Arc::new(ClusterStats::new(&Store::default(), "ka")),
+        host: Arc::default(),
+    };
+    let (stream, _accepted) = tokio::join!(connect(addr, &settings, &stats), listener.accept());
+    let stream = stream.unwrap();
+    let socket = socket2::SockRef::from(&stream);
+    assert!(socket.keepalive().unwrap());
+    assert_eq!(
+        socket.tcp_keepalive_time().unwrap(),
+        Duration::from_secs(70)
+    );
+    assert_eq!(
+        socket.tcp_keepalive_interval().unwrap(),
+        Duration::from_secs(9)
+    );
+    assert_eq!(socket.tcp_keepalive_retries().unwrap(), 4);
+    assert!(stream.nodelay().unwrap());
+}
