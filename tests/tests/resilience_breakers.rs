@@ -9,6 +9,8 @@
 //! `request_mirror_policies` entry gets its own copy with the body and a `-shadow` Host, and a
 //! body over the buffer limit is not mirrored.
 
+#![allow(clippy::unwrap_used)] // test setup: a failed unwrap is a failed test
+
 use std::net::SocketAddr;
 
 use bytes::Bytes;

@@ -7,6 +7,8 @@
 //!
 //! Without Envoy installed the test is skipped outside CI and fails under `CI=true`.
 
+#![allow(clippy::unwrap_used)] // test setup: a failed unwrap is a failed test
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 

@@ -10,6 +10,8 @@
 //! (consecutive5xxErrors, interval, baseEjectionTime, maxEjectionPercent). Every test has its
 //! own `127.0.N.10` sidecar address, so they run in parallel.
 
+#![allow(clippy::unwrap_used)] // test setup: a failed unwrap is a failed test
+
 use std::net::SocketAddr;
 
 use bytes::Bytes;

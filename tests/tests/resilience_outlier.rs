@@ -7,6 +7,8 @@
 //! traffic for the ejection time" is checked at a virtual 25 s without waiting 25 s, and no
 //! assertion depends on the machine's speed.
 
+#![allow(clippy::unwrap_used)] // test setup: a failed unwrap is a failed test
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -286,6 +286,14 @@ async fn retry_on_conditions_status_codes_headers_and_grpc() {
         ("retry_on: unavailable", Behaviour::GrpcStatus(14), true),
         ("retry_on: unavailable", Behaviour::GrpcStatus(5), false),
         ("retry_on: connect-failure", Behaviour::Status(503), false),
+        (
+            "retry_on: envoy-ratelimited",
+            header("x-envoy-ratelimited", "true"),
+            true,
+        ),
+        ("retry_on: envoy-ratelimited", Behaviour::Status(429), false),
+        ("retry_on: reset-before-request", Behaviour::Reset, false),
+        ("retry_on: reset", Behaviour::Reset, true),
     ];
     let up = Chaos::start("a", Behaviour::Ok).await.unwrap();
     let routes: Vec<String> = rows
@@ -319,9 +327,9 @@ async fn per_try_timeout_is_retried_and_succeeds() {
     let up = Chaos::start("a", Behaviour::Ok).await.unwrap();
     up.script([Behaviour::Hang]);
     let (proxy, addr) = start(&bootstrap(
-        &[format!(
-            r#"{{ match: {{ prefix: "/" }}, route: {{ cluster: svc, timeout: 10s, retry_policy: {{ retry_on: reset, num_retries: 1, per_try_timeout: 1s }} }} }}"#
-        )],
+        &[(
+            r#"{ match: { prefix: "/" }, route: { cluster: svc, timeout: 10s, retry_policy: { retry_on: reset, num_retries: 1, per_try_timeout: 1s } } }"#
+        ).to_owned()],
         &[up.addr],
         "",
     ))
@@ -342,9 +350,9 @@ async fn per_try_timeout_is_retried_and_succeeds() {
 async fn the_route_timeout_bounds_all_attempts_with_ut() {
     let up = Chaos::start("a", Behaviour::Hang).await.unwrap();
     let (proxy, addr) = start(&bootstrap(
-        &[format!(
-            r#"{{ match: {{ prefix: "/" }}, route: {{ cluster: svc, timeout: 2.5s, retry_policy: {{ retry_on: 5xx, num_retries: 10, per_try_timeout: 1s }} }} }}"#
-        )],
+        &[(
+            r#"{ match: { prefix: "/" }, route: { cluster: svc, timeout: 2.5s, retry_policy: { retry_on: 5xx, num_retries: 10, per_try_timeout: 1s } } }"#
+        ).to_owned()],
         &[up.addr],
         "",
     ))
@@ -437,6 +445,44 @@ async fn request_bodies_are_replayed_up_to_the_buffer_limit() {
 }
 
 #[tokio::test]
+async fn the_listener_buffer_limit_applies_when_the_route_sets_none() {
+    let up = Chaos::start("a", Behaviour::Ok).await.unwrap();
+    let yaml = bootstrap(
+        &[route(
+            "/",
+            "retry_policy: { retry_on: 5xx, num_retries: 2 }",
+        )],
+        &[up.addr],
+        "",
+    )
+    .replacen(
+        "    filter_chains:",
+        "    per_connection_buffer_limit_bytes: 1024\n    filter_chains:",
+        1,
+    );
+    let (_proxy, addr) = start(&yaml).await;
+    up.fail_times(1, 503);
+    let small = Bytes::from(vec![b's'; 1000]);
+    let reply = send(addr, Method::PUT, "/", &[], small.clone()).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "under the listener's limit: retried"
+    );
+    assert_eq!(up.hits(), 2);
+    up.reset_counts();
+    up.fail_times(1, 503);
+    let large = Bytes::from(vec![b'l'; 2000]);
+    let reply = send(addr, Method::PUT, "/", &[], large).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "over it: sent once"
+    );
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test]
 async fn internal_callers_override_retries_and_timeouts_with_headers() {
     let up = Chaos::start("a", Behaviour::Status(503)).await.unwrap();
     let (proxy, addr) = start(&bootstrap(&[route("/", "")], &[up.addr], "")).await;
@@ -463,6 +509,22 @@ async fn internal_callers_override_retries_and_timeouts_with_headers() {
         );
         assert_eq!(seen.header("x-envoy-max-retries"), None);
     }
+
+    up.set(Behaviour::Ok);
+    up.script([Behaviour::Hang]);
+    let per_try = [
+        ("x-envoy-retry-on", "reset"),
+        ("x-envoy-upstream-rq-per-try-timeout-ms", "100"),
+        ("x-forwarded-for", "10.1.2.3"),
+    ];
+    let reply = send(addr, Method::GET, "/", &per_try, Bytes::new()).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "the hanging try was cut and retried"
+    );
+    assert_eq!(reply.header("x-envoy-attempt-count"), Some("2"));
+    assert_eq!(stat(&proxy, "upstream_rq_per_try_timeout"), 1);
 
     up.set(Behaviour::Hang);
     let timeout = [
@@ -513,4 +575,60 @@ async fn a_retry_storm_stays_within_the_default_budget() {
     let uo = stat(&proxy, "upstream_rq_retry_overflow");
     assert!(uo > 0, "retries beyond the budget are refused (UO)");
     assert_eq!(urx + uo, requests, "every request ended with URX or UO");
+}
+
+#[tokio::test]
+async fn grpc_over_h2_is_retried_with_its_body_unless_it_overflows_the_buffer() {
+    let up = Chaos::start("a", Behaviour::Ok).await.unwrap();
+    let h2 = "typed_extension_protocol_options: { envoy.extensions.upstreams.http.v3.HttpProtocolOptions: { '@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: { http2_protocol_options: {} } } }";
+    let (_proxy, addr) = start(&bootstrap(
+        &[
+            r#"{ match: { prefix: "/small.Buffer/" }, per_request_buffer_limit_bytes: 16, route: { cluster: svc, retry_policy: { retry_on: unavailable, num_retries: 1 } } }"#.to_owned(),
+            route("/", "retry_policy: { retry_on: unavailable, num_retries: 1 }"),
+        ],
+        &[up.addr],
+        h2,
+    ))
+    .await;
+    // One length-prefixed gRPC message of 100 bytes.
+    let mut message = vec![0u8, 0, 0, 0, 100];
+    message.extend(std::iter::repeat_n(b'm', 100));
+    let message = Bytes::from(message);
+    let grpc = |path: &str| {
+        let mut request = net::request(
+            Method::POST,
+            "svc",
+            path,
+            &[("content-type", "application/grpc"), ("te", "trailers")],
+        )
+        .expect("request");
+        *request.body_mut() = message.clone();
+        request
+    };
+    up.script([Behaviour::GrpcStatus(14)]);
+    let reply = net::send(addr, Protocol::Http2, grpc("/echo.Echo/Say"))
+        .await
+        .expect("response");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("grpc-status"), None, "the retry's answer");
+    assert_eq!(reply.header("x-envoy-attempt-count"), Some("2"));
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.iter().all(|s| s.body == message),
+        "the retry replayed the message"
+    );
+
+    up.reset_counts();
+    up.script([Behaviour::GrpcStatus(14)]);
+    let reply = net::send(addr, Protocol::Http2, grpc("/small.Buffer/Say"))
+        .await
+        .expect("response");
+    assert_eq!(
+        reply.header("grpc-status"),
+        Some("14"),
+        "over the limit: not retried"
+    );
+    assert_eq!(up.hits(), 1);
+    assert_eq!(up.seen()[0].body, message);
 }

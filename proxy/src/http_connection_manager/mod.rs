@@ -44,6 +44,9 @@ pub struct Downstream {
     pub listener: Arc<str>,
     /// The stats store (HCM counters are looked up once per connection).
     pub stats: Arc<Store>,
+    /// The listener's `per_connection_buffer_limit_bytes` (default 1 MiB): the request body
+    /// replay limit for routes that set none.
+    pub buffer_limit: u64,
 }
 
 /// Envoy's HTTP connection manager counters (`http.<stat_prefix>.downstream_rq_*`).

@@ -265,6 +265,9 @@ impl ListenerManager {
             original_dst,
             listener: Arc::from(listener.name.as_str()),
             stats: self.stats.clone(),
+            buffer_limit: listener
+                .per_connection_buffer_limit
+                .map_or(crate::retry::replay::DEFAULT_LIMIT, u64::from),
         };
         match chain.map(|c| &c.filter) {
             Some(NetworkFilter::Http(config)) => {

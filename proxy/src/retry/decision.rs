@@ -146,6 +146,9 @@ fn merge(a: RetryOn, b: RetryOn) -> RetryOn {
         grpc_resource_exhausted: a.grpc_resource_exhausted || b.grpc_resource_exhausted,
         grpc_internal: a.grpc_internal || b.grpc_internal,
         grpc_unavailable: a.grpc_unavailable || b.grpc_unavailable,
+        reset_before_request: a.reset_before_request || b.reset_before_request,
+        envoy_ratelimited: a.envoy_ratelimited || b.envoy_ratelimited,
+        http3_post_connect_failure: a.http3_post_connect_failure || b.http3_post_connect_failure,
     }
 }
 
@@ -286,8 +289,12 @@ impl<'a> RetryState<'a> {
                 let any_reset = on.five_xx || on.gateway_error || on.reset;
                 match kind {
                     FailureKind::Overflow => false,
-                    FailureKind::ConnectFailure => any_reset || on.connect_failure,
-                    FailureKind::RefusedStream => any_reset || on.refused_stream,
+                    FailureKind::ConnectFailure => {
+                        any_reset || on.connect_failure || on.reset_before_request
+                    }
+                    FailureKind::RefusedStream => {
+                        any_reset || on.refused_stream || on.reset_before_request
+                    }
                     FailureKind::Reset | FailureKind::PerTryTimeout => any_reset,
                 }
             }
@@ -404,6 +411,11 @@ mod tests {
             assert!(s.is_retriable(&Outcome::Failure(kind)), "{kind:?}");
         }
         assert!(!s.is_retriable(&Outcome::Failure(FailureKind::Overflow)));
+        let p = policy("reset-before-request", 1);
+        let s = RetryState::new(Some(&p), &HeaderOverrides::default());
+        assert!(s.is_retriable(&Outcome::Failure(FailureKind::ConnectFailure)));
+        assert!(s.is_retriable(&Outcome::Failure(FailureKind::RefusedStream)));
+        assert!(!s.is_retriable(&Outcome::Failure(FailureKind::Reset)));
         let p = policy("refused-stream", 1);
         let s = RetryState::new(Some(&p), &HeaderOverrides::default());
         assert!(s.is_retriable(&Outcome::Failure(FailureKind::RefusedStream)));

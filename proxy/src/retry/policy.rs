@@ -43,6 +43,13 @@ pub struct RetryOn {
     pub grpc_internal: bool,
     /// `unavailable`: grpc-status 14.
     pub grpc_unavailable: bool,
+    /// `reset-before-request`: a reset before the request went out. Ferry counts the failures
+    /// it knows happened before any byte was sent: connect failures and refused streams.
+    pub reset_before_request: bool,
+    /// `envoy-ratelimited`: the response carries `x-envoy-ratelimited`.
+    pub envoy_ratelimited: bool,
+    /// `http3-post-connect-failure`: accepted; Ferry has no HTTP/3 upstreams, so it never fires.
+    pub http3_post_connect_failure: bool,
 }
 
 impl RetryOn {
@@ -64,12 +71,9 @@ impl RetryOn {
                 "resource-exhausted" => &mut on.grpc_resource_exhausted,
                 "internal" => &mut on.grpc_internal,
                 "unavailable" => &mut on.grpc_unavailable,
-                "envoy-ratelimited" | "reset-before-request" | "http3-post-connect-failure" => {
-                    return Err(InvalidRetryPolicy::new(
-                        "retry_on",
-                        format!("condition {name:?} is not implemented"),
-                    ));
-                }
+                "reset-before-request" => &mut on.reset_before_request,
+                "envoy-ratelimited" => &mut on.envoy_ratelimited,
+                "http3-post-connect-failure" => &mut on.http3_post_connect_failure,
                 other => {
                     return Err(InvalidRetryPolicy::new(
                         "retry_on",
@@ -308,6 +312,9 @@ impl RetryPolicy {
             return true;
         }
         if on.retriable_4xx && code == 409 {
+            return true;
+        }
+        if on.envoy_ratelimited && headers.contains_key("x-envoy-ratelimited") {
             return true;
         }
         if on.retriable_status_codes && self.retriable_status_codes.contains(&code) {

@@ -6,8 +6,8 @@
 //! Envoy does when a body overflows its buffer limit.
 //!
 //! The limit is Envoy's: the route's (or virtual host's) `request_body_buffer_limit` /
-//! `per_request_buffer_limit_bytes`, else the listener's default 1 MiB
-//! (`per_connection_buffer_limit_bytes`).
+//! `per_request_buffer_limit_bytes`, else the listener's `per_connection_buffer_limit_bytes`
+//! (default 1 MiB).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};

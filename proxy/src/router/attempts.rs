@@ -24,8 +24,10 @@ pub(crate) struct Tries<'a> {
     pub(crate) ctx: LbContext<'a>,
     /// The route's (else the virtual host's) retry policy.
     pub(crate) retry: Option<&'a RetryPolicy>,
-    /// The route timeout before the `x-envoy-upstream-rq-timeout-ms` override.
+    /// The route timeout (after the `x-envoy-upstream-rq-timeout-ms` override), for all tries.
     pub(crate) route_timeout: Option<Duration>,
+    /// The caller's `x-envoy-*` overrides (already stripped from the request).
+    pub(crate) overrides: HeaderOverrides,
     /// `include_request_attempt_count`.
     pub(crate) include_attempt_count: bool,
     /// `include_attempt_count_in_response`.
@@ -61,15 +63,13 @@ impl Tries<'_> {
     /// (URX/UO/UT/UF/UC/UH) and are counted on the cluster.
     pub(crate) async fn send(
         self,
-        mut parts: http::request::Parts,
+        parts: http::request::Parts,
         body: Body,
         retriable: bool,
     ) -> Result<Response<Body>, Response<Body>> {
-        let overrides = HeaderOverrides::parse(&parts.headers);
-        HeaderOverrides::strip(&mut parts.headers);
-        let mut state = RetryState::new(self.retry, &overrides);
+        let mut state = RetryState::new(self.retry, &self.overrides);
         let timeouts = Timeouts {
-            route: overrides.route_timeout(self.route_timeout),
+            route: self.route_timeout,
         };
         let host_selection_attempts = state.host_selection_max_attempts();
         let breaker = self.cluster.circuit_breakers().for_priority(false);

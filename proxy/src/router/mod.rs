@@ -191,13 +191,17 @@ pub async fn forward(
         parts.headers.insert(header::HOST, host_header);
     }
     // Chosen from the downstream's headers, before route mutations, as Envoy's HCM does.
-    let route_timeout = forward.response_timeout(&parts.headers);
+    // `x-envoy-*` retry and timeout overrides (kept by the HCM only for internal callers) are
+    // consumed here and never forwarded; the header timeout wins over the route's and gRPC's.
+    let overrides = crate::retry::HeaderOverrides::parse(&parts.headers);
+    crate::retry::HeaderOverrides::strip(&mut parts.headers);
+    let route_timeout = overrides.route_timeout(forward.response_timeout(&parts.headers));
     table.mutate_request(selected, weighted, &mut parts.headers);
     let buffer_limit = selected
         .route
         .per_request_buffer_limit
         .or(selected.virtual_host.per_request_buffer_limit)
-        .unwrap_or(crate::retry::replay::DEFAULT_LIMIT);
+        .unwrap_or(downstream.buffer_limit);
     // Mirrors: fire-and-forget copies, the body teed as it streams to the primary.
     let body = if on_upgrade.is_none() {
         crate::mirror::start(
@@ -224,6 +228,7 @@ pub async fn forward(
             .as_ref()
             .or(selected.virtual_host.retry_policy.as_ref()),
         route_timeout,
+        overrides,
         include_attempt_count: selected.virtual_host.include_request_attempt_count,
         include_attempt_count_in_response: selected.virtual_host.include_attempt_count_in_response,
         auto_host_rewrite: forward.auto_host_rewrite,
