@@ -100,16 +100,20 @@ async fn retry_scenario(
     vs: &str,
     script: impl Fn(&[Chaos]),
 ) -> Option<(Retried, Retried)> {
+    retry_scenario_with(net, n, vs, "{loadBalancer: {simple: ROUND_ROBIN}}", script).await
+}
+
+/// [`retry_scenario`] with the DestinationRule's `trafficPolicy` `dr`.
+async fn retry_scenario_with(
+    net: u8,
+    n: usize,
+    vs: &str,
+    dr: &str,
+    script: impl Fn(&[Chaos]),
+) -> Option<(Retried, Retried)> {
     let mut outcomes = Vec::new();
     for (i, kind) in [Proxy::Envoy, Proxy::Ferry].into_iter().enumerate() {
-        let run = run(
-            kind,
-            net + i as u8,
-            n,
-            vs,
-            "{loadBalancer: {simple: ROUND_ROBIN}}",
-        )
-        .await?;
+        let run = run(kind, net + i as u8, n, vs, dr).await?;
         script(&run.upstreams);
         let reply = run.sidecar.get(AUTHORITY, "/").await;
         outcomes.push(Retried {
@@ -186,6 +190,26 @@ async fn a_non_retriable_status_is_returned_at_once_like_envoy() {
             status: 500,
             attempts: vec![vec!["1".into()]]
         }
+    );
+    assert_eq!(ferry, envoy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_pool_max_retries_zero_refuses_retries_like_envoy() {
+    let vs = "retries: {attempts: 3, perTryTimeout: 5s, retryOn: \"503\"}";
+    let dr = "{connectionPool: {http: {maxRetries: 0}}}";
+    let Some((envoy, ferry)) =
+        retry_scenario_with(141, 1, vs, dr, |u| u[0].set(Behaviour::Status(503))).await
+    else {
+        return;
+    };
+    assert_eq!(
+        envoy,
+        Retried {
+            status: 503,
+            attempts: vec![vec!["1".into()]]
+        },
+        "the circuit breaker admits no retry"
     );
     assert_eq!(ferry, envoy);
 }

@@ -133,6 +133,18 @@ async fn retries_go_to_other_endpoints_and_end_with_urx() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_pool_max_retries_refuses_retries_with_uo() {
+    let up = Chaos::start("down", Behaviour::Status(503)).await.unwrap();
+    let vs = "retries: {attempts: 3, perTryTimeout: 5s, retryOn: \"503\"}\n    route: [{destination: {host: ratings.mesh.test}}]";
+    let dr = "{connectionPool: {http: {maxRetries: 0}}}";
+    let (_control, sidecar) = mesh(129, &[up.addr], vs, dr, &[]).await;
+    let reply = sidecar.get(AUTHORITY, "/").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(up.hits(), 1, "no retry admitted");
+    assert_eq!(stat(&sidecar, "upstream_rq_retry_overflow").await, 1, "UO");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_timeout_and_per_try_timeout() {
     let up = Chaos::start("slow", Behaviour::Hang).await.unwrap();
     let vs = "timeout: 0.3s\n    route: [{destination: {host: ratings.mesh.test}}]";
