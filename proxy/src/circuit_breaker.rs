@@ -1,6 +1,9 @@
 //! Circuit breakers: per-cluster, per-priority limits on connections, pending requests, active
 //! requests and concurrent retries (`circuit_breakers.thresholds`), enforced with RAII guards so
-//! a count can never leak on an early return or a cancelled future.
+//! a count can never leak on an early return or a cancelled future. The limits come validated
+//! from [`crate::cluster::resilience`] (config only); this module holds the live counts. Where
+//! each is taken: `max_requests` in `Cluster::send`, `max_pending_requests` and
+//! `max_connections` in the host pools (`pool::limits`), retries by the router's retry driver.
 //!
 //! Envoy answers an overflow at once with 503, response flag UO and `x-envoy-overloaded: true`
 //! instead of queueing: a saturated upstream sheds load immediately and callers see why
@@ -220,17 +223,6 @@ impl Default for CircuitBreakerSet {
     }
 }
 
-fn envoy_defaults(high_priority: bool) -> Thresholds {
-    Thresholds {
-        high_priority,
-        max_connections: 1024,
-        max_pending_requests: 1024,
-        max_requests: 1024,
-        max_retries: 3,
-        retry_budget: None,
-    }
-}
-
 impl From<&CircuitBreakers> for CircuitBreakerSet {
     fn from(cb: &CircuitBreakers) -> Self {
         let find = |high: bool| {
@@ -238,7 +230,7 @@ impl From<&CircuitBreakers> for CircuitBreakerSet {
                 .iter()
                 .find(|t| t.high_priority == high)
                 .cloned()
-                .unwrap_or_else(|| envoy_defaults(high))
+                .unwrap_or_else(|| Thresholds::envoy_default(high))
         };
         Self {
             default: Arc::new(CircuitBreaker::new(&find(false))),
@@ -275,7 +267,7 @@ mod tests {
         Thresholds {
             max_requests,
             max_retries,
-            ..envoy_defaults(false)
+            ..Thresholds::envoy_default(false)
         }
     }
 

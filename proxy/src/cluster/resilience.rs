@@ -47,6 +47,21 @@ pub struct Thresholds {
     pub retry_budget: Option<(f64, u32)>,
 }
 
+impl Thresholds {
+    /// Envoy's defaults for one priority: 1024 connections, pending and active requests, 3
+    /// concurrent retries, no retry budget.
+    pub fn envoy_default(high_priority: bool) -> Self {
+        Self {
+            high_priority,
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+            retry_budget: None,
+        }
+    }
+}
+
 impl CircuitBreakers {
     /// Validates `circuit_breakers` of cluster `name`.
     pub(crate) fn parse(cb: &proto::CircuitBreakers, name: &str) -> Result<Self, InvalidCluster> {
@@ -81,13 +96,14 @@ impl CircuitBreakers {
                     Some((percent, or(b.min_retry_concurrency, 3)))
                 }
             };
+            let default = Thresholds::envoy_default(t.priority == 1);
             thresholds.push(Thresholds {
-                high_priority: t.priority == 1,
-                max_connections: or(t.max_connections, 1024),
-                max_pending_requests: or(t.max_pending_requests, 1024),
-                max_requests: or(t.max_requests, 1024),
-                max_retries: or(t.max_retries, 3),
+                max_connections: or(t.max_connections, default.max_connections),
+                max_pending_requests: or(t.max_pending_requests, default.max_pending_requests),
+                max_requests: or(t.max_requests, default.max_requests),
+                max_retries: or(t.max_retries, default.max_retries),
                 retry_budget,
+                ..default
             });
         }
         let per_host_max_connections = cb
