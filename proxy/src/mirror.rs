@@ -2,7 +2,7 @@
 //! fraction of requests to another cluster, with the authority suffixed `-shadow` so the
 //! shadow service can tell copies from real traffic.
 //!
-//! The shadow never slows or fails the original: the request body is teed ([`tee`]) as it
+//! The shadow never slows or fails the original: the request body is teed ([`Tee`]) as it
 //! streams to the primary, and once it has ended the shadows are sent on their own tasks, bounded
 //! by the route timeout; their responses and errors are only logged. A body larger than the
 //! buffer limit (the route's `per_request_buffer_limit_bytes`, else 1 MiB) is not mirrored and

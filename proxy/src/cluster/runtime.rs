@@ -212,7 +212,7 @@ impl Cluster {
 
     /// Sends one upstream request to `host` under the cluster's circuit breaker of the DEFAULT
     /// priority (`max_requests`, held until the response body ends; `max_pending_requests` and
-    /// `max_connections` in the pool; overflow is [`UpstreamError::Overflow`], 503 UO) and
+    /// `max_connections` in the pool; overflow is [`super::UpstreamError::Overflow`], 503 UO) and
     /// feeds outlier detection with the result.
     pub async fn send(
         &self,

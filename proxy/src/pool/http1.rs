@@ -81,7 +81,7 @@ impl Http1Pool {
 
     /// Sends a request, reusing an idle connection when one is ready; with a `breaker`, a
     /// request without one waits as pending under its `max_pending_requests` and
-    /// `max_connections` (see [`super::limits`]).
+    /// `max_connections` (see the module `pool::limits`).
     pub async fn send(
         &self,
         mut request: http::Request<Body>,

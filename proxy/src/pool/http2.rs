@@ -97,7 +97,7 @@ impl Http2Pool {
     }
 
     /// Sends a request as a new stream on a connection with room for it; with a `breaker`, a
-    /// request that finds none waits as pending (see [`super::limits`]).
+    /// request that finds none waits as pending (see the module `pool::limits`).
     pub async fn send(
         &self,
         mut request: http::Request<Body>,

@@ -129,7 +129,7 @@ impl Pool {
     }
 
     /// Sends one request on a pooled (or new) connection of the right protocol; with a
-    /// `breaker`, under its `max_connections` and `max_pending_requests` (see [`limits`]).
+    /// `breaker`, under its `max_connections` and `max_pending_requests` (see the module `limits`).
     pub async fn send(
         &self,
         request: http::Request<Body>,
