@@ -3,7 +3,8 @@
 //! so both get the same xDS), each in front of its own fresh chaos upstreams scripted the same
 //! way. Per scenario they must agree on what the client sees and what every upstream saw:
 //! final statuses, attempts per upstream (with `x-envoy-attempt-count`), and, for outlier
-//! ejection, which endpoint stops getting traffic after its failures.
+//! ejection, which endpoint stops getting traffic after its failures; for the connection pool's
+//! circuit breakers, which requests overflow with 503 and `x-envoy-overloaded`.
 //!
 //! Without Envoy installed the test is skipped outside CI and fails under `CI=true`.
 
@@ -13,7 +14,8 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use ferry_tests::istio_mesh::{ControlPlane, Proxy, Sidecar, client_pod, service_entry};
-use ferry_tests::upstream::{Behaviour, Chaos};
+use ferry_tests::poll::{PATIENCE, poll_until};
+use ferry_tests::upstream::{Behaviour, Chaos, Upstream};
 use http::StatusCode;
 
 const HOST: &str = "ratings.mesh.test";
@@ -282,6 +284,71 @@ async fn the_failing_endpoint_is_ejected_like_envoy() {
             errors_seen: true,
             excluded: BTreeSet::from(["u1".to_owned()]),
             statuses: BTreeSet::from([200]),
+        }
+    );
+    assert_eq!(ferry, envoy);
+}
+
+/// What a proxy did with requests beyond `maxConnections: 1` and `http1MaxPendingRequests: 1`.
+#[derive(Debug, PartialEq, Eq)]
+struct Overflowed {
+    /// Status and `x-envoy-overloaded` of the three requests sent while two were held.
+    overflow: Vec<(u16, Option<String>)>,
+    /// Statuses of the two held requests once the upstream answers.
+    held: Vec<u16>,
+    /// Requests that reached the upstream.
+    arrived: usize,
+}
+
+async fn overflow(kind: Proxy, net: u8) -> Option<Overflowed> {
+    let (up, gate) = Upstream::gated("slow").await.unwrap();
+    let ip = format!("127.0.{net}.10");
+    let dr = "{connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}}";
+    let control = ControlPlane::start(&manifests(&ip, &[up.addr], "{}", dr)).await;
+    let sidecar = std::sync::Arc::new(Sidecar::start(kind, &control, &ip).await?);
+    sidecar.wait_endpoint(CLUSTER, up.addr).await;
+    let spawn = || {
+        let s = sidecar.clone();
+        tokio::spawn(async move { s.get(AUTHORITY, "/").await.status.as_u16() })
+    };
+    let first = spawn();
+    poll_until("one request on the connection", PATIENCE, || async {
+        (gate.arrived() == 1).then_some(())
+    })
+    .await;
+    let second = spawn();
+    let pending = format!("cluster.{CLUSTER}.upstream_rq_pending_active");
+    poll_until("one request pending", PATIENCE, || async {
+        (sidecar.stat(&pending).await == Some(1)).then_some(())
+    })
+    .await;
+    let mut overflow = Vec::new();
+    for _ in 0..3 {
+        let reply = sidecar.get(AUTHORITY, "/").await;
+        let overloaded = reply.header("x-envoy-overloaded").map(str::to_owned);
+        overflow.push((reply.status.as_u16(), overloaded));
+    }
+    gate.open();
+    let held = vec![first.await.unwrap(), second.await.unwrap()];
+    Some(Overflowed {
+        overflow,
+        held,
+        arrived: gate.arrived(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_pool_overflow_like_envoy() {
+    let Some(envoy) = overflow(Proxy::Envoy, 143).await else {
+        return;
+    };
+    let ferry = overflow(Proxy::Ferry, 144).await.expect("ferry-proxy runs");
+    assert_eq!(
+        envoy,
+        Overflowed {
+            overflow: vec![(503, Some("true".into())); 3],
+            held: vec![200, 200],
+            arrived: 2,
         }
     );
     assert_eq!(ferry, envoy);
