@@ -353,3 +353,53 @@ async fn connection_pool_overflow_like_envoy() {
     );
     assert_eq!(ferry, envoy);
 }
+
+/// What a proxy answered to aborted requests: status, `grpc-status`, and upstream hits.
+#[derive(Debug, PartialEq, Eq)]
+struct Aborted {
+    http: u16,
+    grpc: (u16, Option<String>),
+    hits: usize,
+}
+
+async fn aborted(kind: Proxy, net: u8) -> Option<Aborted> {
+    let vs = "match: [{uri: {prefix: /grpc}}]\n    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}\n    route: [{destination: {host: ratings.mesh.test}}]\n  - fault: {abort: {httpStatus: 418, percentage: {value: 100}}}";
+    let run = run(kind, net, 1, vs, "{}").await?;
+    let http = run.sidecar.get(AUTHORITY, "/").await.status.as_u16();
+    let grpc = run
+        .sidecar
+        .send(
+            http::Method::POST,
+            AUTHORITY,
+            "/grpc",
+            &[("content-type", "application/grpc")],
+            bytes::Bytes::new(),
+        )
+        .await
+        .expect("answer");
+    Some(Aborted {
+        http,
+        grpc: (
+            grpc.status.as_u16(),
+            grpc.header("grpc-status").map(str::to_owned),
+        ),
+        hits: run.upstreams[0].hits(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_aborts_like_envoy() {
+    let Some(envoy) = aborted(Proxy::Envoy, 145).await else {
+        return;
+    };
+    let ferry = aborted(Proxy::Ferry, 146).await.expect("ferry-proxy runs");
+    assert_eq!(
+        envoy,
+        Aborted {
+            http: 418,
+            grpc: (200, Some("14".into())),
+            hits: 0,
+        }
+    );
+    assert_eq!(ferry, envoy);
+}

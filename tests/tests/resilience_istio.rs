@@ -172,7 +172,7 @@ async fn route_timeout_and_per_try_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_abort_and_delay() {
     let up = Chaos::start("ratings", Behaviour::Ok).await.unwrap();
-    let vs = "match: [{uri: {prefix: /abort}}]\n    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}\n    route: [{destination: {host: ratings.mesh.test}}]\n  - match: [{uri: {prefix: /delay}}]\n    fault: {delay: {fixedDelay: 0.2s, percentage: {value: 100}}}\n    route: [{destination: {host: ratings.mesh.test}}]\n  - route: [{destination: {host: ratings.mesh.test}}]";
+    let vs = "match: [{uri: {prefix: /abort}}]\n    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}\n    route: [{destination: {host: ratings.mesh.test}}]\n  - match: [{uri: {prefix: /grpc-abort}}]\n    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}\n    route: [{destination: {host: ratings.mesh.test}}]\n  - match: [{uri: {prefix: /delay}}]\n    fault: {delay: {fixedDelay: 0.2s, percentage: {value: 100}}}\n    route: [{destination: {host: ratings.mesh.test}}]\n  - route: [{destination: {host: ratings.mesh.test}}]";
     let (_control, sidecar) = mesh(125, &[up.addr], vs, "{}", &[]).await;
     let reply = sidecar.get(AUTHORITY, "/abort").await;
     assert_eq!(reply.status.as_u16(), 418);
