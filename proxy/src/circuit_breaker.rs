@@ -209,7 +209,7 @@ pub fn hold_until_body_ends(response: Response<Body>, guard: Guard) -> Response<
     })
 }
 
-/// A cluster's breakers for the DEFAULT and HIGH routing priorities.
+/// A cluster's breakers for the DEFAULT and HIGH routing priorities (a route's `priority`).
 #[derive(Debug, Clone)]
 pub struct CircuitBreakerSet {
     default: Arc<CircuitBreaker>,

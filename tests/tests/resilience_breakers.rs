@@ -50,6 +50,16 @@ fn cluster(name: &str, endpoints: &[SocketAddr], extra: &str) -> String {
 /// One listener `http` routing everything to cluster `svc` with `route_extra` route-action
 /// fields, plus `clusters`.
 fn bootstrap(route_extra: &str, clusters: &[String]) -> String {
+    bootstrap_with_routes(
+        &format!(
+            r#"{{ match: {{ prefix: "/" }}, route: {{ cluster: svc, timeout: 0s, {route_extra} }} }}"#
+        ),
+        clusters,
+    )
+}
+
+/// One listener `http` with `routes` (a YAML flow list's items), plus `clusters`.
+fn bootstrap_with_routes(routes: &str, clusters: &[String]) -> String {
     format!(
         r#"
 static_resources:
@@ -68,7 +78,7 @@ static_resources:
             virtual_hosts:
             - name: svc
               domains: ["*"]
-              routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: svc, timeout: 0s, {route_extra} }} }}]
+              routes: [{routes}]
   clusters:{clusters}
 "#,
         clusters = clusters.concat()
@@ -83,7 +93,11 @@ async fn start(yaml: &str) -> (Running, SocketAddr) {
 }
 
 async fn send(proxy: SocketAddr, method: Method, body: Bytes) -> Reply {
-    let mut request = net::request(method, "svc", "/", &[]).expect("request");
+    send_to(proxy, method, "/", body).await
+}
+
+async fn send_to(proxy: SocketAddr, method: Method, path: &str, body: Bytes) -> Reply {
+    let mut request = net::request(method, "svc", path, &[]).expect("request");
     *request.body_mut() = body;
     net::send(proxy, Protocol::Http1, request)
         .await
@@ -91,7 +105,11 @@ async fn send(proxy: SocketAddr, method: Method, body: Bytes) -> Reply {
 }
 
 fn spawn_get(proxy: SocketAddr) -> tokio::task::JoinHandle<Reply> {
-    tokio::spawn(async move { send(proxy, Method::GET, Bytes::new()).await })
+    spawn_get_path(proxy, "/")
+}
+
+fn spawn_get_path(proxy: SocketAddr, path: &'static str) -> tokio::task::JoinHandle<Reply> {
+    tokio::spawn(async move { send_to(proxy, Method::GET, path, Bytes::new()).await })
 }
 
 fn counter(proxy: &Running, cluster: &str, name: &str) -> u64 {
@@ -179,6 +197,33 @@ async fn requests_beyond_max_connections_wait_and_beyond_max_pending_requests_ov
         2,
         "never more than max_connections"
     );
+}
+
+#[tokio::test]
+async fn high_priority_routes_have_their_own_thresholds() {
+    let (up, gate) = Upstream::gated("slow").await.unwrap();
+    let thresholds = "circuit_breakers: { thresholds: [{ priority: DEFAULT, max_requests: 1 }, { priority: HIGH, max_requests: 2 }] }";
+    let routes = r#"{ match: { prefix: "/high" }, route: { cluster: svc, timeout: 0s, priority: HIGH } }, { match: { prefix: "/" }, route: { cluster: svc, timeout: 0s } }"#;
+    let yaml = bootstrap_with_routes(routes, &[cluster("svc", &[up.addr], thresholds)]);
+    let (_proxy, addr) = start(&yaml).await;
+    let mut held = vec![spawn_get(addr)];
+    poll_until("the default request in flight", PATIENCE, || async {
+        (gate.arrived() == 1).then_some(())
+    })
+    .await;
+    assert_overflow(&send(addr, Method::GET, Bytes::new()).await);
+    for n in [2, 3] {
+        held.push(spawn_get_path(addr, "/high"));
+        poll_until("high-priority requests in flight", PATIENCE, || async {
+            (gate.arrived() == n).then_some(())
+        })
+        .await;
+    }
+    assert_overflow(&send_to(addr, Method::GET, "/high", Bytes::new()).await);
+    gate.open();
+    for h in held {
+        assert_eq!(h.await.unwrap().status, StatusCode::OK);
+    }
 }
 
 const MIRRORS: &str = "request_mirror_policies: [{ cluster: hang }, { cluster: broken, runtime_fraction: { default_value: { numerator: 100 } } }]";

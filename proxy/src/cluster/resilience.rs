@@ -2,13 +2,12 @@
 //! defaults filled in.
 //!
 //! Enforced by [`Cluster`](super::Cluster) through [`crate::circuit_breaker`]: `max_requests`
-//! of the DEFAULT priority in `Cluster::send`, `max_pending_requests` and `max_connections` in
+//! in `Cluster::send`, `max_pending_requests` and `max_connections` in
 //! the host pools ([`crate::pool`]), all overflowing with 503 UO and `x-envoy-overloaded`;
 //! `max_retries` / `retry_budget` when the router admits a retry; and outlier detection (see
 //! [`crate::outlier`]; ejected hosts are avoided by host selection unless the panic threshold
-//! is crossed). The HIGH priority's thresholds are built but unused: routes with
-//! `priority: HIGH` are refused by route validation. Accepted but not enforced:
-//! `per_host_thresholds`.
+//! is crossed). Routes with `priority: HIGH` use the HIGH thresholds. Accepted but not
+//! enforced: `per_host_thresholds`.
 //!
 //! This module holds only the validated configuration; the live counters and guards are
 //! [`crate::circuit_breaker`]'s, so there is one implementation of each limit.

@@ -233,6 +233,7 @@ pub async fn forward(
         include_attempt_count_in_response: selected.virtual_host.include_attempt_count_in_response,
         auto_host_rewrite: forward.auto_host_rewrite,
         buffer_limit,
+        high_priority: forward.high_priority,
     };
     let started = tokio::time::Instant::now();
     let retriable = on_upgrade.is_none();
