@@ -403,3 +403,37 @@ async fn fault_aborts_like_envoy() {
     );
     assert_eq!(ferry, envoy);
 }
+
+/// Upstream connections a proxy opened for five sequential requests with
+/// `maxRequestsPerConnection: 1`.
+/// `None` when the proxy is not available (Envoy outside CI).
+async fn connections_for_five(kind: Proxy, net: u8) -> Option<Option<i64>> {
+    let run = run(
+        kind,
+        net,
+        1,
+        "{}",
+        "{connectionPool: {http: {maxRequestsPerConnection: 1}}}",
+    )
+    .await?;
+    for _ in 0..5 {
+        assert_eq!(run.sidecar.get(AUTHORITY, "/").await.status, StatusCode::OK);
+    }
+    Some(
+        run.sidecar
+            .stat(&format!("cluster.{CLUSTER}.upstream_cx_total"))
+            .await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_per_connection_like_envoy() {
+    let Some(envoy) = connections_for_five(Proxy::Envoy, 147).await else {
+        return;
+    };
+    let ferry = connections_for_five(Proxy::Ferry, 148)
+        .await
+        .expect("ferry-proxy runs");
+    assert_eq!(envoy, Some(5));
+    assert_eq!(ferry, envoy);
+}

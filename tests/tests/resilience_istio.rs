@@ -6,7 +6,8 @@
 //!
 //! VirtualService: `retries` (attempts, perTryTimeout, retryOn with a status code), `timeout`,
 //! `fault` (abort, delay), `mirror` + `mirrorPercentage`. DestinationRule: `connectionPool`
-//! (tcp.maxConnections, http.http1MaxPendingRequests, http2MaxRequests) and `outlierDetection`
+//! (tcp.maxConnections, http.http1MaxPendingRequests, http2MaxRequests, maxRetries,
+//! maxRequestsPerConnection) and `outlierDetection`
 //! (consecutive5xxErrors, interval, baseEjectionTime, maxEjectionPercent). Every test has its
 //! own `127.0.N.10` sidecar address, so they run in parallel.
 
@@ -266,6 +267,18 @@ async fn connection_pool_overflow_is_an_immediate_503_uo() {
     assert_eq!(first.await.unwrap().status, StatusCode::OK);
     assert_eq!(second.await.unwrap().status, StatusCode::OK);
     assert_eq!(gate.arrived(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_per_connection_opens_a_connection_per_request() {
+    let up = Chaos::start("ratings", Behaviour::Ok).await.unwrap();
+    let dr = "{connectionPool: {http: {maxRequestsPerConnection: 1}}}";
+    let vs = "route: [{destination: {host: ratings.mesh.test}}]";
+    let (_control, sidecar) = mesh(130, &[up.addr], vs, dr, &[]).await;
+    for _ in 0..5 {
+        assert_eq!(sidecar.get(AUTHORITY, "/").await.status, StatusCode::OK);
+    }
+    assert_eq!(stat(&sidecar, "upstream_cx_total").await, 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
