@@ -35,6 +35,8 @@ pub(crate) struct Tries<'a> {
     pub(crate) auto_host_rewrite: bool,
     /// How much of the request body is kept for replay.
     pub(crate) buffer_limit: u64,
+    /// The route's `priority` is HIGH: the cluster's HIGH circuit breakers apply.
+    pub(crate) high_priority: bool,
 }
 
 /// `auto_host_rewrite`: Host and the URI's authority become the endpoint's hostname.
@@ -72,7 +74,10 @@ impl Tries<'_> {
             route: self.route_timeout,
         };
         let host_selection_attempts = state.host_selection_max_attempts();
-        let breaker = self.cluster.circuit_breakers().for_priority(false);
+        let breaker = self
+            .cluster
+            .circuit_breakers()
+            .for_priority(self.high_priority);
         breaker.record_request();
         // Nothing is kept when no retry can happen (no policy, or `x-envoy-max-retries: 0`).
         let limit = if retriable && state.may_retry() {
@@ -125,7 +130,10 @@ impl Tries<'_> {
             }
             let cluster = Arc::clone(cluster);
             let address = host.address();
-            Some((address, async move { cluster.send(&host, request).await }))
+            let high = self.high_priority;
+            Some((address, async move {
+                cluster.send_with_priority(&host, request, high).await
+            }))
         };
         let upstream = Upstream {
             breaker: Some(breaker),

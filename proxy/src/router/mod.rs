@@ -201,23 +201,24 @@ pub async fn forward(
     crate::retry::HeaderOverrides::strip(&mut parts.headers);
     let route_timeout = overrides.route_timeout(forward.response_timeout(&parts.headers));
     table.mutate_request(selected, weighted, &mut parts.headers);
-    let replayable = http_body::Body::is_end_stream(&body) && on_upgrade.is_none();
-    // Mirrors: fire-and-forget copies of bodiless requests (bodies are not teed yet).
-    if replayable {
-        for mirror in &forward.mirrors {
-            if let Some(shadow_cluster) = snapshot.clusters.get(&mirror.cluster)
-                && mirror.sample(&mut rand::rng())
-            {
-                let shadow = mirror.shadow_request(&parts, bytes::Bytes::new());
-                crate::mirror::spawn(shadow_cluster.clone(), shadow);
-            }
-        }
-    }
     let buffer_limit = selected
         .route
         .per_request_buffer_limit
         .or(selected.virtual_host.per_request_buffer_limit)
         .unwrap_or(downstream.buffer_limit);
+    // Mirrors: fire-and-forget copies, the body teed as it streams to the primary.
+    let body = if on_upgrade.is_none() {
+        crate::mirror::start(
+            &snapshot.clusters,
+            &forward.mirrors,
+            &parts,
+            body::boxed(body),
+            buffer_limit,
+            route_timeout,
+        )
+    } else {
+        body::boxed(body)
+    };
     let tries = attempts::Tries {
         cluster,
         ctx: LbContext {
@@ -236,6 +237,7 @@ pub async fn forward(
         include_attempt_count_in_response: selected.virtual_host.include_attempt_count_in_response,
         auto_host_rewrite: forward.auto_host_rewrite,
         buffer_limit,
+        high_priority: forward.high_priority,
     };
     let started = tokio::time::Instant::now();
     let retriable = on_upgrade.is_none();
@@ -246,10 +248,10 @@ pub async fn forward(
     // The route timeout starts when the request is complete: now, or when its body ends.
     let (request_body, timer_start) =
         if route_timeout.is_some() && !http_body::Body::is_end_stream(&body) {
-            let (body, end) = timeout::notify_end(body::boxed(body));
+            let (body, end) = timeout::notify_end(body);
             (body, timeout::TimerStart::RequestEnd(end))
         } else {
-            (body::boxed(body), timeout::TimerStart::At(started))
+            (body, timeout::TimerStart::At(started))
         };
     let mut response = match tries.send(parts, request_body, retriable).await {
         Ok(response) => response,
