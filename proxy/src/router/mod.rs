@@ -255,14 +255,9 @@ pub async fn forward(
         };
     let mut response = match tries.send(parts, request_body, retriable).await {
         Ok(response) => response,
-        Err(reply) => {
-            if reply.extensions().get::<ResponseFlag>()
-                == Some(&ResponseFlag::UpstreamRequestTimeout)
-            {
-                timeout_stats().count();
-            }
-            return reply;
-        }
+        // A route timeout before the headers is counted (`upstream_rq_timeout`) by the retry
+        // driver; one after them by the deadline body below.
+        Err(reply) => return reply,
     };
     tracing::debug!(status = response.status().as_u16(), "upstream response");
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
