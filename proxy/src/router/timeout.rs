@@ -7,7 +7,8 @@
 //!
 //! As in Envoy, the timer starts once the downstream request is complete: a streaming request
 //! body (gRPC client or bidi streaming) is watched for its end ([`notify_end`]). The wait for
-//! the response headers (in [`super::attempts`]) still counts from routing.
+//! the response headers (the retry driver, see [`crate::retry::driver`]) starts at the same
+//! moment.
 
 use std::pin::Pin;
 use std::sync::Arc;
