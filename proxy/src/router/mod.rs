@@ -255,14 +255,8 @@ pub async fn forward(
         };
     let mut response = match tries.send(parts, request_body, retriable).await {
         Ok(response) => response,
-        Err(reply) => {
-            if reply.extensions().get::<ResponseFlag>()
-                == Some(&ResponseFlag::UpstreamRequestTimeout)
-            {
-                timeout_stats().count();
-            }
-            return reply;
-        }
+        // `Tries` counts `upstream_rq_timeout` for a timeout before the response headers.
+        Err(reply) => return reply,
     };
     tracing::debug!(status = response.status().as_u16(), "upstream response");
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
