@@ -4,7 +4,8 @@
 //! way. Per scenario they must agree on what the client sees and what every upstream saw:
 //! final statuses, attempts per upstream (with `x-envoy-attempt-count`), and, for outlier
 //! ejection, which endpoint stops getting traffic after its failures; for the connection pool's
-//! circuit breakers, which requests overflow with 503 and `x-envoy-overloaded`.
+//! circuit breakers, which requests overflow with 503 and `x-envoy-overloaded`; for fault
+//! aborts and mirroring, what the client and the shadow see.
 //!
 //! Without Envoy installed the test is skipped outside CI and fails under `CI=true`.
 
@@ -435,5 +436,75 @@ async fn max_requests_per_connection_like_envoy() {
         .await
         .expect("ferry-proxy runs");
     assert_eq!(envoy, Some(5));
+    assert_eq!(ferry, envoy);
+}
+
+/// What the shadow of a mirrored POST saw: method, Host, body; and the original's status.
+#[derive(Debug, PartialEq, Eq)]
+struct Mirrored {
+    status: u16,
+    shadow: Vec<(String, Option<String>, bytes::Bytes)>,
+}
+
+async fn mirrored(kind: Proxy, net: u8) -> Option<Mirrored> {
+    let primary = Chaos::start("primary", Behaviour::Ok).await.unwrap();
+    let shadow = Chaos::start("shadow", Behaviour::Hang).await.unwrap();
+    let ip = format!("127.0.{net}.10");
+    let vs = "mirror: {host: shadow.mesh.test}\n    mirrorPercentage: {value: 100}";
+    let mut manifests = manifests(&ip, &[primary.addr], vs, "{}");
+    manifests.push((
+        "shadow-se.yaml",
+        service_entry("shadow", "shadow.mesh.test", &[shadow.addr]),
+    ));
+    let control = ControlPlane::start(&manifests).await;
+    let sidecar = Sidecar::start(kind, &control, &ip).await?;
+    sidecar.wait_endpoint(CLUSTER, primary.addr).await;
+    sidecar
+        .wait_endpoint("outbound|9080||shadow.mesh.test", shadow.addr)
+        .await;
+    let reply = sidecar
+        .send(
+            http::Method::POST,
+            AUTHORITY,
+            "/rate",
+            &[],
+            bytes::Bytes::from_static(b"stars=5"),
+        )
+        .await
+        .expect("answer");
+    poll_until("the shadow copy", PATIENCE, || async {
+        (shadow.hits() == 1).then_some(())
+    })
+    .await;
+    Some(Mirrored {
+        status: reply.status.as_u16(),
+        shadow: shadow
+            .seen()
+            .into_iter()
+            .map(|s| {
+                let host = s.header("host").map(str::to_owned);
+                (s.method.to_string(), host, s.body)
+            })
+            .collect(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirroring_to_a_hanging_shadow_like_envoy() {
+    let Some(envoy) = mirrored(Proxy::Envoy, 149).await else {
+        return;
+    };
+    let ferry = mirrored(Proxy::Ferry, 150).await.expect("ferry-proxy runs");
+    assert_eq!(
+        envoy,
+        Mirrored {
+            status: 200,
+            shadow: vec![(
+                "POST".into(),
+                Some("ratings.mesh.test-shadow:9080".into()),
+                bytes::Bytes::from_static(b"stars=5")
+            )],
+        }
+    );
     assert_eq!(ferry, envoy);
 }
