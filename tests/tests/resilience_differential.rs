@@ -508,3 +508,55 @@ async fn mirroring_to_a_hanging_shadow_like_envoy() {
     );
     assert_eq!(ferry, envoy);
 }
+
+/// A listener that never accepts, with its accept queue full: the kernel drops further SYNs, so
+/// a connect to it hangs until the proxy's connect timeout.
+async fn unresponsive() -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let connect = tokio::net::TcpStream::connect(addr);
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(std::time::Duration::from_millis(200), connect).await
+        {
+            held.push(s);
+        }
+    }
+    (listener, held)
+}
+
+/// The status and `upstream_cx_connect_timeout` after one request to an endpoint that never
+/// completes the TCP handshake, with `connectTimeout: 0.2s`.
+async fn connect_timeout(kind: Proxy, net: u8) -> Option<(u16, Option<i64>)> {
+    let (listener, _held) = unresponsive().await;
+    let addr = listener.local_addr().unwrap();
+    let ip = format!("127.0.{net}.10");
+    let dr = "{connectionPool: {tcp: {connectTimeout: 0.2s}}}";
+    let control = ControlPlane::start(&manifests(&ip, &[addr], "{}", dr)).await;
+    let sidecar = Sidecar::start(kind, &control, &ip).await?;
+    sidecar.wait_endpoint(CLUSTER, addr).await;
+    let status = sidecar.get(AUTHORITY, "/").await.status.as_u16();
+    let timeouts = sidecar
+        .stat(&format!("cluster.{CLUSTER}.upstream_cx_connect_timeout"))
+        .await;
+    Some((status, timeouts))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_like_envoy() {
+    let Some(envoy) = connect_timeout(Proxy::Envoy, 151).await else {
+        return;
+    };
+    let ferry = connect_timeout(Proxy::Ferry, 152)
+        .await
+        .expect("ferry-proxy runs");
+    assert_eq!(
+        envoy,
+        (503, Some(1)),
+        "503 UF, counted as a connect timeout"
+    );
+    assert_eq!(ferry, envoy);
+}
