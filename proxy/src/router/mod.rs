@@ -253,10 +253,9 @@ pub async fn forward(
         } else {
             (body, timeout::TimerStart::At(started))
         };
-    // A timeout before the headers (504 UT) is counted in `upstream_rq_timeout` by the retry
-    // driver; only the part after the headers is counted here, by the deadline body.
     let mut response = match tries.send(parts, request_body, retriable).await {
         Ok(response) => response,
+        // `Tries` counts `upstream_rq_timeout` for a timeout before the response headers.
         Err(reply) => return reply,
     };
     tracing::debug!(status = response.status().as_u16(), "upstream response");
