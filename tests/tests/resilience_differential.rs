@@ -217,6 +217,26 @@ async fn connection_pool_max_retries_zero_refuses_retries_like_envoy() {
     assert_eq!(ferry, envoy);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_retry_budget_refuses_retries_like_envoy() {
+    let vs = "retries: {attempts: 3, perTryTimeout: 5s, retryOn: \"503\"}";
+    let dr = "{retryBudget: {percent: 0, minRetryConcurrency: 0}}";
+    let Some((envoy, ferry)) =
+        retry_scenario_with(153, 1, vs, dr, |u| u[0].set(Behaviour::Status(503))).await
+    else {
+        return;
+    };
+    assert_eq!(
+        envoy,
+        Retried {
+            status: 503,
+            attempts: vec![vec!["1".into()]]
+        },
+        "a budget of 0% with no minimum admits no retry"
+    );
+    assert_eq!(ferry, envoy);
+}
+
 /// What a proxy did in the ejection scenario.
 #[derive(Debug, PartialEq, Eq)]
 struct Ejected {
