@@ -4,10 +4,15 @@
 //! A resource's version is a hash of its encoded bytes. Encoding is not canonical for map fields
 //! (`Struct`, metadata), so a rebuilt snapshot keeps the previous version of every resource that
 //! compares equal as a typed message: an unchanged resource is never re-pushed.
+//!
+//! Entries are interned by kind, name and content: the sidecars of a namespace get the same
+//! outbound clusters, endpoints and routes, and the server keeps each such resource once, shared by
+//! every snapshot that holds it, instead of once per connected proxy (benches/ measures the
+//! memory per connected proxy).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 
 use prost::{Message, Name};
 use xds_proto::envoy::config::cluster::v3::Cluster;
@@ -161,15 +166,8 @@ impl Snapshot {
             .and_then(|p| p.resources(ty).get(&name))
             .filter(|old| old.typed == typed)
             .cloned();
-        let entry = unchanged.unwrap_or_else(|| {
-            let resource = xds_proto::any::pack(message);
-            Arc::new(Entry {
-                version: hash_bytes(&resource.value),
-                name: name.clone(),
-                resource,
-                typed,
-            })
-        });
+        let entry =
+            unchanged.unwrap_or_else(|| intern(ty, &name, xds_proto::any::pack(message), typed));
         if self.types[ty.index()].insert(name, entry).is_some() {
             tracing::warn!(
                 kind = ty.label(),
@@ -191,6 +189,44 @@ impl Snapshot {
     }
 }
 
+/// Interned entries by (kind, name, content hash); dead ones are pruned as the table doubles.
+struct Interner {
+    entries: HashMap<(ResourceType, String, u64), Weak<Entry>>,
+    prune_at: usize,
+}
+
+static INTERNER: LazyLock<Mutex<Interner>> = LazyLock::new(|| {
+    Mutex::new(Interner {
+        entries: HashMap::new(),
+        prune_at: 1024,
+    })
+});
+
+/// The shared entry for this packed resource: an existing identical one if any snapshot still
+/// holds it, else a new one.
+fn intern(ty: ResourceType, name: &str, resource: Any, typed: Typed) -> Arc<Entry> {
+    let hash = hash_u64(&resource.value);
+    let key = (ty, name.to_owned(), hash);
+    let mut interner = INTERNER.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(existing) = interner.entries.get(&key).and_then(Weak::upgrade)
+        && existing.resource == resource
+    {
+        return existing;
+    }
+    let entry = Arc::new(Entry {
+        version: format!("{hash:016x}"),
+        name: name.to_owned(),
+        resource,
+        typed,
+    });
+    interner.entries.insert(key, Arc::downgrade(&entry));
+    if interner.entries.len() >= interner.prune_at {
+        interner.entries.retain(|_, e| e.strong_count() > 0);
+        interner.prune_at = (interner.entries.len() * 2).max(1024);
+    }
+    entry
+}
+
 /// The version of a state-of-the-world response: a hash of its resources' names and versions.
 pub fn set_version<'a>(entries: impl IntoIterator<Item = &'a Arc<Entry>>) -> String {
     let mut hasher = DefaultHasher::new();
@@ -201,10 +237,10 @@ pub fn set_version<'a>(entries: impl IntoIterator<Item = &'a Arc<Entry>>) -> Str
     format!("{:016x}", hasher.finish())
 }
 
-fn hash_bytes(bytes: &[u8]) -> String {
+fn hash_u64(bytes: &[u8]) -> u64 {
     let mut hasher = DefaultHasher::new();
     bytes.hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
+    hasher.finish()
 }
 
 #[cfg(test)]
@@ -247,6 +283,30 @@ mod tests {
         assert_ne!(set_version(c1.values()), set_version(c2.values()));
         assert_eq!(c2["a"].resource.type_url, type_url::CLUSTER);
         assert!(second.resources(ResourceType::Listener).is_empty());
+    }
+
+    #[test]
+    fn identical_resources_of_different_proxies_are_stored_once() {
+        let build = |timeout_s| {
+            Snapshot::build(
+                Resources {
+                    clusters: vec![cluster("shared-by-proxies", 1), cluster("own", timeout_s)],
+                    ..Default::default()
+                },
+                None,
+            )
+        };
+        let (a, b) = (build(7), build(8));
+        let (a, b) = (
+            a.resources(ResourceType::Cluster),
+            b.resources(ResourceType::Cluster),
+        );
+        assert!(Arc::ptr_eq(
+            &a["shared-by-proxies"],
+            &b["shared-by-proxies"]
+        ));
+        assert!(!Arc::ptr_eq(&a["own"], &b["own"]));
+        assert_ne!(a["own"].version, b["own"].version);
     }
 
     #[test]
