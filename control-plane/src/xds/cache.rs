@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 
-use prost::{Message, Name};
 use xds_proto::envoy::config::cluster::v3::Cluster;
 use xds_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use xds_proto::envoy::config::listener::v3::Listener;
@@ -118,44 +117,27 @@ impl Snapshot {
             clusters,
             endpoints,
         } = resources;
+        // Each resource moves into its entry: packing reads it from there, so nothing is cloned.
         for c in clusters {
-            snapshot.insert(
-                previous,
-                c.name.clone(),
-                &c,
-                Typed::Cluster(Box::new(c.clone())),
-            );
+            snapshot.insert(previous, c.name.clone(), Typed::Cluster(Box::new(c)));
         }
         for e in endpoints {
-            let name = e.cluster_name.clone();
-            snapshot.insert(previous, name, &e, Typed::Endpoint(Box::new(e.clone())));
+            snapshot.insert(
+                previous,
+                e.cluster_name.clone(),
+                Typed::Endpoint(Box::new(e)),
+            );
         }
         for l in listeners {
-            snapshot.insert(
-                previous,
-                l.name.clone(),
-                &l,
-                Typed::Listener(Box::new(l.clone())),
-            );
+            snapshot.insert(previous, l.name.clone(), Typed::Listener(Box::new(l)));
         }
         for r in routes {
-            snapshot.insert(
-                previous,
-                r.name.clone(),
-                &r,
-                Typed::Route(Box::new(r.clone())),
-            );
+            snapshot.insert(previous, r.name.clone(), Typed::Route(Box::new(r)));
         }
         snapshot
     }
 
-    fn insert<M: Message + Name>(
-        &mut self,
-        previous: Option<&Snapshot>,
-        name: String,
-        message: &M,
-        typed: Typed,
-    ) {
+    fn insert(&mut self, previous: Option<&Snapshot>, name: String, typed: Typed) {
         let ty = match typed {
             Typed::Cluster(_) => ResourceType::Cluster,
             Typed::Endpoint(_) => ResourceType::Endpoint,
@@ -166,8 +148,7 @@ impl Snapshot {
             .and_then(|p| p.resources(ty).get(&name))
             .filter(|old| old.typed == typed)
             .cloned();
-        let entry =
-            unchanged.unwrap_or_else(|| intern(ty, &name, xds_proto::any::pack(message), typed));
+        let entry = unchanged.unwrap_or_else(|| intern(ty, &name, typed));
         if self.types[ty.index()].insert(name, entry).is_some() {
             tracing::warn!(
                 kind = ty.label(),
@@ -189,9 +170,11 @@ impl Snapshot {
     }
 }
 
-/// Interned entries by (kind, name, content hash); dead ones are pruned as the table doubles.
+/// Interned entries by kind and name, compared as typed messages (encoding is not canonical
+/// for map fields, so equal resources of two proxies may pack to different bytes); dead ones are
+/// pruned as the table doubles.
 struct Interner {
-    entries: HashMap<(ResourceType, String, u64), Weak<Entry>>,
+    entries: HashMap<(ResourceType, String), Vec<Weak<Entry>>>,
     prune_at: usize,
 }
 
@@ -202,26 +185,42 @@ static INTERNER: LazyLock<Mutex<Interner>> = LazyLock::new(|| {
     })
 });
 
-/// The shared entry for this packed resource: an existing identical one if any snapshot still
-/// holds it, else a new one.
-fn intern(ty: ResourceType, name: &str, resource: Any, typed: Typed) -> Arc<Entry> {
-    let hash = hash_u64(&resource.value);
-    let key = (ty, name.to_owned(), hash);
+/// The shared entry for this resource: an existing equal one if any snapshot still holds it,
+/// else a new one.
+fn intern(ty: ResourceType, name: &str, typed: Typed) -> Arc<Entry> {
+    let key = (ty, name.to_owned());
     let mut interner = INTERNER.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(existing) = interner.entries.get(&key).and_then(Weak::upgrade)
-        && existing.resource == resource
-    {
+    let existing = interner.entries.get(&key).and_then(|versions| {
+        versions
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|e| e.typed == typed)
+    });
+    if let Some(existing) = existing {
         return existing;
     }
+    let resource = match &typed {
+        Typed::Cluster(m) => xds_proto::any::pack(&**m),
+        Typed::Endpoint(m) => xds_proto::any::pack(&**m),
+        Typed::Listener(m) => xds_proto::any::pack(&**m),
+        Typed::Route(m) => xds_proto::any::pack(&**m),
+    };
     let entry = Arc::new(Entry {
-        version: format!("{hash:016x}"),
+        version: hash_bytes(&resource.value),
         name: name.to_owned(),
         resource,
         typed,
     });
-    interner.entries.insert(key, Arc::downgrade(&entry));
+    interner
+        .entries
+        .entry(key)
+        .or_default()
+        .push(Arc::downgrade(&entry));
     if interner.entries.len() >= interner.prune_at {
-        interner.entries.retain(|_, e| e.strong_count() > 0);
+        interner.entries.retain(|_, versions| {
+            versions.retain(|e| e.strong_count() > 0);
+            !versions.is_empty()
+        });
         interner.prune_at = (interner.entries.len() * 2).max(1024);
     }
     entry
@@ -237,10 +236,10 @@ pub fn set_version<'a>(entries: impl IntoIterator<Item = &'a Arc<Entry>>) -> Str
     format!("{:016x}", hasher.finish())
 }
 
-fn hash_u64(bytes: &[u8]) -> u64 {
+fn hash_bytes(bytes: &[u8]) -> String {
     let mut hasher = DefaultHasher::new();
     bytes.hash(&mut hasher);
-    hasher.finish()
+    format!("{:016x}", hasher.finish())
 }
 
 #[cfg(test)]
@@ -307,6 +306,41 @@ mod tests {
         ));
         assert!(!Arc::ptr_eq(&a["own"], &b["own"]));
         assert_ne!(a["own"].version, b["own"].version);
+    }
+
+    #[test]
+    fn resources_with_map_fields_are_shared_whatever_their_encoding() {
+        use xds_proto::envoy::config::core::v3::Metadata;
+        use xds_proto::google::protobuf::{Struct, Value, value::Kind};
+        // Struct fields are a HashMap: two equal clusters may encode their keys in different
+        // orders, so sharing must not depend on the bytes.
+        let with_metadata = || {
+            let fields = (0..16)
+                .map(|i| {
+                    let value = Value {
+                        kind: Some(Kind::NumberValue(f64::from(i))),
+                    };
+                    (format!("key-{i}"), value)
+                })
+                .collect();
+            let mut c = cluster("with-metadata", 1);
+            c.metadata = Some(Metadata {
+                filter_metadata: [("istio".to_owned(), Struct { fields })].into(),
+                ..Default::default()
+            });
+            Snapshot::build(
+                Resources {
+                    clusters: vec![c],
+                    ..Default::default()
+                },
+                None,
+            )
+        };
+        let (a, b) = (with_metadata(), with_metadata());
+        assert!(Arc::ptr_eq(
+            &a.resources(ResourceType::Cluster)["with-metadata"],
+            &b.resources(ResourceType::Cluster)["with-metadata"]
+        ));
     }
 
     #[test]
