@@ -161,7 +161,7 @@ async fn initial_push_is_held_until_sync_then_acked_per_type() {
     let (code, metrics) = h.debug_get("/metrics").await;
     assert_eq!(code, 200);
     assert!(
-        metrics.contains("pilot_xds_pushes_total{type=\"cds\"} 1"),
+        metrics.contains("\npilot_xds_pushes{type=\"cds\"} 1\n"),
         "{metrics}"
     );
     assert!(metrics.contains("pilot_xds 1"), "{metrics}");
@@ -355,6 +355,56 @@ async fn validation_errors_are_visible_on_the_debug_endpoint() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn security_policies_are_reported_as_not_enforced() {
+    use ferry_control::api::{AuthorizationPolicy, PeerAuthentication};
+    use ferry_control::model::Config;
+    let h = Harness::start(model(vec![])).await;
+    let (_, body) = h.debug_get("/debug/warnings").await;
+    assert_eq!(body.trim(), "[]");
+    let mut with_policies = ferry_control::model::Model::default();
+    with_policies.peer_authentications.push(Config {
+        name: "strict".into(),
+        namespace: "shop".into(),
+        origin: "mesh/security.yaml#0".into(),
+        spec: PeerAuthentication::default(),
+    });
+    with_policies.authorization_policies.push(Config {
+        name: "deny-all".into(),
+        namespace: "shop".into(),
+        origin: "mesh/security.yaml#1".into(),
+        spec: AuthorizationPolicy::default(),
+    });
+    h.models
+        .send_replace(Some(std::sync::Arc::new(with_policies)));
+    let body = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let (code, body) = h.debug_get("/debug/warnings").await;
+            assert_eq!(code, 200);
+            if body.trim() != "[]" {
+                return body;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body[0]["kind"], "PeerAuthentication");
+    assert_eq!(body[0]["name"], "shop/strict");
+    assert_eq!(body[1]["kind"], "AuthorizationPolicy");
+    assert_eq!(body[1]["origin"], "mesh/security.yaml#1");
+    for warning in body.as_array().unwrap() {
+        let reason = warning["reason"].as_str().unwrap();
+        assert!(reason.starts_with("accepted but not enforced"), "{reason}");
+    }
+    let (_, metrics) = h.debug_get("/metrics").await;
+    assert!(
+        metrics.contains("ferry_config_unenforced_objects 2"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

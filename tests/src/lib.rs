@@ -8,10 +8,13 @@
 //! - [`poll`]: waiting for a condition with a safety-net deadline.
 //! - [`ads`]: a scriptable ADS server (SotW and delta) that records what clients send.
 //! - [`upstream`]: echo, gRPC-like, upgrade and TCP upstream servers for proxy tests.
+//! - [`scenarios`]: the mesh scenarios (ferry-control on a manifest directory, a sidecar over
+//!   ADS) that Envoy and ferry-proxy are held to alike.
 
 pub mod ads;
 pub mod envoy;
 pub mod net;
 pub mod poll;
 pub mod process;
+pub mod scenarios;
 pub mod upstream;

@@ -9,22 +9,18 @@
 //! does not exist is reported in `removed_resources` so the proxy does not wait for it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
+use xds_proto::envoy::config::core::v3::Node;
 use xds_proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 
 use super::cache::{ResourceType, set_version};
 use super::connection::{Nack, Protocol, Session};
-use super::server::Shared;
 use super::sotw::Subscription;
-
-/// The proxy went away; the connection task ends.
-struct Closed;
+use super::stream::{AdsStream, Closed};
 
 #[derive(Debug, Default)]
 struct TypeState {
@@ -39,61 +35,38 @@ struct TypeState {
     must_answer: bool,
 }
 
-struct Delta {
+/// The protocol state of one delta stream.
+pub(crate) struct Delta {
     session: Session,
     types: BTreeMap<ResourceType, TypeState>,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
 }
 
-/// Drives one delta stream until the proxy or the server goes away.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    peer: Option<SocketAddr>,
-) {
-    let first = match requests.message().await {
-        Ok(Some(first)) => first,
-        Ok(None) => return,
-        Err(status) => {
-            tracing::debug!(error = %status, "stream failed before its first request");
-            return;
-        }
-    };
-    let session = match Session::start(shared, first.node.as_ref(), Protocol::Delta, peer) {
-        Ok(session) => session,
-        Err(status) => {
-            let _ = tx.send(Err(status)).await;
-            return;
-        }
-    };
-    let mut conn = Delta {
-        session,
-        types: BTreeMap::new(),
-        tx,
-    };
-    if conn.on_request(first).await.is_err() {
-        return;
-    }
-    loop {
-        let outcome = tokio::select! {
-            message = requests.message() => match message {
-                Ok(Some(request)) => conn.on_request(request).await,
-                Ok(None) => Err(Closed),
-                Err(status) => {
-                    tracing::debug!(connection = conn.session.id(), error = %status, "stream ended");
-                    Err(Closed)
-                }
-            },
-            _ = conn.session.next_epoch() => conn.push_all().await,
-        };
-        if outcome.is_err() {
-            return;
-        }
-    }
-}
+impl AdsStream for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const PROTOCOL: Protocol = Protocol::Delta;
 
-impl Delta {
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn open(session: Session, tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>) -> Self {
+        Delta {
+            session,
+            types: BTreeMap::new(),
+            tx,
+        }
+    }
+
+    fn session(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    fn serves(&self, ty: ResourceType) -> bool {
+        self.types.contains_key(&ty)
+    }
+
     async fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), Closed> {
         let Some(ty) = ResourceType::from_type_url(&request.type_url) else {
             tracing::warn!(connection = self.session.id(), type_url = %request.type_url, "request for a type this server does not serve; ignored");
@@ -156,15 +129,6 @@ impl Delta {
         }
         self.session.subscribed(ty, state.subscription.describe());
         self.respond(ty).await
-    }
-
-    async fn push_all(&mut self) -> Result<(), Closed> {
-        for ty in ResourceType::PUSH_ORDER {
-            if self.types.contains_key(&ty) {
-                self.respond(ty).await?;
-            }
-        }
-        Ok(())
     }
 
     /// Sends what changed of `ty` for this proxy, if anything did or a request is waiting; does

@@ -9,19 +9,16 @@
 //! no names (or `*`) are wildcards.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
+use xds_proto::envoy::config::core::v3::Node;
 use xds_proto::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
 use super::cache::{Entry, ResourceType, Snapshot, set_version};
 use super::connection::{Nack, Protocol, Session};
-use super::server::Shared;
-
-/// The proxy went away; the connection task ends.
-struct Closed;
+use super::stream::{AdsStream, Closed};
 
 /// What a proxy asked for of one type.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,62 +68,38 @@ struct TypeState {
     must_answer: bool,
 }
 
-struct Sotw {
+/// The protocol state of one sotw stream.
+pub(crate) struct Sotw {
     session: Session,
     types: BTreeMap<ResourceType, TypeState>,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
 }
 
-/// Drives one state-of-the-world stream until the proxy or the server goes away.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    mut requests: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    peer: Option<SocketAddr>,
-) {
-    let first = match requests.message().await {
-        Ok(Some(first)) => first,
-        Ok(None) => return,
-        Err(status) => {
-            tracing::debug!(error = %status, "stream failed before its first request");
-            return;
-        }
-    };
-    let session = match Session::start(shared, first.node.as_ref(), Protocol::StateOfTheWorld, peer)
-    {
-        Ok(session) => session,
-        Err(status) => {
-            let _ = tx.send(Err(status)).await;
-            return;
-        }
-    };
-    let mut conn = Sotw {
-        session,
-        types: BTreeMap::new(),
-        tx,
-    };
-    if conn.on_request(first).await.is_err() {
-        return;
-    }
-    loop {
-        let outcome = tokio::select! {
-            message = requests.message() => match message {
-                Ok(Some(request)) => conn.on_request(request).await,
-                Ok(None) => Err(Closed),
-                Err(status) => {
-                    tracing::debug!(connection = conn.session.id(), error = %status, "stream ended");
-                    Err(Closed)
-                }
-            },
-            _ = conn.session.next_epoch() => conn.push_all().await,
-        };
-        if outcome.is_err() {
-            return;
-        }
-    }
-}
+impl AdsStream for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const PROTOCOL: Protocol = Protocol::StateOfTheWorld;
 
-impl Sotw {
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn open(session: Session, tx: mpsc::Sender<Result<DiscoveryResponse, Status>>) -> Self {
+        Sotw {
+            session,
+            types: BTreeMap::new(),
+            tx,
+        }
+    }
+
+    fn session(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    fn serves(&self, ty: ResourceType) -> bool {
+        self.types.contains_key(&ty)
+    }
+
     async fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), Closed> {
         let Some(ty) = ResourceType::from_type_url(&request.type_url) else {
             tracing::warn!(connection = self.session.id(), type_url = %request.type_url, "request for a type this server does not serve; ignored");
@@ -161,15 +134,6 @@ impl Sotw {
             state.subscription = subscription;
             state.must_answer = true;
             self.respond(ty).await?;
-        }
-        Ok(())
-    }
-
-    async fn push_all(&mut self) -> Result<(), Closed> {
-        for ty in ResourceType::PUSH_ORDER {
-            if self.types.contains_key(&ty) {
-                self.respond(ty).await?;
-            }
         }
         Ok(())
     }
