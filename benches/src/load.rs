@@ -52,8 +52,10 @@ pub struct LoadResult {
     pub rps: f64,
     /// Median latency (wrk's distribution; h2load reports only the mean, used instead).
     pub p50: Option<Duration>,
-    /// 99th percentile latency (wrk only).
+    /// 99th percentile latency (wrk and the open-loop generator).
     pub p99: Option<Duration>,
+    /// 99.9th percentile latency (the open-loop generator only).
+    pub p999: Option<Duration>,
     /// Responses that were not 2xx/3xx plus socket errors that lost requests.
     pub errors: u64,
 }
@@ -179,6 +181,7 @@ pub fn parse_wrk(report: &str, closing: bool) -> Result<LoadResult, LoadError> {
         rps,
         p50: percentile("50%"),
         p99: percentile("99%"),
+        p999: None,
         errors,
     })
 }
@@ -226,6 +229,7 @@ pub fn parse_h2load(report: &str) -> Result<LoadResult, LoadError> {
         rps,
         p50: mean,
         p99: None,
+        p999: None,
         // h2load's `failed` already includes errored and timed-out requests and non-2xx/3xx
         // answers.
         errors: count("failed"),

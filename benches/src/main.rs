@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use ferry_benches::harness::{self, Config};
-use ferry_benches::report;
 use ferry_benches::subject::PathKind;
+use ferry_benches::{control, report};
 
 /// Ferry against Envoy 1.40 and against no proxy, side by side.
 #[derive(Debug, Parser)]
@@ -18,14 +18,33 @@ struct Args {
     #[arg(long)]
     smoke: bool,
     /// Rounds over every workload and path (medians are over rounds).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 3)]
     rounds: u32,
     /// Seconds per load run.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 6)]
     duration: u64,
-    /// Paths to compare, comma-separated: direct, envoy, ferry.
-    #[arg(long, value_delimiter = ',', default_value = "direct,envoy,ferry")]
+    /// Paths to compare, comma-separated: direct, envoy, ferry, envoy-envoy, ferry-ferry.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,envoy,ferry,envoy-envoy,ferry-ferry"
+    )]
     paths: Vec<String>,
+    /// Skip the control-plane phases (RSS by config size, push time, memory per proxy).
+    #[arg(long)]
+    no_control: bool,
+    /// Services of the large config (5 endpoints each); the small one has 1% of them.
+    #[arg(long, default_value_t = 1000)]
+    scale_services: usize,
+    /// Sidecars connected to ferry-control for the push benchmark.
+    #[arg(long, default_value_t = 100)]
+    push_clients: usize,
+    /// Services in the push benchmark's config.
+    #[arg(long, default_value_t = 100)]
+    push_services: usize,
+    /// VirtualService edits timed in the push benchmark.
+    #[arg(long, default_value_t = 3)]
+    edits: u32,
     /// Runtime threads of the upstream server.
     #[arg(long, default_value_t = 1)]
     upstream_workers: usize,
@@ -68,7 +87,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         paths,
         upstream_workers: args.upstream_workers,
     };
-    let results = harness::run(&config).await?;
+    let mut results = harness::run(&config).await?;
+    if !args.no_control {
+        // The smoke run proves every part works at a size a dev build serves in seconds.
+        let (large, clients, services, edits) = if args.smoke {
+            (100, 10, 10, 1)
+        } else {
+            (
+                args.scale_services,
+                args.push_clients,
+                args.push_services,
+                args.edits,
+            )
+        };
+        results.scale = Some(control::scale((large / 100).max(1), large, 5).await?);
+        results.push = Some(control::push(clients, services, edits).await?);
+    }
     let command = std::iter::once("benches/run".to_owned())
         .chain(std::env::args().skip(1))
         .collect::<Vec<_>>()
@@ -84,6 +118,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     failures.push(format!("{workload} via {path}: {summary:?}"));
                 }
             }
+        }
+        if !args.no_control && (results.scale.is_none() || results.push.is_none()) {
+            failures.push("the control-plane phases produced no figures".into());
         }
         if !failures.is_empty() {
             bail!("smoke run failed:\n{}", failures.join("\n"));

@@ -26,6 +26,21 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// The summed resource use of `pids` (the proxies of one path); `None` if any is unreadable.
+pub fn sample_all(pids: &[u32]) -> Option<ProcSample> {
+    if pids.is_empty() {
+        return None;
+    }
+    let mut total = ProcSample::default();
+    for &pid in pids {
+        let one = sample(pid)?;
+        total.rss_kib += one.rss_kib;
+        total.peak_rss_kib += one.peak_rss_kib;
+        total.cpu += one.cpu;
+    }
+    Some(total)
+}
+
 fn status_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()

@@ -24,6 +24,8 @@ pub struct Summary {
     pub p50: Option<Duration>,
     /// Median p99 latency.
     pub p99: Option<Duration>,
+    /// Median p99.9 latency (fixed-rate workloads).
+    pub p999: Option<Duration>,
     /// Proxy CPU seconds per 100,000 requests.
     pub cpu_per_100k: Option<f64>,
     /// Errors summed over rounds.
@@ -32,17 +34,15 @@ pub struct Summary {
 
 /// Medians over the rounds of one (workload, path).
 pub fn summarize(samples: &[Sample]) -> Summary {
+    let latency = |pick: fn(&Sample) -> Option<Duration>| {
+        let mut values: Vec<f64> = samples
+            .iter()
+            .filter_map(pick)
+            .map(|d| d.as_secs_f64())
+            .collect();
+        median(&mut values).map(Duration::from_secs_f64)
+    };
     let mut rps: Vec<f64> = samples.iter().map(|s| s.load.rps).collect();
-    let mut p50: Vec<f64> = samples
-        .iter()
-        .filter_map(|s| s.load.p50)
-        .map(|d| d.as_secs_f64())
-        .collect();
-    let mut p99: Vec<f64> = samples
-        .iter()
-        .filter_map(|s| s.load.p99)
-        .map(|d| d.as_secs_f64())
-        .collect();
     let mut cpu: Vec<f64> = samples
         .iter()
         .filter(|s| s.load.requests > 0)
@@ -53,11 +53,33 @@ pub fn summarize(samples: &[Sample]) -> Summary {
         .collect();
     Summary {
         rps: median(&mut rps).unwrap_or(0.0),
-        p50: median(&mut p50).map(Duration::from_secs_f64),
-        p99: median(&mut p99).map(Duration::from_secs_f64),
+        p50: latency(|s| s.load.p50),
+        p99: latency(|s| s.load.p99),
+        p999: latency(|s| s.load.p999),
         cpu_per_100k: median(&mut cpu),
         errors: samples.iter().map(|s| s.load.errors).sum(),
     }
+}
+
+/// The summary of `workload` on `path`, if it ran.
+pub fn summary_of(results: &Results, workload: &str, path: PathKind) -> Option<Summary> {
+    results
+        .samples
+        .get(workload)
+        .and_then(|by_path| by_path.get(&path))
+        .map(|s| summarize(s))
+}
+
+/// Latency `path` adds over the direct path at one percentile, in seconds.
+pub fn added(
+    results: &Results,
+    workload: &str,
+    path: PathKind,
+    pick: fn(&Summary) -> Option<Duration>,
+) -> Option<f64> {
+    let direct = summary_of(results, workload, PathKind::Direct).and_then(|s| pick(&s))?;
+    let via = summary_of(results, workload, path).and_then(|s| pick(&s))?;
+    Some(via.as_secs_f64() - direct.as_secs_f64())
 }
 
 /// Renders the results section (between and including the markers).
@@ -66,20 +88,17 @@ pub fn render(results: &Results, command: &str, machine: &str) -> String {
     let _ = writeln!(out, "{START}");
     let _ = writeln!(out, "Command: `{command}`\n");
     let _ = writeln!(out, "Machine: {machine}\n");
+    let _ = writeln!(out, "### Throughput at saturation\n");
     let _ = writeln!(
         out,
         "| workload | path | req/s | vs Envoy | p50 | p99 | CPU s / 100k req | errors |"
     );
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|");
-    for workload in &results.workloads {
-        let Some(by_path) = results.samples.get(workload) else {
-            continue;
-        };
-        let envoy = by_path.get(&PathKind::Envoy).map(|s| summarize(s));
+    for (workload, by_path) in ordered(results, false) {
         for (path, samples) in by_path {
             let s = summarize(samples);
-            let ratio = envoy
-                .filter(|e| e.rps > 0.0)
+            let ratio = summary_of(results, workload, path.baseline())
+                .filter(|e| e.rps > 0.0 && *path != PathKind::Direct)
                 .map(|e| format!("{:.2}x", s.rps / e.rps));
             let _ = writeln!(
                 out,
@@ -93,38 +112,132 @@ pub fn render(results: &Results, command: &str, machine: &str) -> String {
             );
         }
     }
-    if !results.memory.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n| proxy | RSS idle | peak RSS (under load) | peak vs Envoy |"
-        );
-        let _ = writeln!(out, "|---|---:|---:|---:|");
-        let envoy_peak = results
-            .memory
-            .get(&PathKind::Envoy)
-            .map(|m| m.end.peak_rss_kib);
-        for (path, memory) in &results.memory {
-            let ratio = envoy_peak.filter(|&e| e > 0).map_or("-".into(), |e| {
-                format!("{:.2}x", memory.end.peak_rss_kib as f64 / e as f64)
-            });
+    let _ = writeln!(
+        out,
+        "\nLatencies here: wrk's closed-loop distribution at saturation (h2load: mean), not \
+         corrected for coordinated omission; the fixed-rate table below is. `vs Envoy` compares \
+         one proxy with Envoy and two in series with two Envoys in series."
+    );
+    render_rates(&mut out, results);
+    render_memory(&mut out, results);
+    crate::targets::render_control(&mut out, results);
+    crate::targets::render_targets(&mut out, results);
+    let _ = writeln!(out, "{END}");
+    out
+}
+
+/// The workloads in run order with their samples, closed-loop (`rate == false`) or fixed-rate.
+fn ordered(
+    results: &Results,
+    rate: bool,
+) -> impl Iterator<
+    Item = (
+        &&'static str,
+        &std::collections::BTreeMap<PathKind, Vec<Sample>>,
+    ),
+> {
+    results.workloads.iter().filter_map(move |w| {
+        let by_path = results.samples.get(w)?;
+        let is_rate = results.rates.keys().any(|(name, _)| name == w);
+        (is_rate == rate).then_some((w, by_path))
+    })
+}
+
+fn render_rates(out: &mut String, results: &Results) {
+    if results.rates.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n### Latency at a fixed rate (open loop, corrected for coordinated omission)\n"
+    );
+    let _ = writeln!(
+        out,
+        "| workload | path | rate | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 | added vs Envoy (p50 / p99) | errors |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for (workload, by_path) in ordered(results, true) {
+        for (path, samples) in by_path {
+            let s = summarize(samples);
+            let rate = results
+                .rates
+                .get(&(*workload, path.is_series()))
+                .map_or("-".into(), |r| format!("{r:.0}/s"));
+            let add = |pick| added(results, workload, *path, pick);
+            let fmt_added = |pick| {
+                if *path == PathKind::Direct {
+                    "-".into()
+                } else {
+                    add(pick).map_or("-".into(), |a: f64| format!("{:.0} µs", a * 1e6))
+                }
+            };
+            let versus = |pick| {
+                let own = add(pick)?;
+                let envoy = added(results, workload, path.baseline(), pick)?;
+                (envoy > 0.0).then(|| format!("{:.2}x", own / envoy))
+            };
+            let ratio = if matches!(path, PathKind::Ferry | PathKind::FerryPair) {
+                format!(
+                    "{} / {}",
+                    versus(|s| s.p50).unwrap_or_else(|| "-".into()),
+                    versus(|s| s.p99).unwrap_or_else(|| "-".into())
+                )
+            } else {
+                "-".into()
+            };
             let _ = writeln!(
                 out,
-                "| {path} | {:.1} MiB | {:.1} MiB | {ratio} |",
-                memory.idle.rss_kib as f64 / 1024.0,
-                memory.end.peak_rss_kib as f64 / 1024.0
+                "| {workload} | {path} | {rate} | {} | {} | {} | {} | {} | {} | {ratio} | {} |",
+                fmt_latency(s.p50),
+                fmt_latency(s.p99),
+                fmt_latency(s.p999),
+                fmt_added(|s| s.p50),
+                fmt_added(|s| s.p99),
+                fmt_added(|s| s.p999),
+                s.errors,
             );
         }
     }
     let _ = writeln!(
         out,
-        "\nLatencies: wrk's closed-loop distribution at saturation (h2load: mean), not corrected \
-         for coordinated omission."
+        "\nThe rate is half of Envoy's median throughput on the matching closed-loop workload of \
+         this run (two Envoys in series for the series paths); added = path minus direct."
     );
-    let _ = writeln!(out, "{END}");
-    out
 }
 
-fn fmt_latency(latency: Option<Duration>) -> String {
+fn render_memory(out: &mut String, results: &Results) {
+    if results.memory.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n### Memory\n");
+    let _ = writeln!(
+        out,
+        "| proxy | RSS idle | peak RSS (under load) | idle vs Envoy | peak vs Envoy |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    let envoy = results.memory.get(&PathKind::Envoy);
+    for (path, memory) in &results.memory {
+        let ratio = |pick: fn(&crate::harness::Memory) -> u64| {
+            envoy.map(pick).filter(|&e| e > 0).map_or("-".into(), |e| {
+                format!("{:.2}x", pick(memory) as f64 / e as f64)
+            })
+        };
+        let _ = writeln!(
+            out,
+            "| {path} | {:.1} MiB | {:.1} MiB | {} | {} |",
+            memory.idle.rss_kib as f64 / 1024.0,
+            memory.end.peak_rss_kib as f64 / 1024.0,
+            ratio(|m| m.idle.rss_kib),
+            ratio(|m| m.end.peak_rss_kib),
+        );
+    }
+}
+
+/// A latency in microseconds, `-` when absent.
+pub fn fmt_latency(latency: Option<Duration>) -> String {
     latency.map_or("-".into(), |d| format!("{:.0} µs", d.as_secs_f64() * 1e6))
 }
 
@@ -158,6 +271,7 @@ mod tests {
             rps,
             p50: Some(Duration::from_micros(100)),
             p99: Some(Duration::from_micros(900)),
+            p999: None,
             errors: 0,
         };
         Sample {
@@ -209,7 +323,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("| ferry | 10.0 MiB | 20.0 MiB | 0.25x |"),
+            text.contains("| ferry | 10.0 MiB | 20.0 MiB | 0.25x | 0.25x |"),
             "{text}"
         );
     }

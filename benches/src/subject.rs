@@ -1,6 +1,8 @@
-//! The paths a benchmark compares: straight to the upstream, through Envoy, through ferry-proxy.
+//! The paths a benchmark compares: straight to the upstream, through Envoy, through ferry-proxy,
+//! and through two of either in series (client-side sidecar, then server-side sidecar: the path a
+//! request takes in a mesh).
 //!
-//! Both proxies run the same bootstrap file (`benches/bootstrap.yaml`) with one worker each:
+//! Every proxy runs the same bootstrap file (`benches/bootstrap.yaml`) with one worker:
 //! Envoy via the test harness's launcher (`--concurrency 1`), ferry-proxy as the binary built
 //! next to the harness (`ferry-proxy -c FILE --concurrency 1`). A path is ready when a request
 //! through it is answered 200, so no round measures a proxy that is still starting.
@@ -26,15 +28,47 @@ pub enum PathKind {
     Envoy,
     /// Through ferry-proxy.
     Ferry,
+    /// Through two Envoys in series (client-side sidecar, then server-side sidecar).
+    EnvoyPair,
+    /// Through two ferry-proxies in series.
+    FerryPair,
 }
 
 impl PathKind {
     /// Every path, in report order.
-    pub const ALL: [PathKind; 3] = [PathKind::Direct, PathKind::Envoy, PathKind::Ferry];
+    pub const ALL: [PathKind; 5] = [
+        PathKind::Direct,
+        PathKind::Envoy,
+        PathKind::Ferry,
+        PathKind::EnvoyPair,
+        PathKind::FerryPair,
+    ];
 
-    /// Parses `direct`, `envoy` or `ferry`.
+    /// Parses `direct`, `envoy`, `ferry`, `envoy-envoy` or `ferry-ferry`.
     pub fn parse(name: &str) -> Option<PathKind> {
         PathKind::ALL.into_iter().find(|p| p.to_string() == name)
+    }
+
+    /// Whether the path is two sidecars in series (the mesh path).
+    pub fn is_series(self) -> bool {
+        matches!(self, PathKind::EnvoyPair | PathKind::FerryPair)
+    }
+
+    /// The Envoy path this one is compared with: Envoy for one proxy, two Envoys for two.
+    pub fn baseline(self) -> PathKind {
+        if self.is_series() {
+            PathKind::EnvoyPair
+        } else {
+            PathKind::Envoy
+        }
+    }
+
+    fn proxy(self) -> Option<Flavour> {
+        match self {
+            PathKind::Direct => None,
+            PathKind::Envoy | PathKind::EnvoyPair => Some(Flavour::Envoy),
+            PathKind::Ferry | PathKind::FerryPair => Some(Flavour::Ferry),
+        }
     }
 }
 
@@ -44,7 +78,67 @@ impl fmt::Display for PathKind {
             PathKind::Direct => "direct",
             PathKind::Envoy => "envoy",
             PathKind::Ferry => "ferry",
+            PathKind::EnvoyPair => "envoy-envoy",
+            PathKind::FerryPair => "ferry-ferry",
         })
+    }
+}
+
+/// Which proxy binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavour {
+    Envoy,
+    Ferry,
+}
+
+/// One running proxy of a path.
+#[derive(Debug)]
+enum Proxy {
+    Envoy(Envoy),
+    Ferry {
+        process: Process,
+        _dir: tempfile::TempDir,
+    },
+}
+
+impl Proxy {
+    /// Starts one proxy of `flavour` in front of `upstream`; returns it and where it listens.
+    async fn start(
+        flavour: Flavour,
+        upstream: SocketAddr,
+    ) -> Result<(Proxy, SocketAddr), SubjectError> {
+        match flavour {
+            Flavour::Envoy => {
+                let envoy = Envoy::try_start(&bootstrap(upstream, 0, 0)).await?;
+                let target = envoy.wait_listener("bench").await;
+                Ok((Proxy::Envoy(envoy), target))
+            }
+            Flavour::Ferry => {
+                let listen = net::free_port();
+                let dir = tempfile::tempdir()?;
+                let path: PathBuf = dir.path().join("bootstrap.yaml");
+                std::fs::write(&path, bootstrap(upstream, listen, net::free_port()))?;
+                let file = path.to_string_lossy().into_owned();
+                let process =
+                    Process::spawn_binary("ferry-proxy", &["-c", &file, "--concurrency", "1"])?;
+                let proxy = Proxy::Ferry { process, _dir: dir };
+                Ok((proxy, net::loopback(listen)))
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Proxy::Envoy(envoy) => envoy.pid(),
+            Proxy::Ferry { process, .. } => process.pid(),
+        }
+    }
+
+    fn log(&self) -> String {
+        match self {
+            Proxy::Envoy(envoy) => envoy.log(),
+            Proxy::Ferry { process, .. } => process.log(),
+        }
     }
 }
 
@@ -79,46 +173,29 @@ pub enum SubjectError {
 pub struct Subject {
     kind: PathKind,
     target: SocketAddr,
-    envoy: Option<Envoy>,
-    ferry: Option<(Process, tempfile::TempDir)>,
+    /// Client side first.
+    proxies: Vec<Proxy>,
 }
 
 impl Subject {
-    /// Starts the path `kind` in front of `upstream`.
+    /// Starts the path `kind` in front of `upstream`. A series path starts its server-side
+    /// proxy in front of the upstream, then its client-side proxy in front of that one, both
+    /// from the same bootstrap.
     pub async fn start(kind: PathKind, upstream: SocketAddr) -> Result<Subject, SubjectError> {
-        let subject = match kind {
-            PathKind::Direct => Subject {
-                kind,
-                target: upstream,
-                envoy: None,
-                ferry: None,
-            },
-            PathKind::Envoy => {
-                let envoy = Envoy::try_start(&bootstrap(upstream, 0, 0)).await?;
-                let target = envoy.wait_listener("bench").await;
-                Subject {
-                    kind,
-                    target,
-                    envoy: Some(envoy),
-                    ferry: None,
-                }
+        let mut proxies = Vec::new();
+        let mut target = upstream;
+        if let Some(flavour) = kind.proxy() {
+            let hops = if kind.is_series() { 2 } else { 1 };
+            for _ in 0..hops {
+                let (proxy, listen) = Proxy::start(flavour, target).await?;
+                proxies.insert(0, proxy);
+                target = listen;
             }
-            PathKind::Ferry => {
-                let listen = net::free_port();
-                let dir = tempfile::tempdir()?;
-                let path: PathBuf = dir.path().join("bootstrap.yaml");
-                std::fs::write(&path, bootstrap(upstream, listen, net::free_port()))?;
-                let file = path.to_string_lossy().into_owned();
-                let process =
-                    Process::spawn_binary("ferry-proxy", &["-c", &file, "--concurrency", "1"])?;
-                let target = net::loopback(listen);
-                Subject {
-                    kind,
-                    target,
-                    envoy: None,
-                    ferry: Some((process, dir)),
-                }
-            }
+        }
+        let subject = Subject {
+            kind,
+            target,
+            proxies,
         };
         subject.wait_ready().await?;
         Ok(subject)
@@ -134,24 +211,29 @@ impl Subject {
         self.target
     }
 
-    /// The proxy's process id (none for the direct path).
+    /// The proxy's process id (the client-side one of a series path; none for direct).
     pub fn pid(&self) -> Option<u32> {
-        match (&self.envoy, &self.ferry) {
-            (Some(envoy), _) => Some(envoy.pid()),
-            (_, Some((process, _))) => Some(process.pid()),
-            _ => None,
-        }
+        self.proxies.first().map(Proxy::pid)
+    }
+
+    /// Every proxy process of the path (CPU is summed over them).
+    pub fn pids(&self) -> Vec<u32> {
+        self.proxies.iter().map(Proxy::pid).collect()
     }
 
     fn log_tail(&self) -> String {
-        let log = match (&self.envoy, &self.ferry) {
-            (Some(envoy), _) => envoy.log(),
-            (_, Some((process, _))) => process.log(),
-            _ => return String::new(),
-        };
-        let tail: Vec<&str> = log.lines().rev().take(20).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        format!("; log tail:\n{}", tail.join("\n"))
+        let mut out = String::new();
+        for proxy in &self.proxies {
+            let log = proxy.log();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            out.push_str(&format!(
+                "; log tail of {}:\n{}",
+                proxy.pid(),
+                tail.join("\n")
+            ));
+        }
+        out
     }
 
     async fn wait_ready(&self) -> Result<(), SubjectError> {

@@ -1,6 +1,9 @@
 //! Circuit breakers: per-cluster, per-priority limits on connections, pending requests, active
 //! requests and concurrent retries (`circuit_breakers.thresholds`), enforced with RAII guards so
-//! a count can never leak on an early return or a cancelled future.
+//! a count can never leak on an early return or a cancelled future. The limits come validated
+//! from [`crate::cluster::resilience`] (config only); this module holds the live counts. Where
+//! each is taken: `max_requests` in `Cluster::send`, `max_pending_requests` and
+//! `max_connections` in the host pools (`pool::limits`), retries by the router's retry driver.
 //!
 //! Envoy answers an overflow at once with 503, response flag UO and `x-envoy-overloaded: true`
 //! instead of queueing: a saturated upstream sheds load immediately and callers see why
@@ -42,6 +45,9 @@ pub struct CircuitBreaker {
     budget: Option<RetryBudget>,
     ratio: Option<RatioBudget>,
     counts: [AtomicU64; 4],
+    /// Woken when a connection unit is given back, so requests waiting for a connection at the
+    /// `max_connections` limit (on any host of the cluster) try again.
+    connection_released: tokio::sync::Notify,
 }
 
 impl CircuitBreaker {
@@ -67,6 +73,23 @@ impl CircuitBreaker {
             },
             budget,
             counts: Default::default(),
+            connection_released: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Resolves when a connection unit is given back (see [`Resource::Connections`]).
+    pub fn connection_released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.connection_released.notified()
+    }
+
+    /// Takes one unit of `resource` even beyond its limit. Envoy does this for a host with no
+    /// connection at all when other hosts hold every `max_connections` unit, so its pending
+    /// requests are not stranded.
+    pub fn force_acquire(self: &Arc<Self>, resource: Resource) -> Guard {
+        self.counts[resource as usize].fetch_add(1, Ordering::AcqRel);
+        Guard {
+            breaker: Arc::clone(self),
+            resource,
         }
     }
 
@@ -87,11 +110,6 @@ impl CircuitBreaker {
     /// [`UpstreamError::Overflow`].
     pub fn try_acquire(self: &Arc<Self>, resource: Resource) -> Result<Guard, UpstreamError> {
         if self.try_increment(resource, self.limits[resource as usize]) {
-            if resource == Resource::Requests
-                && let Some(ratio) = &self.ratio
-            {
-                ratio.deposit();
-            }
             Ok(Guard {
                 breaker: Arc::clone(self),
                 resource,
@@ -103,6 +121,14 @@ impl CircuitBreaker {
                 "circuit breaker overflow"
             );
             Err(UpstreamError::Overflow)
+        }
+    }
+
+    /// Counts one downstream request (not its retries) towards the default ratio budget; the
+    /// router calls it once per request so retries never earn budget for more retries.
+    pub fn record_request(&self) {
+        if let Some(ratio) = &self.ratio {
+            ratio.deposit();
         }
     }
 
@@ -140,6 +166,9 @@ pub struct Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         self.breaker.counts[self.resource as usize].fetch_sub(1, Ordering::AcqRel);
+        if self.resource == Resource::Connections {
+            self.breaker.connection_released.notify_waiters();
+        }
     }
 }
 
@@ -180,7 +209,7 @@ pub fn hold_until_body_ends(response: Response<Body>, guard: Guard) -> Response<
     })
 }
 
-/// A cluster's breakers for the DEFAULT and HIGH routing priorities.
+/// A cluster's breakers for the DEFAULT and HIGH routing priorities (a route's `priority`).
 #[derive(Debug, Clone)]
 pub struct CircuitBreakerSet {
     default: Arc<CircuitBreaker>,
@@ -194,17 +223,6 @@ impl Default for CircuitBreakerSet {
     }
 }
 
-fn envoy_defaults(high_priority: bool) -> Thresholds {
-    Thresholds {
-        high_priority,
-        max_connections: 1024,
-        max_pending_requests: 1024,
-        max_requests: 1024,
-        max_retries: 3,
-        retry_budget: None,
-    }
-}
-
 impl From<&CircuitBreakers> for CircuitBreakerSet {
     fn from(cb: &CircuitBreakers) -> Self {
         let find = |high: bool| {
@@ -212,7 +230,7 @@ impl From<&CircuitBreakers> for CircuitBreakerSet {
                 .iter()
                 .find(|t| t.high_priority == high)
                 .cloned()
-                .unwrap_or_else(|| envoy_defaults(high))
+                .unwrap_or_else(|| Thresholds::envoy_default(high))
         };
         Self {
             default: Arc::new(CircuitBreaker::new(&find(false))),
@@ -249,7 +267,7 @@ mod tests {
         Thresholds {
             max_requests,
             max_retries,
-            ..envoy_defaults(false)
+            ..Thresholds::envoy_default(false)
         }
     }
 

@@ -2,12 +2,15 @@
 //! fraction of requests to another cluster, with the authority suffixed `-shadow` so the
 //! shadow service can tell copies from real traffic.
 //!
-//! The shadow never slows or fails the original: it is sent on its own task, its response and
-//! errors are only logged, and it is skipped when the body is not available to copy. Limitation:
-//! Ferry streams request bodies, so only requests whose body is already buffered (or empty, see
-//! [`has_no_body`]) are mirrored; Envoy tees bodies of any size.
+//! The shadow never slows or fails the original: the request body is teed ([`Tee`]) as it
+//! streams to the primary, and once it has ended the shadows are sent on their own tasks, bounded
+//! by the route timeout; their responses and errors are only logged. A body larger than the
+//! buffer limit (the route's `per_request_buffer_limit_bytes`, else 1 MiB) is not mirrored and
+//! is counted in the shadow cluster's `upstream_rq_shadow_too_large`; Envoy streams shadows of
+//! any size. Several policies (Istio's `mirrors`) each sample and send their own copy.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, header};
@@ -15,8 +18,12 @@ use rand::Rng;
 use xds_proto::envoy::config::route::v3::route_action::RequestMirrorPolicy;
 
 use crate::body::{self, Body};
-use crate::cluster::{Cluster, LbContext};
+use crate::cluster::{Cluster, ClusterSet, LbContext};
 use crate::fault::Fraction;
+
+mod tee;
+
+pub use tee::{Tee, Teed};
 
 /// A mirror policy Ferry cannot accept.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,7 +66,8 @@ impl TryFrom<&RequestMirrorPolicy> for MirrorPolicy {
             "request_headers_mutations",
         )?;
         refuse(!p.host_rewrite_literal.is_empty(), "host_rewrite_literal")?;
-        refuse(p.trace_sampled.is_some(), "trace_sampled")?;
+        // `trace_sampled` (Istio sets it to false) only decides whether the shadow's span is
+        // sampled; Ferry emits no spans, so either value means the same here.
         if p.cluster.is_empty() {
             return Err(InvalidMirror {
                 field: "cluster".to_owned(),
@@ -100,16 +108,6 @@ pub fn shadow_authority(authority: &str) -> String {
         Some(i) => format!("{}-shadow{}", &authority[..i], &authority[i..]),
         None => format!("{authority}-shadow"),
     }
-}
-
-/// Whether a request head promises no body, so it can be mirrored without buffering.
-pub fn has_no_body(headers: &http::HeaderMap) -> bool {
-    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
-    let length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    !chunked && matches!(length, None | Some(0))
 }
 
 impl MirrorPolicy {
@@ -158,18 +156,88 @@ impl MirrorPolicy {
     }
 }
 
-/// Sends a shadow request to `cluster` on its own task; the result is only logged.
-pub fn spawn(cluster: Arc<Cluster>, request: Request<Body>) -> tokio::task::JoinHandle<()> {
+/// Samples `mirrors` for one request (head `parts`, already rewritten for the primary) and
+/// returns the body to send to the primary: the same body, teed when a shadow was drawn, so each
+/// shadow is sent with a copy once the body has ended (see the module doc). `timeout` bounds
+/// each shadow (the route timeout, as Envoy's shadows have).
+pub fn start(
+    clusters: &ClusterSet,
+    mirrors: &[MirrorPolicy],
+    parts: &http::request::Parts,
+    body: Body,
+    limit: u64,
+    timeout: Option<Duration>,
+) -> Body {
+    let shadows: Vec<(Arc<Cluster>, Request<Body>)> = mirrors
+        .iter()
+        .filter(|m| m.sample(&mut rand::rng()))
+        .filter_map(|m| match clusters.get(&m.cluster) {
+            Some(cluster) => Some((cluster.clone(), m.shadow_request(parts, Bytes::new()))),
+            None => {
+                tracing::debug!(cluster = %m.cluster, "mirror: cluster not found");
+                None
+            }
+        })
+        .collect();
+    if shadows.is_empty() {
+        return body;
+    }
+    let tee = Tee::new(body, limit, move |teed| match teed {
+        Teed::Complete(bytes) => {
+            for (cluster, shadow) in shadows {
+                let shadow = shadow.map(|_| body::full(bytes.clone()));
+                spawn(cluster, shadow, timeout);
+            }
+        }
+        Teed::TooLarge => {
+            for (cluster, _) in shadows {
+                tracing::debug!(
+                    cluster = cluster.name(),
+                    limit,
+                    "mirror: body too large, not mirrored"
+                );
+                cluster.stats().upstream_rq_shadow_too_large.inc();
+            }
+        }
+    });
+    body::boxed(tee)
+}
+
+/// Sends a shadow request to `cluster` on its own task, within `timeout` when one is given; the
+/// result is only logged.
+pub fn spawn(
+    cluster: Arc<Cluster>,
+    request: Request<Body>,
+    timeout: Option<Duration>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let Some(host) = cluster.select_host(&LbContext::default()) else {
             tracing::debug!(cluster = cluster.name(), "mirror: no healthy upstream");
             return;
         };
-        match cluster.send(&host, request).await {
-            Ok(response) => {
+        let sent = async {
+            let response = cluster.send(&host, request).await?;
+            let status = response.status();
+            // Read the answer so the connection goes back to the pool.
+            let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+            Ok::<_, crate::cluster::UpstreamError>(status)
+        };
+        let result = match timeout {
+            Some(limit) => match tokio::time::timeout(limit, sent).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::debug!(cluster = cluster.name(), "mirror: timed out");
+                    return;
+                }
+            },
+            None => sent.await,
+        };
+        match result {
+            Ok(status) => {
+                cluster.record_response(status);
                 tracing::debug!(
                     cluster = cluster.name(),
-                    status = response.status().as_u16(),
+                    status = status.as_u16(),
                     "mirror response"
                 );
             }
@@ -220,6 +288,15 @@ mod tests {
         assert!(m.sample(&mut rand::rng()), "absent fraction = 100%");
         let p = RequestMirrorPolicy {
             cluster: "c".into(),
+            trace_sampled: Some(xds_proto::google::protobuf::BoolValue { value: false }),
+            ..Default::default()
+        };
+        assert!(
+            MirrorPolicy::try_from(&p).is_ok(),
+            "Istio's trace_sampled: false is accepted"
+        );
+        let p = RequestMirrorPolicy {
+            cluster: "c".into(),
             cluster_header: "x-cluster".into(),
             ..Default::default()
         };
@@ -247,21 +324,5 @@ mod tests {
         assert_eq!(shadow.uri().to_string(), "http://reviews-shadow:9080/a?b=1");
         assert_eq!(shadow.headers()[header::HOST], "reviews-shadow:9080");
         assert_eq!(shadow.headers()["x-request-id"], "42");
-    }
-
-    #[test]
-    fn only_bodiless_requests_mirror_unbuffered() {
-        let mut h = http::HeaderMap::new();
-        assert!(has_no_body(&h));
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-        assert!(has_no_body(&h));
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
-        assert!(!has_no_body(&h));
-        let mut h = http::HeaderMap::new();
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        assert!(!has_no_body(&h));
     }
 }

@@ -140,8 +140,12 @@ async fn request(
         Timeouts {
             route: Some(std::time::Duration::from_secs(10)),
         },
-        Some(breaker),
-        detector,
+        driver::Upstream {
+            breaker: Some(breaker),
+            outlier: detector,
+            stats: None,
+        },
+        || true,
         |attempt, excluded| {
             let ctx = LbContext {
                 excluded,
@@ -153,10 +157,22 @@ async fn request(
                 .body(ferry_proxy::body::empty())
                 .expect("request");
             let addr = host.address();
-            Some((addr, async move { host.send(request).await }))
+            Some((addr, async move {
+                // What `Cluster::send` does for the router: feed outlier detection.
+                let result = host.send(request).await;
+                if let Some(d) = detector
+                    && let Some(outcome) = ferry_proxy::outlier::Outcome::from_result(
+                        result.as_ref().map(|r| r.status()),
+                    )
+                {
+                    d.record(addr, outcome);
+                }
+                result
+            }))
         },
     )
-    .await;
+    .await
+    .unwrap_or_else(|local| local);
     (
         response.status().as_u16(),
         response.extensions().get::<ResponseFlag>().copied(),

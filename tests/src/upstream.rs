@@ -10,7 +10,12 @@
 //! - [`Upstream::gated`]: an HTTP server whose answers wait until its [`Gate`] opens, so a test
 //!   can hold requests in flight without timing assumptions.
 //!
+//! - [`chaos::Chaos`]: an upstream that misbehaves on command (status, reset, hang, gRPC status,
+//!   response headers, delay), scripted per request, recording every request it saw.
+//!
 //! Servers stop when the [`Upstream`] is dropped.
+
+pub mod chaos;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,6 +29,8 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+pub use chaos::{Behaviour, Chaos, Seen};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -122,6 +129,11 @@ impl Gate {
     /// Lets every held and future request through.
     pub fn open(&self) {
         self.open.send_replace(true);
+    }
+
+    /// Holds requests again (those already released stay released).
+    pub fn close(&self) {
+        self.open.send_replace(false);
     }
 
     /// How many requests reached the upstream.

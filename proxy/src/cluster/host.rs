@@ -13,6 +13,7 @@ use super::UpstreamError;
 use super::stats::{ClusterStats, HostStats};
 use super::transport::TransportSocket;
 use crate::body::Body;
+use crate::circuit_breaker::CircuitBreaker;
 use crate::pool::{Pool, PoolSettings, PoolStats};
 
 /// One upstream host with its connection pool.
@@ -102,10 +103,21 @@ impl Host {
         &self,
         request: http::Request<Body>,
     ) -> Result<http::Response<Body>, UpstreamError> {
+        self.send_limited(request, None).await
+    }
+
+    /// [`Self::send`] under the cluster's circuit breaker for the request's priority: a request
+    /// that must wait for a connection is pending under `max_pending_requests`, and new
+    /// connections count against `max_connections` (overflow: [`UpstreamError::Overflow`]).
+    pub async fn send_limited(
+        &self,
+        request: http::Request<Body>,
+        breaker: Option<&Arc<CircuitBreaker>>,
+    ) -> Result<http::Response<Body>, UpstreamError> {
         self.check_transport()?;
         self.stats.rq_total.inc();
         self.cluster_stats.upstream_rq_total.inc();
-        let result = self.pool.send(request).await;
+        let result = self.pool.send(request, breaker).await;
         if result.is_err() {
             self.stats.rq_error.inc();
         }

@@ -1,12 +1,16 @@
 //! `circuit_breakers` and `outlier_detection`, validated into domain types with Envoy's
 //! defaults filled in.
 //!
-//! Enforced by [`Cluster`](super::Cluster): `max_requests` of the DEFAULT priority in
-//! `Cluster::send` (overflow: 503 UO, `x-envoy-overloaded`), `max_retries` / `retry_budget`
-//! when the router admits a retry, and outlier detection (see [`crate::outlier`]; ejected
-//! hosts are avoided by host selection unless the panic threshold is crossed). Accepted but not
-//! enforced yet: `max_connections`, `max_pending_requests`, the HIGH priority's thresholds
-//! (routes do not carry a priority yet) and `per_host_thresholds`.
+//! Enforced by [`Cluster`](super::Cluster) through [`crate::circuit_breaker`]: `max_requests`
+//! in `Cluster::send`, `max_pending_requests` and `max_connections` in
+//! the host pools ([`crate::pool`]), all overflowing with 503 UO and `x-envoy-overloaded`;
+//! `max_retries` / `retry_budget` when the router admits a retry; and outlier detection (see
+//! [`crate::outlier`]; ejected hosts are avoided by host selection unless the panic threshold
+//! is crossed). Routes with `priority: HIGH` use the HIGH thresholds. Accepted but not
+//! enforced: `per_host_thresholds`.
+//!
+//! This module holds only the validated configuration; the live counters and guards are
+//! [`crate::circuit_breaker`]'s, so there is one implementation of each limit.
 
 use std::time::Duration;
 
@@ -40,6 +44,21 @@ pub struct Thresholds {
     pub max_retries: u32,
     /// `retry_budget`: (budget percent, default 20; min retry concurrency, default 3).
     pub retry_budget: Option<(f64, u32)>,
+}
+
+impl Thresholds {
+    /// Envoy's defaults for one priority: 1024 connections, pending and active requests, 3
+    /// concurrent retries, no retry budget.
+    pub fn envoy_default(high_priority: bool) -> Self {
+        Self {
+            high_priority,
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+            retry_budget: None,
+        }
+    }
 }
 
 impl CircuitBreakers {
@@ -76,13 +95,14 @@ impl CircuitBreakers {
                     Some((percent, or(b.min_retry_concurrency, 3)))
                 }
             };
+            let default = Thresholds::envoy_default(t.priority == 1);
             thresholds.push(Thresholds {
-                high_priority: t.priority == 1,
-                max_connections: or(t.max_connections, 1024),
-                max_pending_requests: or(t.max_pending_requests, 1024),
-                max_requests: or(t.max_requests, 1024),
-                max_retries: or(t.max_retries, 3),
+                max_connections: or(t.max_connections, default.max_connections),
+                max_pending_requests: or(t.max_pending_requests, default.max_pending_requests),
+                max_requests: or(t.max_requests, default.max_requests),
+                max_retries: or(t.max_retries, default.max_retries),
                 retry_budget,
+                ..default
             });
         }
         let per_host_max_connections = cb

@@ -210,20 +210,31 @@ impl Cluster {
         host
     }
 
-    /// Sends one upstream request to `host` under the cluster's circuit breaker (`max_requests`
-    /// of the DEFAULT priority, held until the response body ends; overflow is
-    /// [`UpstreamError::Overflow`], 503 UO) and feeds outlier detection with the result.
+    /// Sends one upstream request to `host` under the cluster's circuit breaker of the DEFAULT
+    /// priority; see [`Self::send_with_priority`].
     pub async fn send(
         &self,
         host: &Host,
         request: http::Request<Body>,
     ) -> Result<http::Response<Body>, super::UpstreamError> {
-        let guard = self
-            .shared
-            .breakers
-            .for_priority(false)
-            .try_acquire(Resource::Requests)?;
-        let result = host.send(request).await;
+        self.send_with_priority(host, request, false).await
+    }
+
+    /// Sends one upstream request to `host` under the cluster's circuit breaker of the route's
+    /// priority (`high`: HIGH, else DEFAULT): `max_requests`, held until the response body ends;
+    /// `max_pending_requests` and `max_connections` in the pool; overflow is
+    /// [`super::UpstreamError::Overflow`], 503 UO. Feeds outlier detection with the result.
+    pub async fn send_with_priority(
+        &self,
+        host: &Host,
+        request: http::Request<Body>,
+        high: bool,
+    ) -> Result<http::Response<Body>, super::UpstreamError> {
+        let breaker = self.shared.breakers.for_priority(high);
+        let guard = breaker
+            .try_acquire(Resource::Requests)
+            .inspect_err(|_| self.shared.stats.upstream_rq_pending_overflow.inc())?;
+        let result = host.send_limited(request, Some(breaker)).await;
         if let Some(detector) = &self.shared.outlier
             && let Some(outcome) =
                 outlier::Outcome::from_result(result.as_ref().map(|r| r.status()))

@@ -33,6 +33,38 @@ pub struct ClusterStats {
     pub update_success: Arc<Counter>,
     /// `upstream_cx_none_healthy`: a request found no host (503 UH).
     pub upstream_cx_none_healthy: Arc<Counter>,
+    /// `upstream_cx_overflow`: a new connection was wanted at the `max_connections` limit.
+    pub upstream_cx_overflow: Arc<Counter>,
+    /// `upstream_rq_pending_overflow`: requests refused by `max_pending_requests` or
+    /// `max_requests` (503 UO).
+    pub upstream_rq_pending_overflow: Arc<Counter>,
+    /// `upstream_rq_pending_total`: requests that had to wait for a connection.
+    pub upstream_rq_pending_total: Arc<Counter>,
+    /// `upstream_rq_pending_active` (gauge): requests waiting for a connection now.
+    pub upstream_rq_pending_active: Arc<Gauge>,
+    /// `upstream_rq_shadow_too_large` (Ferry's): mirrored requests not sent to this shadow
+    /// cluster because their body passed the buffer limit.
+    pub upstream_rq_shadow_too_large: Arc<Counter>,
+    /// Retry counters (`upstream_rq_retry`, `_success`, `_overflow`, `_limit_exceeded`) and
+    /// timeouts (`upstream_rq_per_try_timeout`, `upstream_rq_timeout`), see [`RetryStats`].
+    pub retry: RetryStats,
+}
+
+/// Envoy's retry and timeout counters of a cluster.
+#[derive(Debug)]
+pub struct RetryStats {
+    /// `upstream_rq_retry`: retries sent.
+    pub retry: Arc<Counter>,
+    /// `upstream_rq_retry_success`: retries that ended the request with a non-retriable answer.
+    pub success: Arc<Counter>,
+    /// `upstream_rq_retry_overflow`: retries refused by the budget / `max_retries` (UO).
+    pub overflow: Arc<Counter>,
+    /// `upstream_rq_retry_limit_exceeded`: retriable outcomes with no retries left (URX).
+    pub limit_exceeded: Arc<Counter>,
+    /// `upstream_rq_per_try_timeout`.
+    pub per_try_timeout: Arc<Counter>,
+    /// `upstream_rq_timeout`: route timeouts (504 UT).
+    pub timeout: Arc<Counter>,
 }
 
 impl ClusterStats {
@@ -51,6 +83,19 @@ impl ClusterStats {
             membership_total: store.gauge(name("membership_total")),
             update_success: store.counter(name("update_success")),
             upstream_cx_none_healthy: store.counter(name("upstream_cx_none_healthy")),
+            upstream_cx_overflow: store.counter(name("upstream_cx_overflow")),
+            upstream_rq_pending_overflow: store.counter(name("upstream_rq_pending_overflow")),
+            upstream_rq_pending_total: store.counter(name("upstream_rq_pending_total")),
+            upstream_rq_pending_active: store.gauge(name("upstream_rq_pending_active")),
+            upstream_rq_shadow_too_large: store.counter(name("upstream_rq_shadow_too_large")),
+            retry: RetryStats {
+                retry: store.counter(name("upstream_rq_retry")),
+                success: store.counter(name("upstream_rq_retry_success")),
+                overflow: store.counter(name("upstream_rq_retry_overflow")),
+                limit_exceeded: store.counter(name("upstream_rq_retry_limit_exceeded")),
+                per_try_timeout: store.counter(name("upstream_rq_per_try_timeout")),
+                timeout: store.counter(name("upstream_rq_timeout")),
+            },
         }
     }
 

@@ -57,6 +57,9 @@ pub struct HttpConnectionManagerConfig {
     pub server_name: http::HeaderValue,
     /// `server_header_transformation`.
     pub server_header: ServerHeader,
+    /// `drain_timeout` (Envoy's default 5s): how long a retired HTTP/1.1 connection may stay
+    /// idle before it is closed.
+    pub drain_timeout: std::time::Duration,
 }
 
 /// Envoy's `server_header_transformation`.
@@ -202,7 +205,18 @@ impl HttpConnectionManagerConfig {
                 ));
             }
         };
+        let drain_timeout = match &h.drain_timeout {
+            Some(d) if !zero(&h.drain_timeout) => {
+                let (Ok(secs), Ok(nanos)) = (u64::try_from(d.seconds), u32::try_from(d.nanos))
+                else {
+                    return Err(Invalid::new(f("drain_timeout"), "negative duration"));
+                };
+                std::time::Duration::new(secs, nanos)
+            }
+            _ => super::drain::DRAIN_TIMEOUT,
+        };
         Ok(Self {
+            drain_timeout,
             stat_prefix: h.stat_prefix.clone(),
             codec,
             route,

@@ -2,9 +2,10 @@
 //! prior knowledge, upgrades enabled), and for each request loads the snapshot once, applies the
 //! sidecar's header handling (`x-envoy-*` stripping, `x-forwarded-*`, `x-request-id`, XFCC),
 //! picks a route and either answers locally (no route, redirect, direct response) or hands the
-//! request to the [`crate::router`].
+//! request to the [`crate::router`]. How a connection drains lives in [`drain`].
 
 pub mod config;
+pub mod drain;
 mod local_reply;
 pub mod path;
 
@@ -27,6 +28,7 @@ use crate::snapshot::{ConfigStore, Snapshot};
 use crate::stats::{Counter, Store};
 
 pub use config::{Codec, HttpConnectionManagerConfig, RouteSource, ServerHeader};
+pub use drain::{ConnectionDrain, DrainSignals};
 pub use local_reply::local_reply;
 
 const X_REQUEST_ID: &str = "x-request-id";
@@ -44,6 +46,9 @@ pub struct Downstream {
     pub listener: Arc<str>,
     /// The stats store (HCM counters are looked up once per connection).
     pub stats: Arc<Store>,
+    /// The listener's `per_connection_buffer_limit_bytes` (default 1 MiB): the request body
+    /// replay limit for routes that set none.
+    pub buffer_limit: u64,
 }
 
 /// Envoy's HTTP connection manager counters (`http.<stat_prefix>.downstream_rq_*`).
@@ -82,14 +87,15 @@ pub enum HcmSelector {
     ByAuthorityPort,
 }
 
-/// Serves one downstream connection until it closes, or until `drain` turns true (then
-/// in-flight requests finish and the connection closes gracefully).
+/// Serves one downstream connection until it closes. `drain` asks it to finish: on shutdown
+/// at once (in-flight requests finish), when its listener is updated or removed the way Envoy
+/// drains a listener (see [`drain`]).
 pub async fn serve(
     stream: TcpStream,
     downstream: Downstream,
     selector: HcmSelector,
     store: Arc<ConfigStore>,
-    mut drain: watch::Receiver<bool>,
+    drain: DrainSignals,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     if let HcmSelector::Fixed(hcm) = &selector {
@@ -99,6 +105,10 @@ pub async fn serve(
             Codec::Http2 => builder.http2_only(),
         };
     }
+    let drain_timeout = match &selector {
+        HcmSelector::Fixed(hcm) => hcm.drain_timeout,
+        HcmSelector::ByAuthorityPort => drain::DRAIN_TIMEOUT,
+    };
     let stats = match &selector {
         HcmSelector::Fixed(hcm) => {
             Some(Arc::new(HcmStats::new(&downstream.stats, &hcm.stat_prefix)))
@@ -106,21 +116,49 @@ pub async fn serve(
         HcmSelector::ByAuthorityPort => None,
     };
     let downstream = Arc::new(downstream);
-    let service = hyper::service::service_fn(move |req| {
+    let connection = Arc::new(ConnectionDrain::default());
+    let service_connection = connection.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (downstream, selector, store) = (downstream.clone(), selector.clone(), store.clone());
-        let stats = stats.clone();
+        let (stats, connection) = (stats.clone(), service_connection.clone());
         async move {
-            let response = handle(req, &downstream, &selector, &store, stats.as_deref()).await;
+            let version = req.version();
+            connection.saw(version);
+            let mut response = handle(req, &downstream, &selector, &store, stats.as_deref()).await;
+            connection.finish_response(version, &mut response);
             Ok::<_, Infallible>(response)
         }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    let mut draining = *drain.borrow();
-    if draining {
-        conn.as_mut().graceful_shutdown();
-    }
+    let DrainSignals {
+        mut shutdown,
+        mut retired,
+    } = drain;
+    // `closing`: graceful shutdown asked of hyper; `retiring`: the listener changed.
+    let mut closing = false;
+    let mut retiring = false;
+    let idle_deadline = tokio::time::sleep(std::time::Duration::MAX / 4);
+    tokio::pin!(idle_deadline);
     loop {
+        if !closing && *shutdown.borrow() {
+            closing = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        if !retiring && !closing && *retired.borrow() {
+            retiring = true;
+            connection.start_draining();
+            if connection.is_http2() {
+                tracing::debug!("listener changed: GOAWAY");
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            } else {
+                tracing::debug!("listener changed: closing after the next response");
+                idle_deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + drain_timeout);
+            }
+        }
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(error) = result {
@@ -128,11 +166,25 @@ pub async fn serve(
                 }
                 return;
             }
-            changed = drain.changed(), if !draining => {
-                if changed.is_err() || *drain.borrow() {
-                    draining = true;
+            changed = shutdown.changed(), if !closing => {
+                if changed.is_err() {
+                    closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
+            }
+            changed = retired.changed(), if !retiring && !closing => {
+                if changed.is_err() {
+                    // The listener's generation is gone: treat it as retired.
+                    retired = watch::channel(true).1;
+                }
+            }
+            () = &mut idle_deadline, if retiring && !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = connection.http2_seen_while_draining(), if retiring && !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
             }
         }
     }
@@ -308,6 +360,36 @@ fn hcm_for_port(
     listener.http_connection_manager().cloned()
 }
 
+/// Envoy's internal-request rule: with `use_remote_address` the peer's address decides; without
+/// it, `x-forwarded-for` must hold exactly one address (no XFF: external). The address is
+/// internal when it is loopback, RFC 1918 or unique-local IPv6 (Envoy's classic default for
+/// `internal_address_config`).
+fn is_internal_request(
+    hcm: &HttpConnectionManagerConfig,
+    downstream: &Downstream,
+    headers: &http::HeaderMap,
+) -> bool {
+    let address = if hcm.use_remote_address {
+        Some(downstream.peer.ip())
+    } else {
+        let mut xff = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|a| !a.is_empty());
+        match (xff.next(), xff.next()) {
+            (Some(single), None) => single.parse::<std::net::IpAddr>().ok(),
+            _ => None,
+        }
+    };
+    address.is_some_and(|ip| match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+        std::net::IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+    })
+}
+
 /// Envoy's request header handling for a sidecar.
 fn prepare_request(
     hcm: &HttpConnectionManagerConfig,
@@ -315,12 +397,14 @@ fn prepare_request(
     downstream: &Downstream,
     parts: &mut http::request::Parts,
 ) {
-    // Requests from the application are external: Envoy's internal-only headers must not be
-    // spoofable from outside.
+    // Envoy's internal-only headers must not be spoofable from outside. Internal callers (see
+    // `is_internal_request`) keep the router's retry and timeout overrides, as Envoy does.
+    let keep_overrides = is_internal_request(hcm, downstream, &parts.headers);
     let internal: Vec<_> = parts
         .headers
         .keys()
         .filter(|k| k.as_str().starts_with("x-envoy-"))
+        .filter(|k| !(keep_overrides && crate::retry::HeaderOverrides::NAMES.contains(&k.as_str())))
         .cloned()
         .collect();
     for name in internal {

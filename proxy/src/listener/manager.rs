@@ -1,7 +1,14 @@
 //! The listener manager: binds a socket for every `bind_to_port` listener in the snapshot, keeps
 //! it across config changes (the accept loop reads the listener's current filter chains from the
-//! snapshot per connection, so updates apply in place), and drains listeners that were removed
-//! or moved: they stop accepting while their connections finish gracefully.
+//! snapshot per connection, so new connections get an update at once), and drains listeners that
+//! were removed or moved: they stop accepting while their connections finish gracefully.
+//!
+//! Like Envoy, an updated or removed listener also drains the connections it already accepted,
+//! so clients move to the new config (see [`crate::http_connection_manager::drain`]). Each
+//! listener config in force is a *generation*; a connection holds the generation of the listener
+//! that serves it (after the original-destination hand-off) and is retired when that
+//! generation ends. Generations are compared by value, so a listener re-sent unchanged by the
+//! control plane drains nothing.
 //!
 //! Each connection is dispatched here: original destination recovery for capture listeners,
 //! listener filters, filter chain selection, then the HTTP connection manager or the TCP proxy.
@@ -16,9 +23,15 @@ use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
 use super::{ConnectionInfo, Listener, NetworkFilter};
-use crate::http_connection_manager::{self as hcm, Downstream, HcmSelector};
+use crate::http_connection_manager::{self as hcm, Downstream, DrainSignals, HcmSelector};
 use crate::snapshot::{ConfigStore, Snapshot};
 use crate::stats::Store;
+
+/// One listener config in force; `retired` fires when it is replaced or removed.
+struct Generation {
+    config: Arc<Listener>,
+    retired: watch::Sender<bool>,
+}
 
 struct Active {
     address: SocketAddr,
@@ -48,6 +61,8 @@ pub struct ListenerManager {
     store: Arc<ConfigStore>,
     stats: Arc<Store>,
     active: Mutex<HashMap<String, Active>>,
+    /// Every listener's generation, bound or not (by name).
+    generations: Mutex<HashMap<String, Generation>>,
     connections: Arc<Connections>,
     /// Turns true to drain every connection (shutdown, `/drain_listeners`).
     drain: watch::Sender<bool>,
@@ -66,6 +81,7 @@ impl ListenerManager {
             store,
             stats,
             active: Mutex::new(HashMap::new()),
+            generations: Mutex::new(HashMap::new()),
             connections: Arc::default(),
             drain: watch::Sender::new(false),
         })
@@ -75,10 +91,71 @@ impl ListenerManager {
         self.active.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reconciles sockets with the current snapshot: binds new listeners, drains removed or
-    /// moved ones. A listener that fails to bind is logged and left out.
-    pub async fn reconcile(self: &Arc<Self>) {
+    fn generations(&self) -> std::sync::MutexGuard<'_, HashMap<String, Generation>> {
+        self.generations.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The generation of `listener` (a snapshot's config), starting a new one and retiring the
+    /// old when the config differs from the one in force.
+    fn generation_of(
+        generations: &mut HashMap<String, Generation>,
+        listener: &Arc<Listener>,
+    ) -> watch::Receiver<bool> {
+        if let Some(current) = generations.get_mut(&listener.name) {
+            if Arc::ptr_eq(&current.config, listener) {
+                return current.retired.subscribe();
+            }
+            if *current.config == **listener {
+                // Same config, new object: keep the generation, remember the object so the
+                // next connection's check is a pointer comparison.
+                current.config = listener.clone();
+                return current.retired.subscribe();
+            }
+        }
+        let generation = Generation {
+            config: listener.clone(),
+            retired: watch::Sender::new(false),
+        };
+        let retired = generation.retired.subscribe();
+        if let Some(old) = generations.insert(listener.name.clone(), generation) {
+            tracing::info!(
+                listener = listener.name.as_str(),
+                "listener updated: draining its connections"
+            );
+            old.retired.send_replace(true);
+        }
+        retired
+    }
+
+    /// Starts the generations of the current snapshot's listeners and retires those of
+    /// updated and removed ones. The lock is held across the load, so generations only move
+    /// forward even when a connection loads the snapshot at the same time.
+    fn update_generations(&self) -> Arc<Snapshot> {
+        let mut generations = self.generations();
         let snapshot = self.store.load();
+        let listeners = &snapshot.resources.listeners;
+        generations.retain(|name, generation| {
+            let keep = listeners.contains_key(name);
+            if !keep {
+                tracing::info!(
+                    listener = name.as_str(),
+                    "listener removed: draining its connections"
+                );
+                generation.retired.send_replace(true);
+            }
+            keep
+        });
+        for listener in listeners.values() {
+            Self::generation_of(&mut generations, listener);
+        }
+        snapshot
+    }
+
+    /// Reconciles sockets with the current snapshot: binds new listeners, drains removed or
+    /// moved ones, retires the connections of updated ones. A listener that fails to bind is
+    /// logged and left out.
+    pub async fn reconcile(self: &Arc<Self>) {
+        let snapshot = self.update_generations();
         let wanted: HashMap<&String, &Arc<Listener>> = snapshot
             .resources
             .listeners
@@ -163,10 +240,11 @@ impl ListenerManager {
         socket: TcpListener,
         mut stop: watch::Receiver<bool>,
     ) {
-        // Envoy names listener stats by address: `listener.0.0.0.0_15001.downstream_cx_total`.
+        // Envoy names listener stats by address with `:` made `_`:
+        // `listener.0.0.0.0_15001.downstream_cx_total`, `listener.[__]_15001...` for `[::]`.
         let address = socket
             .local_addr()
-            .map_or_else(|_| name.clone(), |a| format!("{}_{}", a.ip(), a.port()));
+            .map_or_else(|_| name.clone(), |a| a.to_string().replace(':', "_"));
         let cx_total = self
             .stats
             .counter(format!("listener.{address}.downstream_cx_total"));
@@ -223,29 +301,36 @@ impl ListenerManager {
         peer: SocketAddr,
         drain: watch::Receiver<bool>,
     ) {
-        let snapshot = self.store.load();
-        let Some(mut listener) = snapshot.resources.listeners.get(name).cloned() else {
-            return;
-        };
         let Ok(local) = stream.local_addr() else {
             return;
         };
-        let mut destination = local;
-        let mut original_dst = None;
-        let mut explicit_proxy = false;
-        if listener.use_original_dst {
-            match original_destination(&stream).filter(|d| *d != local) {
-                Some(original) => {
-                    original_dst = Some(original);
-                    destination = original;
-                    if let Some(target) = listener_for(&snapshot, original) {
-                        listener = target;
-                    }
-                }
-                // Not redirected by iptables: serve HTTP as an explicit proxy / by Host header.
-                None => explicit_proxy = true,
+        // The snapshot and the serving listener's generation are taken under one lock, so a
+        // concurrent update either is already in this snapshot or retires this connection.
+        let (snapshot, listener, capture, retired) = {
+            let mut generations = self.generations();
+            let snapshot = self.store.load();
+            let Some(mut listener) = snapshot.resources.listeners.get(name).cloned() else {
+                return;
+            };
+            // Capture listener: `Some(original)` when iptables redirected the connection.
+            let capture = listener
+                .use_original_dst
+                .then(|| original_destination(&stream).filter(|d| *d != local));
+            if let Some(target) = capture.flatten().and_then(|o| listener_for(&snapshot, o)) {
+                listener = target;
             }
-        }
+            let retired = Self::generation_of(&mut generations, &listener);
+            (snapshot, listener, capture, retired)
+        };
+        let original_dst = capture.flatten();
+        let destination = original_dst.unwrap_or(local);
+        // A capture listener's connection that was not redirected: serve HTTP as an explicit
+        // proxy / by Host header.
+        let explicit_proxy = capture.is_some_and(|o| o.is_none());
+        let drain = DrainSignals {
+            shutdown: drain,
+            retired,
+        };
         let inspection =
             super::inspector::inspect(&stream, listener.tls_inspector, listener.http_inspector)
                 .await;
@@ -265,6 +350,9 @@ impl ListenerManager {
             original_dst,
             listener: Arc::from(listener.name.as_str()),
             stats: self.stats.clone(),
+            buffer_limit: listener
+                .per_connection_buffer_limit
+                .map_or(crate::retry::replay::DEFAULT_LIMIT, u64::from),
         };
         match chain.map(|c| &c.filter) {
             Some(NetworkFilter::Http(config)) => {

@@ -2,8 +2,9 @@
 //! accepting connections and handing each to the filter chain that matches it.
 //!
 //! The validated [`Listener`] is pure config; [`manager::ListenerManager`] owns the sockets and
-//! reconciles them with each snapshot, so a changed listener keeps its socket and the next
-//! connection sees the new filter chains (Envoy drains the whole listener instead).
+//! reconciles them with each snapshot: a changed listener keeps its socket, the next connection
+//! sees the new filter chains, and the connections it accepted before are drained as Envoy
+//! drains an updated listener.
 
 pub mod filter_chain;
 pub mod inspector;
@@ -53,6 +54,9 @@ pub struct Listener {
     pub tls_inspector: bool,
     /// `http_inspector` present: detect HTTP/1.x or h2c for `application_protocols`.
     pub http_inspector: bool,
+    /// `per_connection_buffer_limit_bytes` (Envoy default 1 MiB): bounds how much of a request
+    /// body the router keeps for retries when the route sets no limit of its own.
+    pub per_connection_buffer_limit: Option<u32>,
 }
 
 impl Listener {
@@ -236,6 +240,7 @@ fn build(l: &listener_pb::Listener) -> Result<Listener, Invalid> {
         default_filter_chain,
         tls_inspector,
         http_inspector,
+        per_connection_buffer_limit: l.per_connection_buffer_limit_bytes.map(|v| v.value),
     })
 }
 

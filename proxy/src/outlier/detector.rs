@@ -210,6 +210,11 @@ impl Detector {
                 }
             }
         } else if let Some(status) = outcome.as_status() {
+            if c.split_external_local_origin_errors {
+                // An answer means the connection worked: Envoy's router reports a local-origin
+                // success with every response, which ends a run of local-origin failures.
+                h.consecutive_local = 0;
+            }
             h.interval_total += 1;
             if status < 500 {
                 h.interval_success += 1;

@@ -182,11 +182,16 @@ async fn split_local_origin_errors_have_their_own_counter() {
     );
     d.record(hs[0], Outcome::ConnectFailed);
     d.record(hs[0], Outcome::ConnectSuccess);
-    d.record(hs[0], Outcome::ConnectFailed);
+    assert_eq!(d.record(hs[0], Outcome::ConnectFailed), None);
     assert_eq!(
         fail(&d, hs[0], 4),
         None,
-        "external 5xx do not add to the local count"
+        "external 5xx do not add to the local count (consecutive_5xx is 5)"
+    );
+    assert_eq!(
+        d.record(hs[0], Outcome::ConnectFailed),
+        None,
+        "an answer, even a 5xx, means the connection worked: the local run restarted"
     );
     assert_eq!(
         d.record(hs[0], Outcome::Reset),

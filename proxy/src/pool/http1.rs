@@ -16,8 +16,10 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
+use super::limits::{ConnectionSlot, Pending, Slots};
 use super::{ConnectionGuard, PoolSettings, PoolStats, TrackedBody, connect};
 use crate::body::Body;
+use crate::circuit_breaker::CircuitBreaker;
 use crate::cluster::UpstreamError;
 use crate::cluster::host::ActiveRequest;
 
@@ -36,6 +38,8 @@ struct Inner {
     /// Whether the idle reaper task is running (at most one per pool).
     reaping: AtomicBool,
     next_id: AtomicU64,
+    /// Open connections and the wake-up of requests waiting for one.
+    slots: Slots,
 }
 
 #[derive(Debug)]
@@ -65,6 +69,7 @@ impl Http1Pool {
                 idle: Mutex::new(Vec::new()),
                 reaping: AtomicBool::new(false),
                 next_id: AtomicU64::new(0),
+                slots: Slots::default(),
             }),
         }
     }
@@ -74,17 +79,20 @@ impl Http1Pool {
         self.inner.lock_idle().len()
     }
 
-    /// Sends a request, reusing an idle connection when one is ready.
+    /// Sends a request, reusing an idle connection when one is ready; with a `breaker`, a
+    /// request without one waits as pending under its `max_pending_requests` and
+    /// `max_connections` (see the module `pool::limits`).
     pub async fn send(
         &self,
         mut request: http::Request<Body>,
+        breaker: Option<&Arc<CircuitBreaker>>,
     ) -> Result<http::Response<Body>, UpstreamError> {
         let active = ActiveRequest::new(&self.inner.stats.host);
         super::to_http1(&mut request);
         loop {
             let mut conn = match self.inner.checkout() {
                 Some(conn) => conn,
-                None => self.inner.connect().await?,
+                None => self.inner.obtain(breaker).await?,
             };
             match conn.sender.try_send_request(request).await {
                 Ok(response) => {
@@ -136,7 +144,42 @@ impl Inner {
         None
     }
 
-    async fn connect(&self) -> Result<Checkout, UpstreamError> {
+    /// A connection for a request that found none idle: a new one when a connection unit is
+    /// free, else the next one given back, waiting as a pending request.
+    async fn obtain(
+        &self,
+        breaker: Option<&Arc<CircuitBreaker>>,
+    ) -> Result<Checkout, UpstreamError> {
+        let mut overflowed = false;
+        let Some(breaker) = breaker else {
+            let slot = self.slots.try_open(None, &self.stats, &mut overflowed);
+            return self.connect(slot).await;
+        };
+        let _pending = Pending::new(breaker, &self.stats)?;
+        loop {
+            let pool_wake = self.slots.wake().notified();
+            let cluster_wake = breaker.connection_released();
+            tokio::pin!(pool_wake, cluster_wake);
+            pool_wake.as_mut().enable();
+            cluster_wake.as_mut().enable();
+            if let Some(conn) = self.checkout() {
+                return Ok(conn);
+            }
+            if let Some(slot) = self
+                .slots
+                .try_open(Some(breaker), &self.stats, &mut overflowed)
+            {
+                return self.connect(Some(slot)).await;
+            }
+            tracing::trace!(upstream.addr = %self.addr, "waiting for a connection (max_connections)");
+            tokio::select! {
+                () = pool_wake => {}
+                () = cluster_wake => {}
+            }
+        }
+    }
+
+    async fn connect(&self, slot: Option<ConnectionSlot>) -> Result<Checkout, UpstreamError> {
         let stream = connect(self.addr, &self.settings, &self.stats).await?;
         let mut builder = http1::Builder::new();
         builder.title_case_headers(self.settings.http1.title_case_headers);
@@ -147,7 +190,7 @@ impl Inner {
         let guard = ConnectionGuard::new(&self.stats);
         let addr = self.addr;
         tokio::spawn(async move {
-            let _guard = guard;
+            let _guard = (guard, slot);
             if let Err(error) = connection.with_upgrades().await {
                 tracing::debug!(upstream.addr = %addr, %error, "upstream connection closed with error");
             }
@@ -188,6 +231,7 @@ impl Inner {
                 since: Instant::now(),
                 served,
             });
+            pool.slots.wake().notify_waiters();
             if let Some(timeout) = pool.settings.idle_timeout
                 && !pool.reaping.swap(true, Ordering::AcqRel)
             {

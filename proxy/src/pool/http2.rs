@@ -16,8 +16,10 @@ use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
+use super::limits::{ConnectionSlot, Pending, Slots};
 use super::{ConnectionGuard, PoolSettings, PoolStats, TrackedBody, connect};
 use crate::body::Body;
+use crate::circuit_breaker::CircuitBreaker;
 use crate::cluster::UpstreamError;
 use crate::cluster::host::ActiveRequest;
 
@@ -38,6 +40,8 @@ struct Inner {
     /// Whether the idle reaper task is running (at most one per pool).
     reaping: AtomicBool,
     next_id: AtomicU64,
+    /// Open connections and the wake-up of requests waiting for a stream slot.
+    slots: Slots,
 }
 
 #[derive(Debug)]
@@ -82,6 +86,7 @@ impl Http2Pool {
                 connect_failures: AtomicU64::new(0),
                 reaping: AtomicBool::new(false),
                 next_id: AtomicU64::new(0),
+                slots: Slots::default(),
             }),
         }
     }
@@ -91,16 +96,18 @@ impl Http2Pool {
         self.inner.lock_conns().len()
     }
 
-    /// Sends a request as a new stream on a connection with room for it.
+    /// Sends a request as a new stream on a connection with room for it; with a `breaker`, a
+    /// request that finds none waits as pending (see the module `pool::limits`).
     pub async fn send(
         &self,
         mut request: http::Request<Body>,
+        breaker: Option<&Arc<CircuitBreaker>>,
     ) -> Result<http::Response<Body>, UpstreamError> {
         let active = ActiveRequest::new(&self.inner.stats.host);
         super::to_http2(&mut request);
         let mut retried = false;
         loop {
-            let (mut sender, slot, fresh) = self.inner.checkout().await?;
+            let (mut sender, slot, fresh) = self.inner.checkout(breaker).await?;
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(TrackedBody::boxed(response, (active, slot))),
                 Err(mut error) => match error.take_message() {
@@ -144,29 +151,55 @@ impl Inner {
     ///
     /// Connections are opened one at a time; requests that queued behind an attempt that
     /// failed fail with it (UF) instead of each waiting out their own connect timeout, as
-    /// Envoy fails the pending requests of a failed connection.
+    /// Envoy fails the pending requests of a failed connection. A request that finds no room
+    /// is pending under the breaker's `max_pending_requests`, and waits for a stream to end
+    /// when `max_connections` forbids a new connection.
     async fn checkout(
         self: &Arc<Self>,
+        breaker: Option<&Arc<CircuitBreaker>>,
     ) -> Result<(SendRequest<Body>, StreamSlot, bool), UpstreamError> {
         if let Some((sender, slot)) = self.claim() {
             return Ok((sender, slot, false));
         }
-        let failures = self.connect_failures.load(Ordering::Acquire);
-        let _connecting = self.connecting.lock().await;
-        if let Some((sender, slot)) = self.claim() {
-            return Ok((sender, slot, false));
-        }
-        if self.connect_failures.load(Ordering::Acquire) != failures {
-            return Err(UpstreamError::ConnectFailure(std::io::Error::other(
-                "the connection attempt this request waited for failed",
-            )));
-        }
-        match self.connect().await {
-            Ok((sender, slot)) => Ok((sender, slot, true)),
-            Err(error) => {
-                self.connect_failures.fetch_add(1, Ordering::AcqRel);
-                Err(error)
+        let _pending = breaker
+            .map(|breaker| Pending::new(breaker, &self.stats))
+            .transpose()?;
+        let mut overflowed = false;
+        loop {
+            let pool_wake = self.slots.wake().notified();
+            tokio::pin!(pool_wake);
+            pool_wake.as_mut().enable();
+            let failures = self.connect_failures.load(Ordering::Acquire);
+            let connecting = self.connecting.lock().await;
+            if let Some((sender, slot)) = self.claim() {
+                return Ok((sender, slot, false));
             }
+            if self.connect_failures.load(Ordering::Acquire) != failures {
+                return Err(UpstreamError::ConnectFailure(std::io::Error::other(
+                    "the connection attempt this request waited for failed",
+                )));
+            }
+            let Some(conn_slot) = self.slots.try_open(breaker, &self.stats, &mut overflowed) else {
+                drop(connecting);
+                // Only reached with a breaker; a stream ending here or a connection closing
+                // anywhere in the cluster may make room.
+                let cluster_wake = breaker.map(|b| b.connection_released());
+                match cluster_wake {
+                    Some(cluster_wake) => tokio::select! {
+                        () = pool_wake => {}
+                        () = cluster_wake => {}
+                    },
+                    None => pool_wake.await,
+                }
+                continue;
+            };
+            return match self.connect(conn_slot).await {
+                Ok((sender, slot)) => Ok((sender, slot, true)),
+                Err(error) => {
+                    self.connect_failures.fetch_add(1, Ordering::AcqRel);
+                    Err(error)
+                }
+            };
         }
     }
 
@@ -195,7 +228,10 @@ impl Inner {
         ))
     }
 
-    async fn connect(self: &Arc<Self>) -> Result<(SendRequest<Body>, StreamSlot), UpstreamError> {
+    async fn connect(
+        self: &Arc<Self>,
+        conn_slot: ConnectionSlot,
+    ) -> Result<(SendRequest<Body>, StreamSlot), UpstreamError> {
         let stream = connect(self.addr, &self.settings, &self.stats).await?;
         let h2 = &self.settings.http2;
         let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -218,7 +254,7 @@ impl Inner {
         let seen = peer_max_streams.clone();
         let mut connection = connection;
         tokio::spawn(async move {
-            let _guard = guard;
+            let _guard = (guard, conn_slot);
             let driven = std::future::poll_fn(|cx| {
                 let poll = std::pin::Pin::new(&mut connection).poll(cx);
                 seen.store(connection.current_max_send_streams(), Ordering::Relaxed);
@@ -256,6 +292,7 @@ impl Inner {
         };
         let conn = &mut conns[i];
         conn.active = conn.active.saturating_sub(1);
+        self.slots.wake().notify_waiters();
         if conn.active > 0 {
             return;
         }

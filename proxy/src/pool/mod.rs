@@ -18,10 +18,12 @@ use hyper::body::Incoming;
 use tokio::net::TcpStream;
 
 use crate::body::{Body, BoxError};
+use crate::circuit_breaker::CircuitBreaker;
 use crate::cluster::{ClusterStats, HostStats, UpstreamError, UpstreamProtocol};
 
 pub mod http1;
 pub mod http2;
+mod limits;
 
 /// Everything that shapes a host's connections; part of the cluster config.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,10 +128,12 @@ impl Pool {
         }
     }
 
-    /// Sends one request on a pooled (or new) connection of the right protocol.
+    /// Sends one request on a pooled (or new) connection of the right protocol; with a
+    /// `breaker`, under its `max_connections` and `max_pending_requests` (see the module `limits`).
     pub async fn send(
         &self,
         request: http::Request<Body>,
+        breaker: Option<&Arc<CircuitBreaker>>,
     ) -> Result<http::Response<Body>, UpstreamError> {
         let h2 = match self.protocol {
             UpstreamProtocol::Http1 => false,
@@ -137,9 +141,9 @@ impl Pool {
             UpstreamProtocol::UseDownstream => request.version() == http::Version::HTTP_2,
         };
         if h2 {
-            self.http2.send(request).await
+            self.http2.send(request, breaker).await
         } else {
-            self.http1.send(request).await
+            self.http1.send(request, breaker).await
         }
     }
 

@@ -525,3 +525,6 @@ async fn http2_streams_finish_after_their_host_is_dropped() {
     );
     assert_eq!(first.await.unwrap(), "HTTP/2.0 /wait");
 }
+
+#[path = "limits_tests.rs"]
+mod limits;

@@ -146,10 +146,23 @@ fn merge(a: RetryOn, b: RetryOn) -> RetryOn {
         grpc_resource_exhausted: a.grpc_resource_exhausted || b.grpc_resource_exhausted,
         grpc_internal: a.grpc_internal || b.grpc_internal,
         grpc_unavailable: a.grpc_unavailable || b.grpc_unavailable,
+        reset_before_request: a.reset_before_request || b.reset_before_request,
+        envoy_ratelimited: a.envoy_ratelimited || b.envoy_ratelimited,
+        http3_post_connect_failure: a.http3_post_connect_failure || b.http3_post_connect_failure,
     }
 }
 
 impl HeaderOverrides {
+    /// The request headers that tune retries and timeouts (kept for internal callers by the
+    /// HTTP connection manager, consumed and stripped by the router).
+    pub const NAMES: [&'static str; 5] = [
+        MAX_RETRIES,
+        RETRY_ON,
+        RETRY_GRPC_ON,
+        RQ_TIMEOUT_MS,
+        RQ_PER_TRY_TIMEOUT_MS,
+    ];
+
     /// Reads the override headers; malformed values are ignored, as Envoy does.
     pub fn parse(headers: &HeaderMap) -> Self {
         let retry_on = match (
@@ -227,6 +240,12 @@ impl<'a> RetryState<'a> {
         }
     }
 
+    /// Whether this request may be retried at all (a policy with retries left); when not, the
+    /// router need not keep the request body for replay.
+    pub fn may_retry(&self) -> bool {
+        self.policy.is_some() && self.retries < self.max_retries
+    }
+
     /// The 1-based number of the attempt about to be (or just) sent.
     pub fn attempt(&self) -> u32 {
         self.retries + 1
@@ -276,8 +295,12 @@ impl<'a> RetryState<'a> {
                 let any_reset = on.five_xx || on.gateway_error || on.reset;
                 match kind {
                     FailureKind::Overflow => false,
-                    FailureKind::ConnectFailure => any_reset || on.connect_failure,
-                    FailureKind::RefusedStream => any_reset || on.refused_stream,
+                    FailureKind::ConnectFailure => {
+                        any_reset || on.connect_failure || on.reset_before_request
+                    }
+                    FailureKind::RefusedStream => {
+                        any_reset || on.refused_stream || on.reset_before_request
+                    }
                     FailureKind::Reset | FailureKind::PerTryTimeout => any_reset,
                 }
             }
@@ -394,6 +417,11 @@ mod tests {
             assert!(s.is_retriable(&Outcome::Failure(kind)), "{kind:?}");
         }
         assert!(!s.is_retriable(&Outcome::Failure(FailureKind::Overflow)));
+        let p = policy("reset-before-request", 1);
+        let s = RetryState::new(Some(&p), &HeaderOverrides::default());
+        assert!(s.is_retriable(&Outcome::Failure(FailureKind::ConnectFailure)));
+        assert!(s.is_retriable(&Outcome::Failure(FailureKind::RefusedStream)));
+        assert!(!s.is_retriable(&Outcome::Failure(FailureKind::Reset)));
         let p = policy("refused-stream", 1);
         let s = RetryState::new(Some(&p), &HeaderOverrides::default());
         assert!(s.is_retriable(&Outcome::Failure(FailureKind::RefusedStream)));
@@ -439,6 +467,8 @@ mod tests {
 
         let s = RetryState::new(None, &o);
         assert_eq!(s.max_retries, 4);
+        assert!(s.may_retry());
+        assert!(!RetryState::new(None, &HeaderOverrides::default()).may_retry());
         assert_eq!(s.per_try_timeout(), Some(Duration::from_millis(150)));
         assert!(s.is_retriable(&Outcome::Failure(FailureKind::Reset)));
 

@@ -1,10 +1,14 @@
-//! The attempt loop the router runs for one request: send, classify, feed outlier detection,
-//! ask [`RetryState::decide`], back off, and try again on another host, all within the route
-//! timeout and per-try timeouts, with retries admitted by the cluster's circuit breaker.
+//! The attempt loop the router runs for one request: send, classify, ask
+//! [`RetryState::decide`], back off, and try again on another host, all within the route
+//! timeout and per-try timeouts, with retries admitted by the cluster's circuit breaker (retry
+//! budget / `max_retries`, see [`super::budget`]) and only while the request body can still be
+//! replayed ([`super::Replay`]).
 //!
 //! It is generic only over the one closure that sends an attempt, so the router keeps host
 //! selection, request building (body replay, `x-envoy-attempt-count`) and header mutation, and
-//! this loop is tested on tokio's paused clock against scripted upstreams.
+//! this loop is tested on tokio's paused clock against scripted upstreams. Responses and
+//! connection errors reach outlier detection through `Cluster::send`; only per-try timeouts,
+//! which drop the attempt's future, are reported here.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,6 +22,7 @@ use super::decision::{Decision, FailureKind, Outcome, RetryState};
 use crate::body::Body;
 use crate::circuit_breaker::CircuitBreaker;
 use crate::cluster::UpstreamError;
+use crate::cluster::stats::RetryStats;
 use crate::error::ResponseFlag;
 use crate::http_connection_manager::local_reply;
 use crate::outlier;
@@ -35,6 +40,18 @@ enum Got {
 pub struct Timeouts {
     /// The route timeout (after `x-envoy-upstream-rq-timeout-ms`), covering all attempts.
     pub route: Option<Duration>,
+}
+
+/// The cluster-side parts the loop consults: the breaker that admits retries, the outlier
+/// detector told about per-try timeouts, and the counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Upstream<'a> {
+    /// Admits retries (`retry_budget` / `max_retries` and the default ratio budget).
+    pub breaker: Option<&'a Arc<CircuitBreaker>>,
+    /// Told about per-try timeouts.
+    pub outlier: Option<&'a outlier::Detector>,
+    /// `upstream_rq_retry*`, `upstream_rq_per_try_timeout`, `upstream_rq_timeout`.
+    pub stats: Option<&'a RetryStats>,
 }
 
 fn timeout_reply() -> Response<Body> {
@@ -65,27 +82,32 @@ pub fn failure_reply(error: &UpstreamError) -> Response<Body> {
     local_reply(StatusCode::SERVICE_UNAVAILABLE, body, Some(flag))
 }
 
-fn outlier_outcome(error: &UpstreamError) -> Option<outlier::Outcome> {
-    outlier::Outcome::from_result(Err(error))
+fn count(counter: Option<&Arc<crate::stats::Counter>>) {
+    if let Some(c) = counter {
+        c.inc();
+    }
 }
 
 /// Runs attempts until one is final. `send(attempt, excluded)` picks a host for attempt number
 /// `attempt` (1-based, for `x-envoy-attempt-count`), avoiding the `excluded` hosts when it can,
 /// and returns it with the future sending the request there (`None` = no healthy upstream,
-/// 503 UH, never retried). The returned response carries the response flag extension (UT,
-/// URX, UO, UF, UC, UH) when one applies.
+/// 503 UH, never retried). `replayable()` says whether the request body can still be sent
+/// again; when it cannot, the outcome in hand is final. `Ok` is the upstream's response, `Err`
+/// a local reply; either carries the response flag extension (UT, URX, UO, UF, UC, UH) when one
+/// applies.
 pub async fn run<F, Fut>(
     state: &mut RetryState<'_>,
     timeouts: Timeouts,
-    breaker: Option<&Arc<CircuitBreaker>>,
-    outlier: Option<&outlier::Detector>,
+    upstream: Upstream<'_>,
+    replayable: impl Fn() -> bool,
     mut send: F,
-) -> Response<Body>
+) -> Result<Response<Body>, Response<Body>>
 where
     F: FnMut(u32, &[SocketAddr]) -> Option<(SocketAddr, Fut)>,
     Fut: Future<Output = Result<Response<Body>, UpstreamError>>,
 {
     let deadline = timeouts.route.map(|t| Instant::now() + t);
+    let stats = upstream.stats;
     let mut retry_guard = None;
     loop {
         let attempt = state.attempt();
@@ -95,11 +117,11 @@ where
             (p, r) => p.or(r),
         };
         let Some((host, sent)) = send(attempt, state.excluded()) else {
-            return local_reply(
+            return Err(local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no healthy upstream",
                 Some(ResponseFlag::NoHealthyUpstream),
-            );
+            ));
         };
         state.record_host(host);
         let got = match per_try {
@@ -113,58 +135,56 @@ where
                 Err(error) => Got::Error(error),
             },
         };
-        let recorded = match &got {
-            Got::Response(r) => Some(outlier::Outcome::Response(r.status().as_u16())),
-            Got::Error(e) => outlier_outcome(e),
-            Got::PerTryTimeout => Some(outlier::Outcome::Timeout),
+        if matches!(got, Got::PerTryTimeout) {
+            if let Some(d) = upstream.outlier {
+                d.record(host, outlier::Outcome::Timeout);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                tracing::debug!(attempt, upstream = %host, "upstream request timeout");
+                count(stats.map(|s| &s.timeout));
+                return Err(timeout_reply());
+            }
+            count(stats.map(|s| &s.per_try_timeout));
+        }
+        let outcome = match &got {
+            Got::Response(r) => Outcome::Response {
+                status: r.status(),
+                headers: r.headers(),
+            },
+            Got::Error(e) => Outcome::Failure(FailureKind::from(e)),
+            Got::PerTryTimeout => Outcome::Failure(FailureKind::PerTryTimeout),
         };
-        if let (Some(d), Some(o)) = (outlier, recorded) {
-            d.record(host, o);
-        }
-        if matches!(got, Got::PerTryTimeout) && deadline.is_some_and(|d| Instant::now() >= d) {
-            tracing::debug!(attempt, upstream = %host, "upstream request timeout");
-            return timeout_reply();
-        }
-        let decision = match &got {
-            Got::Response(r) => decide(
-                state,
-                &Outcome::Response {
-                    status: r.status(),
-                    headers: r.headers(),
-                },
-                breaker,
-                &mut retry_guard,
-            ),
-            Got::Error(e) => decide(
-                state,
-                &Outcome::Failure(FailureKind::from(e)),
-                breaker,
-                &mut retry_guard,
-            ),
-            Got::PerTryTimeout => decide(
-                state,
-                &Outcome::Failure(FailureKind::PerTryTimeout),
-                breaker,
-                &mut retry_guard,
-            ),
+        let decision = if replayable() {
+            decide(state, &outcome, upstream.breaker, &mut retry_guard)
+        } else {
+            Decision::Done
         };
         tracing::debug!(attempt, upstream = %host, ?decision, "upstream attempt finished");
-        if let Decision::Retry { backoff } = decision {
-            drop(got);
-            if !back_off(backoff, deadline).await {
-                return timeout_reply();
+        match decision {
+            Decision::Retry { backoff } => {
+                count(stats.map(|s| &s.retry));
+                drop(got);
+                if !back_off(backoff, deadline).await {
+                    count(stats.map(|s| &s.timeout));
+                    return Err(timeout_reply());
+                }
+                continue;
             }
-            continue;
+            Decision::Done if attempt > 1 => count(stats.map(|s| &s.success)),
+            Decision::Done => {}
+            Decision::Exhausted => count(stats.map(|s| &s.limit_exceeded)),
+            Decision::Overflow => count(stats.map(|s| &s.overflow)),
         }
         let mut reply = match got {
-            Got::Response(response) => response,
-            Got::Error(error) => failure_reply(&error),
-            Got::PerTryTimeout => timeout_reply(),
+            Got::Response(response) => Ok(response),
+            Got::Error(error) => Err(failure_reply(&error)),
+            Got::PerTryTimeout => Err(timeout_reply()),
         };
         // A response keeps one flag: the retry verdict (URX/UO) wins over UF/UC/UT, which the
         // verdict implies.
         if let Some(flag) = decision.response_flag() {
-            reply.extensions_mut().insert(flag);
+            let (Ok(r) | Err(r)) = &mut reply;
+            r.extensions_mut().insert(flag);
         }
         return reply;
     }

@@ -115,11 +115,16 @@ async fn request(
     run(
         &mut state,
         Timeouts { route },
-        breaker,
-        detector,
+        Upstream {
+            breaker,
+            outlier: detector,
+            stats: None,
+        },
+        || true,
         |attempt, excluded| up.send(attempt, excluded),
     )
     .await
+    .unwrap_or_else(|local| local)
 }
 
 #[tokio::test(start_paused = true)]
@@ -240,6 +245,7 @@ async fn retry_storm_stays_within_the_default_budget() {
         let _request = breaker
             .try_acquire(crate::circuit_breaker::Resource::Requests)
             .expect("request admitted");
+        breaker.record_request();
         let r = request(&up, Some(&p), None, Some(&breaker), None).await;
         if flag(&r) == Some(ResponseFlag::UpstreamOverflow) {
             overflowed += 1;
@@ -253,22 +259,47 @@ async fn retry_storm_stays_within_the_default_budget() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn attempts_feed_outlier_detection() {
-    let up = Upstreams::new(&[
-        Behaviour::Status(503),
-        Behaviour::Status(200),
-        Behaviour::Status(200),
-    ]);
+async fn per_try_timeouts_feed_outlier_detection() {
+    let up = Upstreams::new(&[Behaviour::Hang, Behaviour::Status(200)]);
     let pb = xds_proto::envoy::config::cluster::v3::OutlierDetection {
-        consecutive_5xx: Some(UInt32Value { value: 3 }),
+        consecutive_5xx: Some(UInt32Value { value: 2 }),
         ..Default::default()
     };
     let config = crate::cluster::OutlierDetection::parse(&pb, "c").expect("valid");
     let detector = outlier::Detector::new(config, up.hosts.iter().map(|(a, _)| *a));
-    let p = policy("5xx", 1, previous_hosts);
-    for _ in 0..3 {
+    let p = policy("5xx", 1, |p| {
+        previous_hosts(p);
+        p.per_try_timeout = Some(PbDuration {
+            seconds: 1,
+            nanos: 0,
+        });
+    });
+    for _ in 0..2 {
         let r = request(&up, Some(&p), None, None, Some(&detector)).await;
         assert_eq!(r.status(), StatusCode::OK);
     }
     assert_eq!(detector.ejected_hosts(), vec![up.addr(0)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_cannot_be_replayed_is_not_retried() {
+    let up = Upstreams::new(&[Behaviour::Status(503), Behaviour::Status(200)]);
+    let p = policy("5xx", 2, previous_hosts);
+    let mut state = RetryState::new(Some(&p), &HeaderOverrides::default());
+    let r = run(
+        &mut state,
+        Timeouts::default(),
+        Upstream::default(),
+        || false,
+        |attempt, excluded| up.send(attempt, excluded),
+    )
+    .await
+    .expect("the upstream's own answer");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        flag(&r),
+        None,
+        "no URX: retries were disabled, not exhausted"
+    );
+    assert_eq!(up.attempts().len(), 1);
 }

@@ -1,10 +1,17 @@
 //! Retries as Envoy's router does them: a validated [`RetryPolicy`] per route, a per-request
 //! [`RetryState`] that decides after each attempt whether to try again (and which response flag
-//! ends the request), jittered exponential [`backoff`], and retry [`budget`]s that keep retries
-//! from multiplying an outage.
+//! ends the request), jittered exponential [`backoff`], request bodies teed for [`replay`], and
+//! retry [`budget`]s that keep retries from multiplying an outage.
 //!
-//! The router owns the loop (send, observe, ask [`RetryState::decide`], sleep, pick another host);
-//! this module owns every rule so the loop stays a few lines and the rules are tested without I/O.
+//! [`driver::run`] owns the loop (send, observe, decide, back off, pick another host); the router
+//! (`router/attempts.rs`) only supplies host selection and request building, so every rule is
+//! here and tested without I/O.
+//!
+//! Default budget: when a cluster configures no `retry_budget`, retries are admitted by Envoy's
+//! `max_retries` (3 concurrent) and by Ferry's ratio budget, modelled on Linkerd's: over a
+//! sliding 10 s window, retries may be at most 20% of the original requests plus 10 per second.
+//! A fully failing cluster therefore sees about 1.2x its offered load, not `1 + num_retries`
+//! times. See `docs/retries.md`.
 
 pub mod backoff;
 pub mod budget;
@@ -35,11 +42,5 @@ impl InvalidRetryPolicy {
             field: field.into(),
             reason: reason.into(),
         }
-    }
-}
-
-impl From<InvalidRetryPolicy> for crate::route::Invalid {
-    fn from(e: InvalidRetryPolicy) -> Self {
-        crate::route::Invalid::new(format!("retry_policy.{}", e.field), e.reason)
     }
 }

@@ -43,6 +43,13 @@ pub struct RetryOn {
     pub grpc_internal: bool,
     /// `unavailable`: grpc-status 14.
     pub grpc_unavailable: bool,
+    /// `reset-before-request`: a reset before the request went out. Ferry counts the failures
+    /// it knows happened before any byte was sent: connect failures and refused streams.
+    pub reset_before_request: bool,
+    /// `envoy-ratelimited`: the response carries `x-envoy-ratelimited`.
+    pub envoy_ratelimited: bool,
+    /// `http3-post-connect-failure`: accepted; Ferry has no HTTP/3 upstreams, so it never fires.
+    pub http3_post_connect_failure: bool,
 }
 
 impl RetryOn {
@@ -64,12 +71,9 @@ impl RetryOn {
                 "resource-exhausted" => &mut on.grpc_resource_exhausted,
                 "internal" => &mut on.grpc_internal,
                 "unavailable" => &mut on.grpc_unavailable,
-                "envoy-ratelimited" | "reset-before-request" | "http3-post-connect-failure" => {
-                    return Err(InvalidRetryPolicy::new(
-                        "retry_on",
-                        format!("condition {name:?} is not implemented"),
-                    ));
-                }
+                "reset-before-request" => &mut on.reset_before_request,
+                "envoy-ratelimited" => &mut on.envoy_ratelimited,
+                "http3-post-connect-failure" => &mut on.http3_post_connect_failure,
                 other => {
                     return Err(InvalidRetryPolicy::new(
                         "retry_on",
@@ -107,8 +111,11 @@ impl RetryOn {
 /// Envoy's name for the previous-hosts retry host predicate.
 pub const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
 
+/// The typed config of the previous-hosts predicate (matched by suffix of its type URL).
+pub const PREVIOUS_HOSTS_TYPE: &str = ".PreviousHostsPredicate";
+
 /// A route's retry policy, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
     /// The conditions that make an attempt retriable.
     pub retry_on: RetryOn,
@@ -245,7 +252,13 @@ impl TryFrom<&route_pb::RetryPolicy> for RetryPolicy {
         }
         let mut previous_hosts = false;
         for (i, predicate) in p.retry_host_predicate.iter().enumerate() {
-            if predicate.name == PREVIOUS_HOSTS {
+            let type_url = match &predicate.config_type {
+                Some(route_pb::retry_policy::retry_host_predicate::ConfigType::TypedConfig(a)) => {
+                    a.type_url.as_str()
+                }
+                None => "",
+            };
+            if predicate.name == PREVIOUS_HOSTS || type_url.ends_with(PREVIOUS_HOSTS_TYPE) {
                 previous_hosts = true;
             } else {
                 return Err(InvalidRetryPolicy::new(
@@ -278,6 +291,16 @@ impl TryFrom<&route_pb::RetryPolicy> for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Validates `p` found at `field` (e.g. `virtual_hosts[0].routes[1].route.retry_policy`),
+    /// the refusal naming the full field path for the NACK.
+    pub(crate) fn from_proto(
+        p: &route_pb::RetryPolicy,
+        field: &str,
+    ) -> Result<Self, crate::route::Invalid> {
+        Self::try_from(p)
+            .map_err(|e| crate::route::Invalid::new(format!("{field}.{}", e.field), e.reason))
+    }
+
     /// Whether a response (status and headers, trailers-only gRPC included) is retriable.
     pub fn is_retriable_response(&self, status: StatusCode, headers: &http::HeaderMap) -> bool {
         let on = &self.retry_on;
@@ -289,6 +312,9 @@ impl RetryPolicy {
             return true;
         }
         if on.retriable_4xx && code == 409 {
+            return true;
+        }
+        if on.envoy_ratelimited && headers.contains_key("x-envoy-ratelimited") {
             return true;
         }
         if on.retriable_status_codes && self.retriable_status_codes.contains(&code) {

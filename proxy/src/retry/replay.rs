@@ -1,58 +1,214 @@
-//! Request bodies kept for replay: a retry must resend the same body, so the router buffers a
-//! request whose body is small enough before the first attempt. A larger (or unknown-length)
-//! body is streamed once and the request is not retried, as Envoy does when a body overflows
-//! its buffer limit.
+//! Request bodies kept for replay: a retry must resend the same body, so the router tees the
+//! downstream body into a buffer *while* it streams to the first attempt (never buffering it
+//! whole before sending). A retry replays the buffered frames and then keeps pulling whatever
+//! the downstream has not sent yet. Once more than the limit has passed through, the buffer is
+//! dropped and the request can no longer be retried: it finishes on the attempt in flight, as
+//! Envoy does when a body overflows its buffer limit.
+//!
+//! The limit is Envoy's: the route's (or virtual host's) `request_body_buffer_limit` /
+//! `per_request_buffer_limit_bytes`, else the listener's `per_connection_buffer_limit_bytes`
+//! (default 1 MiB).
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http_body::Body as _;
-use http_body_util::BodyExt;
+use http_body::{Body as _, Frame, SizeHint};
 
-use crate::body::{self, Body, BoxError};
+use crate::body::{Body, BoxError};
 
-/// Ferry's replay buffer limit per request (64 KiB): enough for typical RPC and JSON bodies,
-/// small enough that a sidecar under load does not hold much memory per request.
-pub const DEFAULT_LIMIT: usize = 64 * 1024;
+/// Envoy's default buffer limit (`per_connection_buffer_limit_bytes`, 1 MiB).
+pub const DEFAULT_LIMIT: u64 = 1024 * 1024;
 
-/// A request body ready for one or many attempts.
 #[derive(Debug)]
-pub enum Replay {
-    /// The whole body, cloneable for every attempt (empty for bodiless requests).
-    Buffered(Bytes),
-    /// Too large or of unknown length: sent once, never retried.
-    Once(Body),
+struct Tee {
+    /// The downstream body; `None` once it ended.
+    source: Option<Body>,
+    /// Data frames kept for replay (empty after an overflow).
+    chunks: Vec<Bytes>,
+    /// Frames pulled from the source before `chunks[0]` (non-zero after an overflow).
+    base: usize,
+    /// Data frames pulled from the source so far.
+    pulled: usize,
+    buffered: u64,
+    trailers: Option<HeaderMap>,
+    ended: bool,
+    overflowed: bool,
+    failed: bool,
+    /// The attempt allowed to read; older attempts' bodies fail when polled.
+    generation: u64,
+}
+
+/// A request body that can be sent to several attempts in turn.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    tee: Arc<Mutex<Tee>>,
+    limit: u64,
+}
+
+fn lock(tee: &Mutex<Tee>) -> MutexGuard<'_, Tee> {
+    tee.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Replay {
-    /// Buffers `body` when `headers` announce a length of at most `limit` (or no body at all);
-    /// otherwise keeps it streaming. Chunked bodies stream: their length is unknown up front.
-    pub async fn prepare(headers: &HeaderMap, body: Body, limit: usize) -> Result<Self, BoxError> {
-        let chunked = headers.contains_key(TRANSFER_ENCODING);
-        let length = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        match (chunked, length) {
-            (false, None) if body.is_end_stream() => Ok(Self::Buffered(Bytes::new())),
-            (false, Some(n)) if n <= limit as u64 => {
-                let bytes = body.collect().await?.to_bytes();
-                Ok(Self::Buffered(bytes))
-            }
-            _ => Ok(Self::Once(body)),
+    /// Wraps the downstream `body`, keeping up to `limit` bytes for retries.
+    pub fn new(body: Body, limit: u64) -> Self {
+        let ended = body.is_end_stream();
+        Self {
+            tee: Arc::new(Mutex::new(Tee {
+                source: (!ended).then_some(body),
+                chunks: Vec::new(),
+                base: 0,
+                pulled: 0,
+                buffered: 0,
+                trailers: None,
+                ended,
+                overflowed: false,
+                failed: false,
+                generation: 0,
+            })),
+            limit,
         }
     }
 
-    /// Whether the body can be sent more than once (retries allowed).
+    /// Whether another attempt can still get the whole body (it did not overflow the limit and
+    /// the downstream did not fail).
     pub fn is_replayable(&self) -> bool {
-        matches!(self, Self::Buffered(_))
+        let tee = lock(&self.tee);
+        !tee.overflowed && !tee.failed
     }
 
-    /// The body for the next attempt: a copy when buffered, the stream itself (once) otherwise.
-    pub fn body_for_attempt(&mut self) -> Body {
-        match self {
-            Self::Buffered(bytes) => body::full(bytes.clone()),
-            Self::Once(stream) => std::mem::replace(stream, body::empty()),
+    /// The body for the next attempt. Bodies of earlier attempts stop (with an error) when polled
+    /// again, so two attempts never pull the downstream body at once.
+    pub fn body_for_attempt(&self) -> Body {
+        let generation = {
+            let mut tee = lock(&self.tee);
+            tee.generation += 1;
+            tee.generation
+        };
+        http_body_util::BodyExt::boxed(AttemptBody {
+            tee: self.tee.clone(),
+            limit: self.limit,
+            generation,
+            next: 0,
+            trailers_sent: false,
+        })
+    }
+}
+
+/// One attempt's view of the tee: buffered frames first, then the live source.
+struct AttemptBody {
+    tee: Arc<Mutex<Tee>>,
+    limit: u64,
+    generation: u64,
+    /// Index of the next data frame this attempt sends (counted from the first ever pulled).
+    next: usize,
+    trailers_sent: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body superseded by a retry")]
+struct Superseded;
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body is no longer available for replay")]
+struct Unavailable;
+
+impl http_body::Body for AttemptBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let mut tee = lock(&this.tee);
+        if tee.generation != this.generation {
+            return Poll::Ready(Some(Err(Box::new(Superseded))));
+        }
+        if this.next < tee.pulled {
+            let Some(chunk) = this
+                .next
+                .checked_sub(tee.base)
+                .and_then(|i| tee.chunks.get(i))
+            else {
+                return Poll::Ready(Some(Err(Box::new(Unavailable))));
+            };
+            let chunk = chunk.clone();
+            this.next += 1;
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if tee.ended {
+            if !this.trailers_sent
+                && let Some(trailers) = tee.trailers.clone()
+            {
+                this.trailers_sent = true;
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
+            return Poll::Ready(None);
+        }
+        let Some(source) = tee.source.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(source).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                tee.ended = true;
+                tee.source = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(error))) => {
+                tee.failed = true;
+                Poll::Ready(Some(Err(error)))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    tee.pulled += 1;
+                    this.next = tee.pulled;
+                    tee.buffered += data.len() as u64;
+                    if tee.overflowed || tee.buffered > this.limit {
+                        if !tee.overflowed {
+                            tracing::debug!(
+                                limit = this.limit,
+                                "request body over the buffer limit; no retries"
+                            );
+                        }
+                        tee.overflowed = true;
+                        tee.chunks = Vec::new();
+                        tee.base = tee.pulled;
+                    } else {
+                        tee.chunks.push(data.clone());
+                    }
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    tee.trailers = Some(trailers.clone());
+                    tee.ended = true;
+                    tee.source = None;
+                    this.trailers_sent = true;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let tee = lock(&self.tee);
+        tee.generation == self.generation
+            && tee.ended
+            && self.next >= tee.pulled
+            && (self.trailers_sent || tee.trailers.is_none())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let tee = lock(&self.tee);
+        if tee.ended && !tee.overflowed && self.next <= tee.base {
+            return SizeHint::with_exact(tee.buffered);
+        }
+        match &tee.source {
+            Some(source) if self.next >= tee.pulled => source.size_hint(),
+            _ => SizeHint::default(),
         }
     }
 }
@@ -60,47 +216,72 @@ impl Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use http_body_util::{BodyExt, StreamBody};
 
-    async fn read(body: Body) -> Bytes {
-        body.collect().await.expect("body").to_bytes()
+    async fn read(body: Body) -> Result<(Bytes, Option<HeaderMap>), BoxError> {
+        let collected = body.collect().await?;
+        let trailers = collected.trailers().cloned();
+        Ok((collected.to_bytes(), trailers))
+    }
+
+    fn streamed(parts: &[&'static str], trailers: bool) -> Body {
+        let mut frames: Vec<Result<Frame<Bytes>, BoxError>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        if trailers {
+            let mut t = HeaderMap::new();
+            t.insert("grpc-status", http::HeaderValue::from_static("0"));
+            frames.push(Ok(Frame::trailers(t)));
+        }
+        BodyExt::boxed(StreamBody::new(futures::stream::iter(frames)))
     }
 
     #[tokio::test]
-    async fn small_bodies_are_buffered_and_replayed() {
-        let mut h = HeaderMap::new();
-        h.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
-        let mut r = Replay::prepare(&h, body::full("hello"), 16)
-            .await
-            .expect("ok");
-        assert!(r.is_replayable());
-        assert_eq!(read(r.body_for_attempt()).await, "hello");
-        assert_eq!(read(r.body_for_attempt()).await, "hello");
+    async fn streamed_bodies_are_replayed_with_trailers() {
+        let replay = Replay::new(streamed(&["he", "llo"], true), 16);
+        let (first, t1) = read(replay.body_for_attempt()).await.expect("first");
+        assert_eq!(first, "hello");
+        assert!(replay.is_replayable());
+        let (second, t2) = read(replay.body_for_attempt()).await.expect("second");
+        assert_eq!(second, "hello");
+        assert_eq!(t1, t2);
+        assert!(t2.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_retry_before_the_body_was_read_pulls_the_rest() {
+        let replay = Replay::new(streamed(&["a", "b", "c"], false), 16);
+        let mut first = replay.body_for_attempt();
+        let frame = first.frame().await.expect("frame").expect("ok");
+        assert_eq!(frame.into_data().expect("data"), "a");
+        // The first attempt failed after one frame; the retry gets everything.
+        let (second, _) = read(replay.body_for_attempt()).await.expect("second");
+        assert_eq!(second, "abc");
+        assert!(first.frame().await.expect("frame").is_err(), "superseded");
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_stream_once_and_are_not_replayable() {
+        let replay = Replay::new(streamed(&["hello", "world"], false), 6);
+        let (first, _) = read(replay.body_for_attempt()).await.expect("first");
+        assert_eq!(first, "helloworld", "the first attempt gets the whole body");
+        assert!(!replay.is_replayable());
     }
 
     #[tokio::test]
     async fn bodiless_requests_are_replayable() {
-        let r = Replay::prepare(&HeaderMap::new(), body::empty(), 16)
-            .await
-            .expect("ok");
-        assert!(r.is_replayable());
+        let replay = Replay::new(crate::body::empty(), 16);
+        assert!(replay.is_replayable());
+        assert!(replay.body_for_attempt().is_end_stream());
+        assert!(replay.body_for_attempt().is_end_stream());
     }
 
     #[tokio::test]
-    async fn large_or_chunked_bodies_stream_once() {
-        let mut h = HeaderMap::new();
-        h.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
-        let mut r = Replay::prepare(&h, body::full("hello"), 4)
-            .await
-            .expect("ok");
-        assert!(!r.is_replayable());
-        assert_eq!(read(r.body_for_attempt()).await, "hello");
-        assert_eq!(read(r.body_for_attempt()).await, "");
-        let mut h = HeaderMap::new();
-        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        let r = Replay::prepare(&h, body::full("hello"), 1024)
-            .await
-            .expect("ok");
-        assert!(!r.is_replayable());
+    async fn buffered_size_is_exact_for_replays() {
+        let replay = Replay::new(crate::body::full("hello"), 16);
+        let _ = read(replay.body_for_attempt()).await.expect("first");
+        let again = replay.body_for_attempt();
+        assert_eq!(again.size_hint().exact(), Some(5));
     }
 }

@@ -8,8 +8,8 @@ use xds_proto::envoy::config::route::v3 as route_pb;
 use super::header_mutation::HeaderMutation;
 use super::matcher::{Regex, RequestHead};
 use super::max_stream_duration::MaxStreamDuration;
-use super::retry_policy::RetryPolicy;
 use super::{Invalid, duration};
+use crate::retry::RetryPolicy;
 
 /// Envoy's default route timeout.
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -95,6 +95,8 @@ pub struct Forward {
     pub retry_policy: Option<RetryPolicy>,
     /// `request_mirror_policies`: shadow copies to other clusters.
     pub mirrors: Vec<crate::mirror::MirrorPolicy>,
+    /// `priority: HIGH`: the request counts against the cluster's HIGH circuit breakers.
+    pub high_priority: bool,
 }
 
 /// Envoy's `RedirectAction`.
@@ -191,7 +193,9 @@ pub(crate) fn forward(a: &route_pb::RouteAction, field: &str) -> Result<Forward,
         a.retry_policy_typed_config.is_some(),
         "retry_policy_typed_config",
     )?;
-    refuse_if(a.priority != 0, "priority")?;
+    if a.priority > 1 {
+        return Err(Invalid::new(f("priority"), "unknown routing priority"));
+    }
     refuse_if(!a.rate_limits.is_empty(), "rate_limits")?;
     refuse_if(a.cors.is_some(), "cors")?;
     refuse_if(
@@ -269,6 +273,7 @@ pub(crate) fn forward(a: &route_pb::RouteAction, field: &str) -> Result<Forward,
         cluster_not_found_status,
         websocket,
         max_stream_duration,
+        high_priority: a.priority == 1,
         retry_policy: a
             .retry_policy
             .as_ref()

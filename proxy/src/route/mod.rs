@@ -10,18 +10,17 @@ pub mod action;
 pub mod header_mutation;
 pub mod matcher;
 pub mod max_stream_duration;
-pub mod retry_policy;
 mod virtual_host;
 
 use std::time::Duration;
 
 use xds_proto::envoy::config::route::v3 as route_pb;
 
+pub use crate::retry::RetryPolicy;
 pub use action::{Action, ClusterSpecifier, DirectResponse, Forward, Redirect, WeightedCluster};
 pub use header_mutation::HeaderMutation;
 pub use matcher::RequestHead;
 pub use max_stream_duration::MaxStreamDuration;
-pub use retry_policy::RetryPolicy;
 pub use virtual_host::{DomainIndex, Route, RouteMatch, VirtualHost};
 
 /// A route configuration Ferry cannot accept; becomes the NACK's `error_detail`.

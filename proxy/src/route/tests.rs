@@ -377,7 +377,7 @@ fn unimplemented_fields_are_refused_by_name() {
             "route.cluster_header",
         ),
         (
-            r#"{ match: { prefix: "/" }, route: { cluster: c, retry_policy: { retry_on: "envoy-ratelimited" } } }"#,
+            r#"{ match: { prefix: "/" }, route: { cluster: c, retry_policy: { retry_on: "when-the-moon-is-full" } } }"#,
             "route.retry_policy.retry_on",
         ),
         (

@@ -10,7 +10,7 @@ use super::Invalid;
 use super::action::{self, Action};
 use super::header_mutation::HeaderMutation;
 use super::matcher::{HeaderMatch, PathMatch, QueryParameterMatch, RequestHead};
-use super::retry_policy::RetryPolicy;
+use crate::retry::RetryPolicy;
 
 /// A validated virtual host.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +27,10 @@ pub struct VirtualHost {
     pub response_headers: HeaderMutation,
     /// Send `x-envoy-attempt-count` upstream.
     pub include_request_attempt_count: bool,
+    /// `include_attempt_count_in_response`: return `x-envoy-attempt-count` downstream.
+    pub include_attempt_count_in_response: bool,
+    /// `per_request_buffer_limit_bytes`: how much of a request body is kept for retries.
+    pub per_request_buffer_limit: Option<u64>,
     /// The virtual host's retry policy, for routes without their own.
     pub retry_policy: Option<RetryPolicy>,
 }
@@ -47,6 +51,8 @@ pub struct Route {
     /// The fault filter's per-route config (`typed_per_filter_config`
     /// `envoy.filters.http.fault`), as Istio emits it for a VirtualService `fault`.
     pub fault: Option<crate::fault::Fault>,
+    /// `per_request_buffer_limit_bytes` (overrides the virtual host's).
+    pub per_request_buffer_limit: Option<u64>,
 }
 
 /// Envoy's `RouteMatch`: every condition must hold.
@@ -81,6 +87,16 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
+/// `request_body_buffer_limit` wins over the older `per_request_buffer_limit_bytes`.
+fn buffer_limit(
+    body_limit: Option<&xds_proto::google::protobuf::UInt64Value>,
+    per_request: Option<&xds_proto::google::protobuf::UInt32Value>,
+) -> Option<u64> {
+    body_limit
+        .map(|v| v.value)
+        .or(per_request.map(|v| u64::from(v.value)))
+}
+
 fn unsupported(field: String) -> Invalid {
     Invalid::new(field, "not implemented by ferry-proxy")
 }
@@ -103,10 +119,6 @@ impl VirtualHost {
         refuse_if(
             !vh.typed_per_filter_config.is_empty(),
             "typed_per_filter_config",
-        )?;
-        refuse_if(
-            vh.include_attempt_count_in_response,
-            "include_attempt_count_in_response",
         )?;
         refuse_if(
             vh.retry_policy_typed_config.is_some(),
@@ -143,6 +155,11 @@ impl VirtualHost {
                 &f("response"),
             )?,
             include_request_attempt_count: vh.include_request_attempt_count,
+            include_attempt_count_in_response: vh.include_attempt_count_in_response,
+            per_request_buffer_limit: buffer_limit(
+                vh.request_body_buffer_limit.as_ref(),
+                vh.per_request_buffer_limit_bytes.as_ref(),
+            ),
             retry_policy: vh
                 .retry_policy
                 .as_ref()
@@ -153,6 +170,7 @@ impl VirtualHost {
 }
 
 impl Route {
+    #[allow(deprecated)]
     fn from_proto(r: &route_pb::Route, field: &str) -> Result<Self, Invalid> {
         use route_pb::route::Action as A;
         let f = |s: &str| format!("{field}.{s}");
@@ -226,6 +244,10 @@ impl Route {
                 &f("response"),
             )?,
             fault,
+            per_request_buffer_limit: buffer_limit(
+                r.request_body_buffer_limit.as_ref(),
+                r.per_request_buffer_limit_bytes.as_ref(),
+            ),
         })
     }
 }

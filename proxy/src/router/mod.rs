@@ -2,9 +2,13 @@
 //! cluster (weighted per request), a host through the cluster's load balancer, rewrites path and
 //! authority, applies header mutations, enforces the route timeout, and streams both bodies;
 //! WebSocket upgrades are joined byte for byte once both sides switch protocols. Tries and
-//! retries live in [`attempts`].
+//! retries live in [`attempts`]; the route timeout's part after the response headers in
+//! [`timeout`].
 
 mod attempts;
+pub mod timeout;
+
+use std::sync::Arc;
 
 use http::{HeaderValue, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -191,20 +195,30 @@ pub async fn forward(
         parts.headers.insert(header::HOST, host_header);
     }
     // Chosen from the downstream's headers, before route mutations, as Envoy's HCM does.
-    let route_timeout = forward.response_timeout(&parts.headers);
+    // `x-envoy-*` retry and timeout overrides (kept by the HCM only for internal callers) are
+    // consumed here and never forwarded; the header timeout wins over the route's and gRPC's.
+    let overrides = crate::retry::HeaderOverrides::parse(&parts.headers);
+    crate::retry::HeaderOverrides::strip(&mut parts.headers);
+    let route_timeout = overrides.route_timeout(forward.response_timeout(&parts.headers));
     table.mutate_request(selected, weighted, &mut parts.headers);
-    let replayable = http_body::Body::is_end_stream(&body) && on_upgrade.is_none();
-    // Mirrors: fire-and-forget copies of bodiless requests (bodies are not teed yet).
-    if replayable {
-        for mirror in &forward.mirrors {
-            if let Some(shadow_cluster) = snapshot.clusters.get(&mirror.cluster)
-                && mirror.sample(&mut rand::rng())
-            {
-                let shadow = mirror.shadow_request(&parts, bytes::Bytes::new());
-                crate::mirror::spawn(shadow_cluster.clone(), shadow);
-            }
-        }
-    }
+    let buffer_limit = selected
+        .route
+        .per_request_buffer_limit
+        .or(selected.virtual_host.per_request_buffer_limit)
+        .unwrap_or(downstream.buffer_limit);
+    // Mirrors: fire-and-forget copies, the body teed as it streams to the primary.
+    let body = if on_upgrade.is_none() {
+        crate::mirror::start(
+            &snapshot.clusters,
+            &forward.mirrors,
+            &parts,
+            body::boxed(body),
+            buffer_limit,
+            route_timeout,
+        )
+    } else {
+        body::boxed(body)
+    };
     let tries = attempts::Tries {
         cluster,
         ctx: LbContext {
@@ -218,13 +232,37 @@ pub async fn forward(
             .as_ref()
             .or(selected.virtual_host.retry_policy.as_ref()),
         route_timeout,
+        overrides,
         include_attempt_count: selected.virtual_host.include_request_attempt_count,
+        include_attempt_count_in_response: selected.virtual_host.include_attempt_count_in_response,
         auto_host_rewrite: forward.auto_host_rewrite,
+        buffer_limit,
+        high_priority: forward.high_priority,
     };
     let started = tokio::time::Instant::now();
-    let mut response = match tries.send(parts, body::boxed(body), replayable).await {
+    let retriable = on_upgrade.is_none();
+    let timeout_stats = || timeout::TimeoutStats {
+        store: downstream.stats.clone(),
+        cluster: Arc::from(cluster.config.stat_name.as_str()),
+    };
+    // The route timeout starts when the request is complete: now, or when its body ends.
+    let (request_body, timer_start) =
+        if route_timeout.is_some() && !http_body::Body::is_end_stream(&body) {
+            let (body, end) = timeout::notify_end(body);
+            (body, timeout::TimerStart::RequestEnd(end))
+        } else {
+            (body, timeout::TimerStart::At(started))
+        };
+    let mut response = match tries.send(parts, request_body, retriable).await {
         Ok(response) => response,
-        Err(reply) => return reply,
+        Err(reply) => {
+            if reply.extensions().get::<ResponseFlag>()
+                == Some(&ResponseFlag::UpstreamRequestTimeout)
+            {
+                timeout_stats().count();
+            }
+            return reply;
+        }
     };
     tracing::debug!(status = response.status().as_u16(), "upstream response");
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -234,6 +272,17 @@ pub async fn forward(
         }
     } else {
         strip_hop_by_hop(response.headers_mut());
+        // The route timeout runs on until the body is complete (Envoy's semantics); a body
+        // already complete needs no timer.
+        if let Some(limit) = route_timeout
+            && !http_body::Body::is_end_stream(response.body())
+        {
+            response = response.map(|inner| {
+                let body =
+                    timeout::DeadlineBody::new(inner, timer_start, limit, Some(timeout_stats()));
+                http_body_util::BodyExt::boxed(body)
+            });
+        }
     }
     let elapsed = started.elapsed().as_millis().to_string();
     if let Ok(value) = HeaderValue::from_str(&elapsed) {

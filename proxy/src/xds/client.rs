@@ -132,8 +132,14 @@ async fn stream_once(
 ) -> Result<(), StreamError> {
     let channel = connect(config).await?;
     match config.api_type {
-        ApiType::Sotw => super::sotw::run(channel, config, tracker, received).await,
-        ApiType::Delta => super::delta::run(channel, config, tracker, received).await,
+        ApiType::Sotw => {
+            use super::sotw::{Session, open};
+            super::session::run(channel, config, tracker, received, Session::new, open).await
+        }
+        ApiType::Delta => {
+            use super::delta::{Session, open};
+            super::session::run(channel, config, tracker, received, Session::new, open).await
+        }
     }
 }
 

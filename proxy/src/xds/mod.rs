@@ -10,6 +10,7 @@ mod client;
 mod config;
 mod delta;
 pub mod resources;
+mod session;
 mod sotw;
 pub mod state;
 mod tracker;

@@ -1,0 +1,78 @@
+//! Bootstrap YAML fragments for proxy tests, so a test states only what it is about (its routes
+//! and upstreams) instead of repeating the listener and cluster boilerplate.
+//!
+//! Fragments are YAML list items meant to follow `listeners:` or `clusters:` in a
+//! `static_resources` block; [`static_resources`] puts them together.
+
+use std::net::SocketAddr;
+
+/// A listener `name` on 127.0.0.1:0 whose HTTP connection manager (router filter, stat prefix
+/// `name`) has an inline route_config with one virtual host for every domain; `routes` is the
+/// virtual host's `routes` as a YAML flow sequence (`[{ match: ..., route: ... }]`).
+pub fn http_listener(name: &str, routes: &str) -> String {
+    format!(
+        r#"
+  - name: {name}
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          http_filters: [{{ name: envoy.filters.http.router, typed_config: {{ '@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}]
+          route_config:
+            name: {name}
+            virtual_hosts: [{{ name: all, domains: ["*"], routes: {routes} }}]"#
+    )
+}
+
+/// A STATIC cluster `name` with the one endpoint `addr` (HTTP/1.1 upstream).
+pub fn static_cluster(name: &str, addr: SocketAddr) -> String {
+    format!(
+        r#"
+  - name: "{name}"
+    type: STATIC
+    connect_timeout: 5s
+    load_assignment:
+      cluster_name: "{name}"
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: "{}", port_value: {} }} }} }} }}] }}]"#,
+        addr.ip(),
+        addr.port()
+    )
+}
+
+/// A `static_resources` bootstrap YAML from listener and cluster fragments.
+pub fn static_resources(listeners: &[String], clusters: &[String]) -> String {
+    format!(
+        "static_resources:\n  listeners:{}\n  clusters:{}\n",
+        listeners.concat(),
+        if clusters.is_empty() {
+            " []".to_owned()
+        } else {
+            clusters.concat()
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xds_proto::envoy::config::bootstrap::v3::Bootstrap;
+
+    #[test]
+    fn fragments_make_a_bootstrap() {
+        let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let yaml = static_resources(
+            &[http_listener(
+                "http",
+                "[{ match: { prefix: / }, route: { cluster: c } }]",
+            )],
+            &[static_cluster("c", addr)],
+        );
+        let bootstrap: Bootstrap = xds_proto::json::from_yaml_str(&yaml).unwrap();
+        let statics = bootstrap.static_resources.unwrap();
+        assert_eq!(statics.listeners[0].name, "http");
+        assert_eq!(statics.clusters[0].name, "c");
+    }
+}

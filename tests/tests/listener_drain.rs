@@ -1,0 +1,260 @@
+//! A listener update drains the connections the old listener accepted, as Envoy does: keep-alive
+//! clients (HTTP/1.1 and h2c, each a real pooling client) move to a new connection and see the
+//! new inline route_config, a request in flight across the update completes, and no request
+//! fails. Without the drain, a pooled connection would keep the old route_config forever.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_proxy::app::{self, Running};
+use ferry_proxy::listener::Listener;
+use ferry_proxy::snapshot::Resources;
+use ferry_tests::bootstrap;
+use ferry_tests::poll::{PATIENCE, poll_until};
+use ferry_tests::upstream::Upstream;
+use http::StatusCode;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use xds_proto::envoy::config::bootstrap::v3::Bootstrap;
+
+/// The `http` listener on 127.0.0.1:0: `/` answers `version` directly, `/gated` goes to the
+/// gated upstream.
+fn listener_yaml(version: &str) -> String {
+    let routes = format!(
+        r#"[
+        {{ match: {{ prefix: /gated }}, route: {{ cluster: gated }} }},
+        {{ match: {{ prefix: / }}, direct_response: {{ status: 200, body: {{ inline_string: "{version}" }} }} }}]"#
+    );
+    bootstrap::http_listener("http", &routes)
+}
+
+fn bootstrap(version: &str, gated: SocketAddr) -> Bootstrap {
+    let yaml = bootstrap::static_resources(
+        &[listener_yaml(version)],
+        &[bootstrap::static_cluster("gated", gated)],
+    );
+    xds_proto::json::from_yaml_str(&yaml).expect("bootstrap parses")
+}
+
+/// Swaps in the listener answering `version` (the cluster set stays).
+fn update(proxy: &Running, version: &str) {
+    replace_listener(proxy, &listener_yaml(version));
+}
+
+/// Swaps in the listener of the YAML fragment `listener`.
+fn replace_listener(proxy: &Running, listener: &str) {
+    let current = proxy.store.load();
+    let yaml = format!("listeners:{listener}");
+    let holder: xds_proto::envoy::config::bootstrap::v3::bootstrap::StaticResources =
+        xds_proto::json::from_yaml_str(&yaml).expect("listener parses");
+    let listener = Listener::try_from(&holder.listeners[0]).expect("listener valid");
+    let mut resources: Resources = current.resources.clone();
+    resources
+        .listeners
+        .insert(listener.name.clone(), Arc::new(listener));
+    proxy.store.apply(resources);
+}
+
+type Pooled = Client<HttpConnector, Full<Bytes>>;
+
+/// A keep-alive client: HTTP/1.1 pool or one multiplexed h2c connection.
+fn client(http2: bool) -> Pooled {
+    Client::builder(TokioExecutor::new())
+        .http2_only(http2)
+        .build_http()
+}
+
+struct Answer {
+    status: StatusCode,
+    body: String,
+    connection_close: bool,
+}
+
+async fn get(client: &Pooled, addr: SocketAddr, path: &str) -> Result<Answer, String> {
+    let uri = format!("http://{addr}{path}");
+    let response = client
+        .get(uri.parse().map_err(|e| format!("{e}"))?)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let status = response.status();
+    let connection_close = response
+        .headers()
+        .get(http::header::CONNECTION)
+        .is_some_and(|v| v == "close");
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{e}"))?
+        .to_bytes();
+    Ok(Answer {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        connection_close,
+    })
+}
+
+/// Requests `/` until it answers `want`; every answer on the way must be a success.
+async fn until_version(client: &Pooled, addr: SocketAddr, want: &str) -> Vec<Answer> {
+    let mut answers = Vec::new();
+    let outcome = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let answer = get(client, addr, "/").await.expect("no request fails");
+            assert_eq!(answer.status, StatusCode::OK);
+            let done = answer.body == want;
+            answers.push(answer);
+            if done {
+                return;
+            }
+        }
+    })
+    .await;
+    let seen: Vec<&str> = answers.iter().map(|a| a.body.as_str()).collect();
+    assert!(outcome.is_ok(), "never saw {want}; answers: {seen:?}");
+    answers
+}
+
+#[tokio::test]
+async fn keep_alive_clients_move_to_an_updated_listener_without_failures() {
+    let (gated, gate) = Upstream::gated("gated").await.expect("gated upstream");
+    let proxy = app::start(bootstrap("v1", gated.addr))
+        .await
+        .expect("proxy starts");
+    let addr = proxy.listener_addr("http").expect("bound");
+    let accepted = proxy.stats.counter(format!(
+        "listener.{}_{}.downstream_cx_total",
+        addr.ip(),
+        addr.port()
+    ));
+
+    let mut version = 1;
+    for http2 in [false, true] {
+        let client = client(http2);
+        let old = format!("v{version}");
+        assert_eq!(get(&client, addr, "/").await.expect("first").body, old);
+
+        // The same listener re-sent (a new object, equal by value) drains nothing.
+        let connections = accepted.get();
+        update(&proxy, &old);
+        let again = get(&client, addr, "/").await.expect("same listener");
+        assert_eq!(again.body, old);
+        assert!(
+            !again.connection_close,
+            "an unchanged listener keeps its connections"
+        );
+        assert_eq!(
+            accepted.get(),
+            connections,
+            "no reconnect for an unchanged listener"
+        );
+
+        // An idle pooled connection across the update: the client is moved off it.
+        version += 1;
+        let new = format!("v{version}");
+        update(&proxy, &new);
+        let answers = until_version(&client, addr, &new).await;
+        assert!(
+            accepted.get() > connections,
+            "http2={http2}: the client reconnected"
+        );
+        if !http2 {
+            // Served by the retired connection until the client reconnects: each says so.
+            for answer in answers.iter().filter(|a| a.body == old) {
+                assert!(answer.connection_close, "a retired h1 answer closes");
+            }
+        }
+        // The same client keeps seeing the new route on its new connection.
+        for _ in 0..3 {
+            assert_eq!(get(&client, addr, "/").await.expect("again").body, new);
+        }
+
+        // A request in flight across the next update completes on its old connection.
+        let in_flight = {
+            let client = client.clone();
+            tokio::spawn(async move { get(&client, addr, "/gated").await })
+        };
+        let arrived = gate.arrived();
+        poll_until("the request reaches the upstream", PATIENCE, || async {
+            (gate.arrived() > arrived).then_some(())
+        })
+        .await;
+        version += 1;
+        let newer = format!("v{version}");
+        update(&proxy, &newer);
+        until_version(&client, addr, &newer).await;
+        gate.open();
+        let finished = in_flight
+            .await
+            .expect("task")
+            .expect("the in-flight request completes");
+        assert_eq!(finished.status, StatusCode::OK);
+        assert_eq!(finished.body, "released");
+        if !http2 {
+            assert!(
+                finished.connection_close,
+                "the retired h1 connection closes after its in-flight response"
+            );
+        }
+        // The next protocol's in-flight request needs a closed gate again.
+        gate.close();
+    }
+}
+
+/// A listener re-sent unchanged retires nothing; a retired HTTP/1.1 connection that sends
+/// nothing more is closed after the HCM's `drain_timeout`, so an idle client does not pin the
+/// old listener forever.
+#[tokio::test]
+async fn an_idle_retired_http1_connection_closes_after_the_drain_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gated, _gate) = Upstream::gated("gated").await.expect("gated upstream");
+    let with_timeout = |version: &str| {
+        listener_yaml(version).replace(
+            "stat_prefix: http",
+            "stat_prefix: http\n          drain_timeout: 0.1s",
+        )
+    };
+    let yaml = bootstrap::static_resources(
+        &[with_timeout("v1")],
+        &[bootstrap::static_cluster("gated", gated.addr)],
+    );
+    let proxy = app::start(xds_proto::json::from_yaml_str(&yaml).expect("bootstrap parses"))
+        .await
+        .expect("proxy starts");
+    let addr = proxy.listener_addr("http").expect("bound");
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut buf = [0u8; 4096];
+    // One request on the connection; returns the response head and body as text.
+    async fn exchange(stream: &mut tokio::net::TcpStream, buf: &mut [u8]) -> String {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n")
+            .await
+            .expect("request");
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).ends_with("v1") {
+            let n = stream.read(buf).await.expect("response");
+            assert_ne!(n, 0, "closed before the response");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&seen).to_ascii_lowercase()
+    }
+    exchange(&mut stream, &mut buf).await;
+
+    // The same listener re-sent (a new object, equal by value) retires nothing.
+    replace_listener(&proxy, &with_timeout("v1"));
+    let again = exchange(&mut stream, &mut buf).await;
+    assert!(
+        !again.contains("connection: close"),
+        "an unchanged listener keeps its connections: {again}"
+    );
+
+    replace_listener(&proxy, &with_timeout("v2"));
+
+    let closed = tokio::time::timeout(PATIENCE, stream.read(&mut buf))
+        .await
+        .expect("the retired idle connection is closed");
+    assert_eq!(closed.expect("clean close"), 0, "nothing more was sent");
+}

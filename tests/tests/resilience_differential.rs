@@ -1,0 +1,439 @@
+//! Differential resilience test: the real Envoy 1.40 and the `ferry-proxy` binary, each the
+//! client sidecar of the same Istio mesh (the same manifests, served by ferry-control over ADS,
+//! so both get the same xDS), each in front of its own fresh chaos upstreams scripted the same
+//! way. Per scenario they must agree on what the client sees and what every upstream saw:
+//! final statuses, attempts per upstream (with `x-envoy-attempt-count`), and, for outlier
+//! ejection, which endpoint stops getting traffic after its failures; for the connection pool's
+//! circuit breakers, which requests overflow with 503 and `x-envoy-overloaded`.
+//!
+//! Without Envoy installed the test is skipped outside CI and fails under `CI=true`.
+
+#![allow(clippy::unwrap_used)] // test setup: a failed unwrap is a failed test
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use ferry_tests::istio_mesh::{ControlPlane, Proxy, Sidecar, client_pod, service_entry};
+use ferry_tests::poll::{PATIENCE, poll_until};
+use ferry_tests::upstream::{Behaviour, Chaos, Upstream};
+use http::StatusCode;
+
+const HOST: &str = "ratings.mesh.test";
+const AUTHORITY: &str = "ratings.mesh.test:9080";
+const CLUSTER: &str = "outbound|9080||ratings.mesh.test";
+
+fn manifests(
+    ip: &str,
+    upstreams: &[SocketAddr],
+    vs: &str,
+    dr: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("client.yaml", client_pod(ip)),
+        ("ratings-se.yaml", service_entry("ratings", HOST, upstreams)),
+        (
+            "ratings-vs.yaml",
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ratings, namespace: default}}\nspec:\n  hosts: [{HOST}]\n  http:\n  - {vs}\n    route: [{{destination: {{host: {HOST}}}}}]\n"
+            ),
+        ),
+        (
+            "ratings-dr.yaml",
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: ratings, namespace: default}}\nspec:\n  host: {HOST}\n  trafficPolicy: {dr}\n"
+            ),
+        ),
+    ]
+}
+
+/// One proxy's mesh: ferry-control, the sidecar, and `n` chaos upstreams named `u0`, `u1`...
+struct Run {
+    _control: ControlPlane,
+    sidecar: Sidecar,
+    upstreams: Vec<Chaos>,
+}
+
+async fn run(kind: Proxy, net: u8, n: usize, vs: &str, dr: &str) -> Option<Run> {
+    let mut upstreams = Vec::new();
+    for i in 0..n {
+        upstreams.push(Chaos::start(&format!("u{i}"), Behaviour::Ok).await.unwrap());
+    }
+    let addrs: Vec<SocketAddr> = upstreams.iter().map(|u| u.addr).collect();
+    let ip = format!("127.0.{net}.10");
+    let control = ControlPlane::start(&manifests(&ip, &addrs, vs, dr)).await;
+    let sidecar = Sidecar::start(kind, &control, &ip).await?;
+    for addr in &addrs {
+        sidecar.wait_endpoint(CLUSTER, *addr).await;
+    }
+    Some(Run {
+        _control: control,
+        sidecar,
+        upstreams,
+    })
+}
+
+/// What a proxy did in a retry scenario: final status and, per upstream (sorted, since which
+/// endpoint a balancer starts with is not specified), the attempt counts it saw.
+#[derive(Debug, PartialEq, Eq)]
+struct Retried {
+    status: u16,
+    attempts: Vec<Vec<String>>,
+}
+
+fn attempts(run: &Run) -> Vec<Vec<String>> {
+    let mut all: Vec<Vec<String>> = run
+        .upstreams
+        .iter()
+        .map(|u| {
+            u.seen()
+                .iter()
+                .map(|s| s.header("x-envoy-attempt-count").unwrap_or("-").to_owned())
+                .collect()
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// Runs a one-request retry scenario on both proxies; `script` sets the upstreams up.
+async fn retry_scenario(
+    net: u8,
+    n: usize,
+    vs: &str,
+    script: impl Fn(&[Chaos]),
+) -> Option<(Retried, Retried)> {
+    retry_scenario_with(net, n, vs, "{loadBalancer: {simple: ROUND_ROBIN}}", script).await
+}
+
+/// [`retry_scenario`] with the DestinationRule's `trafficPolicy` `dr`.
+async fn retry_scenario_with(
+    net: u8,
+    n: usize,
+    vs: &str,
+    dr: &str,
+    script: impl Fn(&[Chaos]),
+) -> Option<(Retried, Retried)> {
+    let mut outcomes = Vec::new();
+    for (i, kind) in [Proxy::Envoy, Proxy::Ferry].into_iter().enumerate() {
+        let run = run(kind, net + i as u8, n, vs, dr).await?;
+        script(&run.upstreams);
+        let reply = run.sidecar.get(AUTHORITY, "/").await;
+        outcomes.push(Retried {
+            status: reply.status.as_u16(),
+            attempts: attempts(&run),
+        });
+    }
+    let ferry = outcomes.pop()?;
+    let envoy = outcomes.pop()?;
+    Some((envoy, ferry))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_twice_then_succeed_like_envoy() {
+    let vs = "retries: {attempts: 3, perTryTimeout: 5s, retryOn: \"503\"}";
+    let Some((envoy, ferry)) = retry_scenario(131, 1, vs, |u| u[0].fail_times(2, 503)).await else {
+        return;
+    };
+    assert_eq!(
+        envoy,
+        Retried {
+            status: 200,
+            attempts: vec![vec!["1".into(), "2".into(), "3".into()]]
+        }
+    );
+    assert_eq!(ferry, envoy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_503_retries_on_the_other_endpoint_like_envoy() {
+    let vs = "retries: {attempts: 1, perTryTimeout: 5s, retryOn: \"5xx\"}";
+    let Some((envoy, ferry)) = retry_scenario(133, 2, vs, |u| {
+        for up in u {
+            up.set(Behaviour::Status(503));
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    assert_eq!(
+        envoy,
+        Retried {
+            status: 503,
+            attempts: vec![vec!["1".into()], vec!["2".into()]]
+        },
+        "one attempt on each endpoint (previous_hosts)"
+    );
+    assert_eq!(ferry, envoy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_is_retried_like_envoy() {
+    let vs = "retries: {attempts: 2, perTryTimeout: 5s, retryOn: \"reset,connect-failure\"}";
+    let Some((envoy, ferry)) =
+        retry_scenario(135, 1, vs, |u| u[0].script([Behaviour::Reset])).await
+    else {
+        return;
+    };
+    assert_eq!(envoy.status, 200, "{envoy:?}");
+    assert_eq!(envoy.attempts, vec![vec!["1".to_owned(), "2".to_owned()]]);
+    assert_eq!(ferry, envoy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_retriable_status_is_returned_at_once_like_envoy() {
+    let vs = "retries: {attempts: 3, perTryTimeout: 5s, retryOn: \"503\"}";
+    let Some((envoy, ferry)) = retry_scenario(137, 1, vs, |u| u[0].fail_times(1, 500)).await else {
+        return;
+    };
+    assert_eq!(
+        envoy,
+        Retried {
+            status: 500,
+            attempts: vec![vec!["1".into()]]
+        }
+    );
+    assert_eq!(ferry, envoy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_pool_max_retries_zero_refuses_retries_like_envoy() {
+    let vs = "retries: {attempts: 3, perTryTimeout: 5s, retryOn: \"503\"}";
+    let dr = "{connectionPool: {http: {maxRetries: 0}}}";
+    let Some((envoy, ferry)) =
+        retry_scenario_with(141, 1, vs, dr, |u| u[0].set(Behaviour::Status(503))).await
+    else {
+        return;
+    };
+    assert_eq!(
+        envoy,
+        Retried {
+            status: 503,
+            attempts: vec![vec!["1".into()]]
+        },
+        "the circuit breaker admits no retry"
+    );
+    assert_eq!(ferry, envoy);
+}
+
+/// What a proxy did in the ejection scenario.
+#[derive(Debug, PartialEq, Eq)]
+struct Ejected {
+    /// Failures the client saw before the failing endpoint stopped getting traffic.
+    errors_seen: bool,
+    /// The endpoints that got none of the 30 requests after that (by name).
+    excluded: BTreeSet<String>,
+    /// Statuses of those 30 requests.
+    statuses: BTreeSet<u16>,
+}
+
+async fn ejection(kind: Proxy, net: u8) -> Option<Ejected> {
+    let dr = "{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 300s, maxEjectionPercent: 50}}";
+    let run = run(kind, net, 3, "{}", dr).await?;
+    let failing = &run.upstreams[1];
+    failing.set(Behaviour::Status(503));
+    let mut errors = 0;
+    for _ in 0..60 {
+        if failing.hits() >= 3 {
+            break;
+        }
+        if run.sidecar.get(AUTHORITY, "/").await.status != StatusCode::OK {
+            errors += 1;
+        }
+    }
+    assert_eq!(failing.hits(), 3, "{kind:?}: u1 failed three times");
+    // Envoy applies an ejection on its main thread, a moment after the third failure reached a
+    // worker: wait (bounded) until u1 is out of the rotation, then look at a window of 30.
+    let mut window = Vec::new();
+    for _ in 0..10 {
+        let before: Vec<usize> = run.upstreams.iter().map(Chaos::hits).collect();
+        window.clear();
+        for _ in 0..30 {
+            window.push(run.sidecar.get(AUTHORITY, "/").await.status.as_u16());
+        }
+        let excluded: BTreeSet<String> = run
+            .upstreams
+            .iter()
+            .zip(&before)
+            .filter(|(u, b)| u.hits() == **b)
+            .map(|(u, _)| u.name().to_owned())
+            .collect();
+        if !excluded.is_empty() {
+            return Some(Ejected {
+                errors_seen: errors > 0,
+                excluded,
+                statuses: window.into_iter().collect(),
+            });
+        }
+    }
+    panic!(
+        "{kind:?}: no endpoint was ever ejected\n{}",
+        run.sidecar.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failing_endpoint_is_ejected_like_envoy() {
+    let Some(envoy) = ejection(Proxy::Envoy, 139).await else {
+        return;
+    };
+    let ferry = ejection(Proxy::Ferry, 140).await.expect("ferry-proxy runs");
+    assert_eq!(
+        envoy,
+        Ejected {
+            errors_seen: true,
+            excluded: BTreeSet::from(["u1".to_owned()]),
+            statuses: BTreeSet::from([200]),
+        }
+    );
+    assert_eq!(ferry, envoy);
+}
+
+/// What a proxy did with requests beyond `maxConnections: 1` and `http1MaxPendingRequests: 1`.
+#[derive(Debug, PartialEq, Eq)]
+struct Overflowed {
+    /// Status and `x-envoy-overloaded` of the three requests sent while two were held.
+    overflow: Vec<(u16, Option<String>)>,
+    /// Statuses of the two held requests once the upstream answers.
+    held: Vec<u16>,
+    /// Requests that reached the upstream.
+    arrived: usize,
+}
+
+async fn overflow(kind: Proxy, net: u8) -> Option<Overflowed> {
+    let (up, gate) = Upstream::gated("slow").await.unwrap();
+    let ip = format!("127.0.{net}.10");
+    let dr = "{connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}}";
+    let control = ControlPlane::start(&manifests(&ip, &[up.addr], "{}", dr)).await;
+    let sidecar = std::sync::Arc::new(Sidecar::start(kind, &control, &ip).await?);
+    sidecar.wait_endpoint(CLUSTER, up.addr).await;
+    let spawn = || {
+        let s = sidecar.clone();
+        tokio::spawn(async move { s.get(AUTHORITY, "/").await.status.as_u16() })
+    };
+    let first = spawn();
+    poll_until("one request on the connection", PATIENCE, || async {
+        (gate.arrived() == 1).then_some(())
+    })
+    .await;
+    let second = spawn();
+    let pending = format!("cluster.{CLUSTER}.upstream_rq_pending_active");
+    poll_until("one request pending", PATIENCE, || async {
+        (sidecar.stat(&pending).await == Some(1)).then_some(())
+    })
+    .await;
+    let mut overflow = Vec::new();
+    for _ in 0..3 {
+        let reply = sidecar.get(AUTHORITY, "/").await;
+        let overloaded = reply.header("x-envoy-overloaded").map(str::to_owned);
+        overflow.push((reply.status.as_u16(), overloaded));
+    }
+    gate.open();
+    let held = vec![first.await.unwrap(), second.await.unwrap()];
+    Some(Overflowed {
+        overflow,
+        held,
+        arrived: gate.arrived(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_pool_overflow_like_envoy() {
+    let Some(envoy) = overflow(Proxy::Envoy, 143).await else {
+        return;
+    };
+    let ferry = overflow(Proxy::Ferry, 144).await.expect("ferry-proxy runs");
+    assert_eq!(
+        envoy,
+        Overflowed {
+            overflow: vec![(503, Some("true".into())); 3],
+            held: vec![200, 200],
+            arrived: 2,
+        }
+    );
+    assert_eq!(ferry, envoy);
+}
+
+/// What a proxy answered to aborted requests: status, `grpc-status`, and upstream hits.
+#[derive(Debug, PartialEq, Eq)]
+struct Aborted {
+    http: u16,
+    grpc: (u16, Option<String>),
+    hits: usize,
+}
+
+async fn aborted(kind: Proxy, net: u8) -> Option<Aborted> {
+    let vs = "match: [{uri: {prefix: /grpc}}]\n    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}\n    route: [{destination: {host: ratings.mesh.test}}]\n  - fault: {abort: {httpStatus: 418, percentage: {value: 100}}}";
+    let run = run(kind, net, 1, vs, "{}").await?;
+    let http = run.sidecar.get(AUTHORITY, "/").await.status.as_u16();
+    let grpc = run
+        .sidecar
+        .send(
+            http::Method::POST,
+            AUTHORITY,
+            "/grpc",
+            &[("content-type", "application/grpc")],
+            bytes::Bytes::new(),
+        )
+        .await
+        .expect("answer");
+    Some(Aborted {
+        http,
+        grpc: (
+            grpc.status.as_u16(),
+            grpc.header("grpc-status").map(str::to_owned),
+        ),
+        hits: run.upstreams[0].hits(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_aborts_like_envoy() {
+    let Some(envoy) = aborted(Proxy::Envoy, 145).await else {
+        return;
+    };
+    let ferry = aborted(Proxy::Ferry, 146).await.expect("ferry-proxy runs");
+    assert_eq!(
+        envoy,
+        Aborted {
+            http: 418,
+            grpc: (200, Some("14".into())),
+            hits: 0,
+        }
+    );
+    assert_eq!(ferry, envoy);
+}
+
+/// Upstream connections a proxy opened for five sequential requests with
+/// `maxRequestsPerConnection: 1`.
+/// `None` when the proxy is not available (Envoy outside CI).
+async fn connections_for_five(kind: Proxy, net: u8) -> Option<Option<i64>> {
+    let run = run(
+        kind,
+        net,
+        1,
+        "{}",
+        "{connectionPool: {http: {maxRequestsPerConnection: 1}}}",
+    )
+    .await?;
+    for _ in 0..5 {
+        assert_eq!(run.sidecar.get(AUTHORITY, "/").await.status, StatusCode::OK);
+    }
+    Some(
+        run.sidecar
+            .stat(&format!("cluster.{CLUSTER}.upstream_cx_total"))
+            .await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_per_connection_like_envoy() {
+    let Some(envoy) = connections_for_five(Proxy::Envoy, 147).await else {
+        return;
+    };
+    let ferry = connections_for_five(Proxy::Ferry, 148)
+        .await
+        .expect("ferry-proxy runs");
+    assert_eq!(envoy, Some(5));
+    assert_eq!(ferry, envoy);
+}
