@@ -126,6 +126,30 @@ impl Sidecar {
             .collect()
     }
 
+    /// The value of the counter `name` (e.g. `cluster.NAME.upstream_rq_timeout`), 0 when absent.
+    pub async fn counter(&self, name: &str) -> u64 {
+        match self {
+            Sidecar::Envoy(envoy) => {
+                let stat = name.rsplit('.').next().unwrap_or(name);
+                envoy
+                    .admin_get(&format!("/stats?filter={stat}"))
+                    .await
+                    .expect("Envoy's stats")
+                    .text()
+                    .lines()
+                    .find_map(|line| line.strip_prefix(name)?.strip_prefix(": "))
+                    .and_then(|value| value.trim().parse().ok())
+                    .unwrap_or(0)
+            }
+            Sidecar::Ferry(running) => running
+                .stats
+                .counters()
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .map_or(0, |(_, value)| value),
+        }
+    }
+
     /// Stops the sidecar, closing its ADS stream (an in-process ferry-proxy's tasks would
     /// otherwise outlive the handle and keep the control plane's shutdown waiting).
     pub async fn stop(self) {
@@ -227,6 +251,9 @@ spec:
   - {name: v2, labels: {version: v2}}
   - {name: v3, labels: {version: v3}}
 "#;
+
+/// The reviews service's host name.
+const REVIEWS: &str = "reviews.default.svc.cluster.local";
 
 /// The reviews versions, each a pod at `127.0.N.(index + 2)`.
 pub const VERSIONS: [&str; 3] = ["v1", "v2", "v3"];
@@ -442,9 +469,10 @@ fn pinned(routing: Routing, user: Option<&str>) -> Option<&'static str> {
     }
 }
 
-/// Asserts `routing`'s behaviour: the header match, the pinned or split default route, and the
-/// timeout.
-pub async fn assert_routing(proxy: SocketAddr, routing: Routing) {
+/// Asserts `routing`'s behaviour through `sidecar`'s listener at `proxy`: the header match, the
+/// pinned or split default route, and the timeout (504, counted as the cluster's
+/// `upstream_rq_timeout`: response flag UT).
+pub async fn assert_routing(sidecar: &Sidecar, proxy: SocketAddr, routing: Routing) {
     for user in [Some("jason"), Some("mike"), None] {
         if let Some(want) = pinned(routing, user) {
             for _ in 0..STEADY_REQUESTS {
@@ -460,10 +488,16 @@ pub async fn assert_routing(proxy: SocketAddr, routing: Routing) {
     if pinned(routing, None).is_none() {
         assert_split(proxy, routing).await;
     }
+    let timeouts = format!("cluster.outbound|9080|v1|{REVIEWS}.upstream_rq_timeout");
+    let before = sidecar.counter(&timeouts).await;
     let answer = must_get(proxy, "/hang", None).await;
     assert_eq!(answer.status, 504, "route timeout: {answer:?}");
     // Envoy's local reply for response flag UT.
     assert_eq!(answer.body, "upstream request timeout", "{answer:?}");
+    // Counted (Envoy counts exactly one; ferry-proxy two so far, the router and the retry
+    // driver each counting it).
+    let after = sidecar.counter(&timeouts).await;
+    assert!(after > before, "{timeouts}: {before} -> {after}");
 }
 
 async fn assert_split(proxy: SocketAddr, routing: Routing) {
@@ -523,7 +557,7 @@ pub async fn run(kind: SidecarKind, api_type: &str, net: u8, reviews_sidecars: b
             .filter(|a| a.status == 200)
     })
     .await;
-    assert_routing(proxy, CANARY).await;
+    assert_routing(&sidecar, proxy, CANARY).await;
 
     // A live edit of the YAML, followed without restarting anything.
     eprintln!("scenarios: canary routing holds; editing the VirtualService");
@@ -543,7 +577,7 @@ pub async fn run(kind: SidecarKind, api_type: &str, net: u8, reviews_sidecars: b
         (mike.instance == "reviews-v2" && other.instance == "reviews-v3").then_some(())
     })
     .await;
-    assert_routing(proxy, PROMOTED).await;
+    assert_routing(&sidecar, proxy, PROMOTED).await;
 
     eprintln!("scenarios: the edit is followed; writing a bad edit");
     // A bad edit: refused with an error naming the file, the object and the field; the last
@@ -563,7 +597,7 @@ pub async fn run(kind: SidecarKind, api_type: &str, net: u8, reviews_sidecars: b
         route_version,
         "the served routes did not change"
     );
-    assert_routing(proxy, PROMOTED).await;
+    assert_routing(&sidecar, proxy, PROMOTED).await;
     assert_no_rejects(&sidecar).await;
     for (_, other) in others {
         other.stop().await;
