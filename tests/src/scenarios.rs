@@ -494,10 +494,7 @@ pub async fn assert_routing(sidecar: &Sidecar, proxy: SocketAddr, routing: Routi
     assert_eq!(answer.status, 504, "route timeout: {answer:?}");
     // Envoy's local reply for response flag UT.
     assert_eq!(answer.body, "upstream request timeout", "{answer:?}");
-    // Counted (Envoy counts exactly one; ferry-proxy two so far, the router and the retry
-    // driver each counting it).
-    let after = sidecar.counter(&timeouts).await;
-    assert!(after > before, "{timeouts}: {before} -> {after}");
+    assert_eq!(sidecar.counter(&timeouts).await, before + 1, "{timeouts}");
 }
 
 async fn assert_split(proxy: SocketAddr, routing: Routing) {

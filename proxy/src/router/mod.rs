@@ -253,16 +253,11 @@ pub async fn forward(
         } else {
             (body, timeout::TimerStart::At(started))
         };
+    // A route timeout before the response headers is counted (`upstream_rq_timeout`) by the
+    // retry driver that answers it; counting it here too counted it twice.
     let mut response = match tries.send(parts, request_body, retriable).await {
         Ok(response) => response,
-        Err(reply) => {
-            if reply.extensions().get::<ResponseFlag>()
-                == Some(&ResponseFlag::UpstreamRequestTimeout)
-            {
-                timeout_stats().count();
-            }
-            return reply;
-        }
+        Err(reply) => return reply,
     };
     tracing::debug!(status = response.status().as_u16(), "upstream response");
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
