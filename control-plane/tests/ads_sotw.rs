@@ -6,41 +6,15 @@
 
 mod ads_support;
 
-use ads_support::{Harness, PATIENCE, model, node, service};
+use ads_support::{AdsClient, Harness, PATIENCE, model, node, service};
 use ferry_control::xds::cache::ResourceType;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
-use xds_proto::envoy::config::core::v3::Node;
-use xds_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use xds_proto::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use xds_proto::google::rpc::Status as RpcStatus;
 use xds_proto::type_url;
 
-struct Client {
-    requests: mpsc::Sender<DiscoveryRequest>,
-    responses: Streaming<DiscoveryResponse>,
-    node: Option<Node>,
-}
+type Client = AdsClient<DiscoveryRequest, DiscoveryResponse>;
 
 impl Client {
-    async fn connect(h: &Harness, node: Node) -> Client {
-        let mut grpc = AggregatedDiscoveryServiceClient::connect(h.url())
-            .await
-            .unwrap();
-        let (requests, rx) = mpsc::channel(16);
-        let responses = grpc
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        Client {
-            requests,
-            responses,
-            node: Some(node),
-        }
-    }
-
     /// Sends a request; the node goes on the first one only, as Istio's sidecars do.
     async fn send(&mut self, ty: &str, names: &[&str], ack: Option<&DiscoveryResponse>) {
         self.send_raw(DiscoveryRequest {
@@ -51,19 +25,6 @@ impl Client {
             ..Default::default()
         })
         .await;
-    }
-
-    async fn send_raw(&mut self, mut request: DiscoveryRequest) {
-        request.node = self.node.take();
-        self.requests.send(request).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> DiscoveryResponse {
-        tokio::time::timeout(PATIENCE, self.responses.message())
-            .await
-            .expect("a response in time")
-            .unwrap()
-            .expect("stream open")
     }
 }
 
@@ -192,13 +153,7 @@ async fn nack_is_recorded_with_its_error_and_counted() {
         ..Default::default()
     })
     .await;
-    let status = h
-        .wait_for(&id, |s| {
-            s.types
-                .get(&ResourceType::Cluster)
-                .is_some_and(|t| t.last_nack.is_some())
-        })
-        .await;
+    let status = h.wait_for_nack(&id, ResourceType::Cluster).await;
     let t = &status.types[&ResourceType::Cluster];
     assert!(
         t.last_nack

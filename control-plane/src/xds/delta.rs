@@ -10,20 +10,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tokio::sync::mpsc;
-use tonic::Status;
 use xds_proto::envoy::config::core::v3::Node;
 use xds_proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 
 use super::cache::{ResourceType, set_version};
-use super::connection::{Nack, Protocol, Session};
+use super::connection::{Nack, Protocol};
 use super::sotw::Subscription;
-use super::stream::{AdsStream, Closed};
+use super::stream::{Closed, Connection, Variant};
 
+/// What one stream tracks of one resource type.
 #[derive(Debug, Default)]
-struct TypeState {
+pub(crate) struct TypeState {
     subscription: Subscription,
     /// Name -> version of what the proxy holds, as far as the server knows.
     known: BTreeMap<String, String>,
@@ -35,45 +34,29 @@ struct TypeState {
     must_answer: bool,
 }
 
-/// The protocol state of one delta stream.
-pub(crate) struct Delta {
-    session: Session,
-    types: BTreeMap<ResourceType, TypeState>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-}
+/// The delta variant of ADS.
+pub(crate) struct Delta;
 
-impl AdsStream for Delta {
+impl Variant for Delta {
     type Request = DeltaDiscoveryRequest;
     type Response = DeltaDiscoveryResponse;
+    type TypeState = TypeState;
     const PROTOCOL: Protocol = Protocol::Delta;
 
     fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
         request.node.as_ref()
     }
 
-    fn open(session: Session, tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>) -> Self {
-        Delta {
-            session,
-            types: BTreeMap::new(),
-            tx,
-        }
-    }
-
-    fn session(&mut self) -> &mut Session {
-        &mut self.session
-    }
-
-    fn serves(&self, ty: ResourceType) -> bool {
-        self.types.contains_key(&ty)
-    }
-
-    async fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), Closed> {
+    async fn on_request(
+        conn: &mut Connection<Self>,
+        request: DeltaDiscoveryRequest,
+    ) -> Result<(), Closed> {
         let Some(ty) = ResourceType::from_type_url(&request.type_url) else {
-            tracing::warn!(connection = self.session.id(), type_url = %request.type_url, "request for a type this server does not serve; ignored");
+            tracing::warn!(connection = conn.session.id(), type_url = %request.type_url, "request for a type this server does not serve; ignored");
             return Ok(());
         };
-        let first = !self.types.contains_key(&ty);
-        let state = self.types.entry(ty).or_default();
+        let first = !conn.types.contains_key(&ty);
+        let state = conn.types.entry(ty).or_default();
         if first {
             state.known = request.initial_resource_versions.into_iter().collect();
             state.subscription.wildcard =
@@ -84,7 +67,7 @@ impl AdsStream for Delta {
         if !nonce.is_empty() {
             match state.pending.take() {
                 Some((version, sent)) if sent == nonce => match request.error_detail {
-                    Some(error) => self.session.nack(
+                    Some(error) => conn.session.nack(
                         ty,
                         Nack {
                             nonce,
@@ -92,12 +75,12 @@ impl AdsStream for Delta {
                             error: error.message,
                         },
                     ),
-                    None => self.session.ack(ty, &version),
+                    None => conn.session.ack(ty, &version),
                 },
                 other => {
                     state.pending = other;
                     tracing::debug!(
-                        connection = self.session.id(),
+                        connection = conn.session.id(),
                         kind = ty.label(),
                         nonce,
                         "stale nonce"
@@ -127,17 +110,17 @@ impl AdsStream for Delta {
             let names = &state.subscription.names;
             state.known.retain(|name, _| names.contains(name));
         }
-        self.session.subscribed(ty, state.subscription.describe());
-        self.respond(ty).await
+        conn.session.subscribed(ty, state.subscription.describe());
+        Self::respond(conn, ty).await
     }
 
     /// Sends what changed of `ty` for this proxy, if anything did or a request is waiting; does
     /// nothing while the stream is held before the initial sync.
-    async fn respond(&mut self, ty: ResourceType) -> Result<(), Closed> {
-        let Some(snapshot) = self.session.snapshot.clone() else {
+    async fn respond(conn: &mut Connection<Self>, ty: ResourceType) -> Result<(), Closed> {
+        let Some(snapshot) = conn.session.snapshot.clone() else {
             return Ok(());
         };
-        let Some(state) = self.types.get_mut(&ty) else {
+        let Some(state) = conn.types.get_mut(&ty) else {
             return Ok(());
         };
         let current = state.subscription.select(&snapshot, ty);
@@ -171,8 +154,8 @@ impl AdsStream for Delta {
             .map(|e| (e.name.clone(), e.version.clone()))
             .collect();
         let version = set_version(&current);
-        let nonce = self.session.next_nonce();
-        self.session.sent(ty, &version, &nonce);
+        let nonce = conn.session.next_nonce();
+        conn.session.sent(ty, &version, &nonce);
         state.pending = Some((version.clone(), nonce.clone()));
         state.must_answer = false;
         let response = DeltaDiscoveryResponse {
@@ -183,6 +166,6 @@ impl AdsStream for Delta {
             nonce,
             ..Default::default()
         };
-        self.tx.send(Ok(response)).await.map_err(|_| Closed)
+        conn.tx.send(Ok(response)).await.map_err(|_| Closed)
     }
 }

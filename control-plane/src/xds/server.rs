@@ -23,7 +23,7 @@ use super::Generator;
 use super::connection::Registry;
 use super::debounce::Epochs;
 use super::metrics::Metrics;
-use super::stream::{self, AdsStream};
+use super::stream::{self, Variant};
 use super::{delta, sotw};
 
 /// Responses buffered per connection before the task waits for the proxy to read.
@@ -117,15 +117,15 @@ impl std::fmt::Debug for XdsService {
 }
 
 impl XdsService {
-    /// Starts the connection task of one stream of variant `S`; its responses flow back
+    /// Starts the connection task of one stream of variant `V`; its responses flow back
     /// through a bounded channel.
-    fn spawn<S: AdsStream>(
+    fn spawn<V: Variant>(
         &self,
-        request: Request<Streaming<S::Request>>,
-    ) -> Response<ReceiverStream<Result<S::Response, Status>>> {
+        request: Request<Streaming<V::Request>>,
+    ) -> Response<ReceiverStream<Result<V::Response, Status>>> {
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(stream::run::<S>(
+        tokio::spawn(stream::run::<V>(
             self.shared.clone(),
             request.into_inner(),
             tx,

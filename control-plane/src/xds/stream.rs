@@ -5,6 +5,7 @@
 //! (nonces, ACK/NACK, subscriptions, what a response carries) live in each variant
 //! ([`super::sotw`], [`super::delta`]).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,42 +21,49 @@ use super::server::Shared;
 /// The proxy went away; the connection task ends.
 pub(crate) struct Closed;
 
-/// One ADS variant's per-connection protocol state.
-pub(crate) trait AdsStream: Sized + Send + 'static {
+/// One ADS variant: its messages, its per-type state and its protocol rules.
+pub(crate) trait Variant: Sized + Send + 'static {
     /// What the proxy sends.
     type Request: Send + 'static;
     /// What the server answers.
     type Response: Send + 'static;
+    /// What the connection tracks per resource type.
+    type TypeState: Default + Send;
     /// Which variant, for the registry.
     const PROTOCOL: Protocol;
 
     /// The node a request carries (required on the first).
     fn node(request: &Self::Request) -> Option<&Node>;
 
-    /// The state of a stream whose session just started, answering on `tx`.
-    fn open(session: Session, tx: mpsc::Sender<Result<Self::Response, Status>>) -> Self;
-
-    /// The connection's session.
-    fn session(&mut self) -> &mut Session;
-
-    /// Whether the proxy has asked for `ty` on this stream.
-    fn serves(&self, ty: ResourceType) -> bool;
-
     /// Handles one request.
     fn on_request(
-        &mut self,
+        conn: &mut Connection<Self>,
         request: Self::Request,
     ) -> impl Future<Output = Result<(), Closed>> + Send;
 
     /// Sends what the current snapshot holds of `ty` for this proxy, if the proxy needs it.
-    fn respond(&mut self, ty: ResourceType) -> impl Future<Output = Result<(), Closed>> + Send;
+    fn respond(
+        conn: &mut Connection<Self>,
+        ty: ResourceType,
+    ) -> impl Future<Output = Result<(), Closed>> + Send;
+}
+
+/// One stream's state: the session (registry entry, snapshots, nonces), what the proxy asked
+/// for per type, and where responses go.
+pub(crate) struct Connection<V: Variant> {
+    /// The proxy's session.
+    pub(crate) session: Session,
+    /// Per type the proxy asked for.
+    pub(crate) types: BTreeMap<ResourceType, V::TypeState>,
+    /// The response stream.
+    pub(crate) tx: mpsc::Sender<Result<V::Response, Status>>,
 }
 
 /// Drives one stream until the proxy or the server goes away.
-pub(crate) async fn run<S: AdsStream>(
+pub(crate) async fn run<V: Variant>(
     shared: Arc<Shared>,
-    mut requests: Streaming<S::Request>,
-    tx: mpsc::Sender<Result<S::Response, Status>>,
+    mut requests: Streaming<V::Request>,
+    tx: mpsc::Sender<Result<V::Response, Status>>,
     peer: Option<SocketAddr>,
 ) {
     let first = match requests.message().await {
@@ -66,28 +74,32 @@ pub(crate) async fn run<S: AdsStream>(
             return;
         }
     };
-    let session = match Session::start(shared, S::node(&first), S::PROTOCOL, peer) {
+    let session = match Session::start(shared, V::node(&first), V::PROTOCOL, peer) {
         Ok(session) => session,
         Err(status) => {
             let _ = tx.send(Err(status)).await;
             return;
         }
     };
-    let mut conn = S::open(session, tx);
-    if conn.on_request(first).await.is_err() {
+    let mut conn = Connection::<V> {
+        session,
+        types: BTreeMap::new(),
+        tx,
+    };
+    if V::on_request(&mut conn, first).await.is_err() {
         return;
     }
     loop {
         let outcome = tokio::select! {
             message = requests.message() => match message {
-                Ok(Some(request)) => conn.on_request(request).await,
+                Ok(Some(request)) => V::on_request(&mut conn, request).await,
                 Ok(None) => Err(Closed),
                 Err(status) => {
-                    tracing::debug!(connection = conn.session().id(), error = %status, "stream ended");
+                    tracing::debug!(connection = conn.session.id(), error = %status, "stream ended");
                     Err(Closed)
                 }
             },
-            _ = conn.session().next_epoch() => push_all(&mut conn).await,
+            _ = conn.session.next_epoch() => push_all(&mut conn).await,
         };
         if outcome.is_err() {
             return;
@@ -96,10 +108,10 @@ pub(crate) async fn run<S: AdsStream>(
 }
 
 /// Answers a push epoch: every type the proxy asked for, in push order.
-async fn push_all<S: AdsStream>(conn: &mut S) -> Result<(), Closed> {
+async fn push_all<V: Variant>(conn: &mut Connection<V>) -> Result<(), Closed> {
     for ty in ResourceType::PUSH_ORDER {
-        if conn.serves(ty) {
-            conn.respond(ty).await?;
+        if conn.types.contains_key(&ty) {
+            V::respond(conn, ty).await?;
         }
     }
     Ok(())
