@@ -104,12 +104,15 @@ impl Tries<'_> {
             (Some(policy), true) => policy.num_retries,
             _ => 0,
         };
-        let (method, uri, version, headers) = (
-            parts.method.clone(),
-            parts.uri.clone(),
-            parts.version,
-            parts.headers.clone(),
-        );
+        // The head is copied for re-sending only when a retry is possible at all.
+        let retry_head = (retries > 0).then(|| {
+            (
+                parts.method.clone(),
+                parts.uri.clone(),
+                parts.version,
+                parts.headers.clone(),
+            )
+        });
         let mut first = Some(http::Request::from_parts(parts, body));
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut attempt: u32 = 0;
@@ -135,14 +138,20 @@ impl Tries<'_> {
             tracing::Span::current()
                 .record("upstream.addr", tracing::field::display(host.address()));
             tried.push(host.address());
-            let mut request = first.take().unwrap_or_else(|| {
-                let mut request = http::Request::new(body::empty());
-                *request.method_mut() = method.clone();
-                *request.uri_mut() = uri.clone();
-                *request.version_mut() = version;
-                *request.headers_mut() = headers.clone();
-                request
-            });
+            let copy = || {
+                retry_head.as_ref().map(|(method, uri, version, headers)| {
+                    let mut request = http::Request::new(body::empty());
+                    *request.method_mut() = method.clone();
+                    *request.uri_mut() = uri.clone();
+                    *request.version_mut() = *version;
+                    *request.headers_mut() = headers.clone();
+                    request
+                })
+            };
+            // A later try always has a copy: retries are admitted only when `retries > 0`.
+            let Some(mut request) = first.take().or_else(copy) else {
+                return Err(local_reply(StatusCode::INTERNAL_SERVER_ERROR, "", None));
+            };
             if self.auto_host_rewrite {
                 rewrite_authority(&mut request, host.hostname());
             }
