@@ -17,6 +17,7 @@ pub mod fault;
 pub mod http_connection_manager;
 pub mod listener;
 pub mod load_balancer;
+pub mod memory;
 pub mod mirror;
 pub mod outlier;
 pub mod pool;

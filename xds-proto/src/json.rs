@@ -41,6 +41,12 @@ pub enum JsonError {
     UnknownMessage(String),
 }
 
+/// The embedded descriptor set (a serialized `FileDescriptorSet`, about 3.3 MB), for callers
+/// that manage its pages (ferry-proxy hands them back to the OS once its bootstrap is read).
+pub fn descriptor_set() -> &'static [u8] {
+    DESCRIPTORS
+}
+
 /// The shared pool: kept alive by `retained` while retention is on, otherwise only as long as
 /// some caller holds the `Arc` (`shared` lets concurrent callers share one decode).
 struct PoolCache {

@@ -64,6 +64,15 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
     response
 }
 
+/// A JSON answer rendered through the descriptor pool: once sent, the transient pool's memory
+/// goes back to the OS (see [`crate::memory`]).
+fn reflected_json(value: serde_json::Value) -> Response<Body> {
+    let response = json(&value);
+    drop(value);
+    crate::memory::release_transient_memory();
+    response
+}
+
 fn json(value: &serde_json::Value) -> Response<Body> {
     let body = serde_json::to_string_pretty(value).unwrap_or_default();
     let mut response = Response::new(full(body));
@@ -172,14 +181,14 @@ pub async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<
             ),
         },
         "/config_dump" => match config_dump::render(tracker, state.started) {
-            Ok(value) => json(&value),
+            Ok(value) => reflected_json(value),
             Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
         },
         "/clusters" => {
             let statuses = clusters::cluster_statuses(tracker);
             if query.get("format") == Some("json") {
                 match clusters::render_json(&statuses) {
-                    Ok(value) => json(&value),
+                    Ok(value) => reflected_json(value),
                     Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
                 }
             } else {
@@ -190,7 +199,7 @@ pub async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<
             let statuses = listeners::listener_statuses(tracker, state.listener_addrs.as_ref());
             if query.get("format") == Some("json") {
                 match listeners::render_json(&statuses) {
-                    Ok(value) => json(&value),
+                    Ok(value) => reflected_json(value),
                     Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
                 }
             } else {
