@@ -18,15 +18,13 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 
-use ferry_control::app::{self, ServeOptions};
 use ferry_control::xds::cache::ResourceType;
 use ferry_control::xds::connection::ConnectionStatus;
-use ferry_control::xds::debounce::DebounceConfig;
 use http::Method;
 
 use crate::envoy::{self, Envoy, Pod};
+use crate::istio_mesh::ControlPlane;
 use crate::net::{self, Protocol};
 use crate::poll::{PATIENCE, poll_until};
 use crate::upstream::Upstream;
@@ -260,10 +258,9 @@ pub const VERSIONS: [&str; 3] = ["v1", "v2", "v3"];
 
 /// ferry-control serving the Bookinfo manifests of one `127.0.N.0/24`, with the reviews pods.
 pub struct Bookinfo {
-    dir: tempfile::TempDir,
     net: u8,
-    /// ferry-control, in-process.
-    pub control: app::Running,
+    /// ferry-control, in-process, on the manifests' directory.
+    pub control: ControlPlane,
     _pods: Vec<Upstream>,
 }
 
@@ -272,19 +269,8 @@ impl Bookinfo {
     /// starts ferry-control in local mode on them.
     pub async fn start(net: u8) -> Bookinfo {
         let (pods, port) = reviews_pods(net).await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        write_manifests(dir.path(), net, port);
-        let options = ServeOptions {
-            config_dir: dir.path().to_owned(),
-            kubernetes: false,
-            xds_address: "127.0.0.1:0".parse().expect("address"),
-            debug_address: "127.0.0.1:0".parse().expect("address"),
-            local_mode: true,
-            debounce: DebounceConfig::default(),
-        };
-        let control = app::serve(&options).await.expect("ferry-control starts");
+        let control = ControlPlane::start(&manifests(net, port)).await;
         Bookinfo {
-            dir,
             net,
             control,
             _pods: pods,
@@ -307,7 +293,7 @@ impl Bookinfo {
             api_type,
             &self.node_id(),
             &self.ip(10),
-            self.control.xds_address,
+            self.control.xds_address(),
         )
     }
 
@@ -322,22 +308,22 @@ impl Bookinfo {
             service_account: "bookinfo-reviews",
         };
         let bootstrap =
-            envoy::pod_bootstrap(api_type, &node_id, &ip, &pod, self.control.xds_address);
+            envoy::pod_bootstrap(api_type, &node_id, &ip, &pod, self.control.xds_address());
         (node_id, bootstrap)
     }
 
     /// Replaces the VirtualService's file as editors and `kubectl`-style tools do: written aside
     /// and renamed in, so the source never reads a half-written file (hidden files are not read).
     pub fn edit_virtual_service(&self, routing: Routing) {
-        let staged = self.dir.path().join(".reviews-vs.yaml.tmp");
+        let staged = self.control.dir().join(".reviews-vs.yaml.tmp");
         std::fs::write(&staged, virtual_service(routing)).expect("write the edit");
-        std::fs::rename(&staged, self.dir.path().join("reviews-vs.yaml")).expect("rename");
+        std::fs::rename(&staged, self.control.dir().join("reviews-vs.yaml")).expect("rename");
     }
 
     /// Waits until the proxy `node_id` ACKed every type with no NACK, optionally with a route
     /// version other than `not_route_version`.
     pub async fn acked(&self, node_id: &str, not_route_version: Option<&str>) -> ConnectionStatus {
-        let registry = self.control.server.registry();
+        let registry = self.control.running().server.registry();
         poll_until(&format!("{node_id} to ACK every type"), PATIENCE, || {
             let found = registry.find(node_id).filter(|c| {
                 all_acked(c)
@@ -351,15 +337,7 @@ impl Bookinfo {
 
     /// `/debug/errors` of ferry-control.
     pub async fn errors(&self) -> String {
-        net::get(self.control.debug_address, "ferry", "/debug/errors")
-            .await
-            .expect("/debug/errors answers")
-            .text()
-    }
-
-    /// Stops ferry-control.
-    pub async fn shutdown(self) {
-        self.control.shutdown().await.expect("ferry-control stops");
+        self.control.errors().await
     }
 }
 
@@ -390,7 +368,8 @@ async fn reviews_pods(net: u8) -> (Vec<Upstream>, u16) {
     panic!("no port free on all of 127.0.{net}.2-4");
 }
 
-fn write_manifests(dir: &Path, net: u8, port: u16) {
+/// The manifests (file name, YAML) of the mesh in `127.0.N.0/24`, the reviews pods on `port`.
+fn manifests(net: u8, port: u16) -> Vec<(&'static str, String)> {
     let mut reviews = format!(
         r#"apiVersion: v1
 kind: Service
@@ -412,11 +391,12 @@ spec:
         "bookinfo-productpage",
         "productpage",
     );
-    let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).expect("write");
-    write("reviews.yaml", &reviews);
-    write("productpage.yaml", &productpage);
-    write("reviews-dr.yaml", DESTINATION_RULE);
-    write("reviews-vs.yaml", &virtual_service(CANARY));
+    vec![
+        ("reviews.yaml", reviews),
+        ("productpage.yaml", productpage),
+        ("reviews-dr.yaml", DESTINATION_RULE.to_owned()),
+        ("reviews-vs.yaml", virtual_service(CANARY)),
+    ]
 }
 
 /// One answer through the sidecar: status, the upstream instance (`reviews-v2`) or empty for a
@@ -600,7 +580,7 @@ pub async fn run(kind: SidecarKind, api_type: &str, net: u8, reviews_sidecars: b
         other.stop().await;
     }
     sidecar.stop().await;
-    mesh.shutdown().await;
+    drop(mesh);
 }
 
 async fn assert_no_rejects(sidecar: &Sidecar) {
