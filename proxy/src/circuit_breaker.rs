@@ -48,6 +48,8 @@ pub struct CircuitBreaker {
     /// Woken when a connection unit is given back, so requests waiting for a connection at the
     /// `max_connections` limit (on any host of the cluster) try again.
     connection_released: tokio::sync::Notify,
+    /// `per_host_thresholds[].max_connections`: connections per host (the pools enforce it).
+    per_host_max_connections: Option<u64>,
 }
 
 impl CircuitBreaker {
@@ -74,7 +76,19 @@ impl CircuitBreaker {
             budget,
             counts: Default::default(),
             connection_released: tokio::sync::Notify::new(),
+            per_host_max_connections: None,
         }
+    }
+
+    /// Adds the cluster's `per_host_thresholds` connection limit.
+    pub fn with_per_host_max_connections(mut self, max: Option<u32>) -> Self {
+        self.per_host_max_connections = max.map(u64::from);
+        self
+    }
+
+    /// `per_host_thresholds[].max_connections`, if configured.
+    pub fn per_host_max_connections(&self) -> Option<u64> {
+        self.per_host_max_connections
     }
 
     /// Resolves when a connection unit is given back (see [`Resource::Connections`]).
@@ -232,9 +246,15 @@ impl From<&CircuitBreakers> for CircuitBreakerSet {
                 .cloned()
                 .unwrap_or_else(|| Thresholds::envoy_default(high))
         };
+        let breaker = |high: bool| {
+            Arc::new(
+                CircuitBreaker::new(&find(high))
+                    .with_per_host_max_connections(cb.per_host_max_connections),
+            )
+        };
         Self {
-            default: Arc::new(CircuitBreaker::new(&find(false))),
-            high: Arc::new(CircuitBreaker::new(&find(true))),
+            default: breaker(false),
+            high: breaker(true),
         }
     }
 }

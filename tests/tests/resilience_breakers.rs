@@ -200,6 +200,32 @@ async fn requests_beyond_max_connections_wait_and_beyond_max_pending_requests_ov
 }
 
 #[tokio::test]
+async fn per_host_max_connections_queue_requests_on_the_hosts_connection() {
+    let (up, gate) = Upstream::gated("slow").await.unwrap();
+    let limits = "circuit_breakers: { thresholds: [{ max_pending_requests: 1 }], per_host_thresholds: [{ max_connections: 1 }] }";
+    let yaml = bootstrap("", &[cluster("svc", &[up.addr], limits)]);
+    let (proxy, addr) = start(&yaml).await;
+    let held = vec![spawn_get(addr)];
+    poll_until(
+        "one request on the host's one connection",
+        PATIENCE,
+        || async { (gate.arrived() == 1).then_some(()) },
+    )
+    .await;
+    let held: Vec<_> = held.into_iter().chain([spawn_get(addr)]).collect();
+    poll_until("one request pending", PATIENCE, || async {
+        (gauge(&proxy, "svc", "upstream_rq_pending_active") == 1).then_some(())
+    })
+    .await;
+    assert_overflow(&send(addr, Method::GET, Bytes::new()).await);
+    gate.open();
+    for h in held {
+        assert_eq!(h.await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(counter(&proxy, "svc", "upstream_cx_total"), 1);
+}
+
+#[tokio::test]
 async fn high_priority_routes_have_their_own_thresholds() {
     let (up, gate) = Upstream::gated("slow").await.unwrap();
     let thresholds = "circuit_breakers: { thresholds: [{ priority: DEFAULT, max_requests: 1 }, { priority: HIGH, max_requests: 2 }] }";

@@ -4,7 +4,8 @@
 //! way. Per scenario they must agree on what the client sees and what every upstream saw:
 //! final statuses, attempts per upstream (with `x-envoy-attempt-count`), and, for outlier
 //! ejection, which endpoint stops getting traffic after its failures; for the connection pool's
-//! circuit breakers, which requests overflow with 503 and `x-envoy-overloaded`.
+//! circuit breakers, which requests overflow with 503 and `x-envoy-overloaded`; for fault
+//! aborts and mirroring, what the client and the shadow see.
 //!
 //! Without Envoy installed the test is skipped outside CI and fails under `CI=true`.
 
@@ -212,6 +213,26 @@ async fn connection_pool_max_retries_zero_refuses_retries_like_envoy() {
             attempts: vec![vec!["1".into()]]
         },
         "the circuit breaker admits no retry"
+    );
+    assert_eq!(ferry, envoy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_retry_budget_refuses_retries_like_envoy() {
+    let vs = "retries: {attempts: 3, perTryTimeout: 5s, retryOn: \"503\"}";
+    let dr = "{retryBudget: {percent: 0, minRetryConcurrency: 0}}";
+    let Some((envoy, ferry)) =
+        retry_scenario_with(153, 1, vs, dr, |u| u[0].set(Behaviour::Status(503))).await
+    else {
+        return;
+    };
+    assert_eq!(
+        envoy,
+        Retried {
+            status: 503,
+            attempts: vec![vec!["1".into()]]
+        },
+        "a budget of 0% with no minimum admits no retry"
     );
     assert_eq!(ferry, envoy);
 }
@@ -435,5 +456,127 @@ async fn max_requests_per_connection_like_envoy() {
         .await
         .expect("ferry-proxy runs");
     assert_eq!(envoy, Some(5));
+    assert_eq!(ferry, envoy);
+}
+
+/// What the shadow of a mirrored POST saw: method, Host, body; and the original's status.
+#[derive(Debug, PartialEq, Eq)]
+struct Mirrored {
+    status: u16,
+    shadow: Vec<(String, Option<String>, bytes::Bytes)>,
+}
+
+async fn mirrored(kind: Proxy, net: u8) -> Option<Mirrored> {
+    let primary = Chaos::start("primary", Behaviour::Ok).await.unwrap();
+    let shadow = Chaos::start("shadow", Behaviour::Hang).await.unwrap();
+    let ip = format!("127.0.{net}.10");
+    let vs = "mirror: {host: shadow.mesh.test}\n    mirrorPercentage: {value: 100}";
+    let mut manifests = manifests(&ip, &[primary.addr], vs, "{}");
+    manifests.push((
+        "shadow-se.yaml",
+        service_entry("shadow", "shadow.mesh.test", &[shadow.addr]),
+    ));
+    let control = ControlPlane::start(&manifests).await;
+    let sidecar = Sidecar::start(kind, &control, &ip).await?;
+    sidecar.wait_endpoint(CLUSTER, primary.addr).await;
+    sidecar
+        .wait_endpoint("outbound|9080||shadow.mesh.test", shadow.addr)
+        .await;
+    let reply = sidecar
+        .send(
+            http::Method::POST,
+            AUTHORITY,
+            "/rate",
+            &[],
+            bytes::Bytes::from_static(b"stars=5"),
+        )
+        .await
+        .expect("answer");
+    poll_until("the shadow copy", PATIENCE, || async {
+        (shadow.hits() == 1).then_some(())
+    })
+    .await;
+    Some(Mirrored {
+        status: reply.status.as_u16(),
+        shadow: shadow
+            .seen()
+            .into_iter()
+            .map(|s| {
+                let host = s.header("host").map(str::to_owned);
+                (s.method.to_string(), host, s.body)
+            })
+            .collect(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirroring_to_a_hanging_shadow_like_envoy() {
+    let Some(envoy) = mirrored(Proxy::Envoy, 149).await else {
+        return;
+    };
+    let ferry = mirrored(Proxy::Ferry, 150).await.expect("ferry-proxy runs");
+    assert_eq!(
+        envoy,
+        Mirrored {
+            status: 200,
+            shadow: vec![(
+                "POST".into(),
+                Some("ratings.mesh.test-shadow:9080".into()),
+                bytes::Bytes::from_static(b"stars=5")
+            )],
+        }
+    );
+    assert_eq!(ferry, envoy);
+}
+
+/// A listener that never accepts, with its accept queue full: the kernel drops further SYNs, so
+/// a connect to it hangs until the proxy's connect timeout.
+async fn unresponsive() -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let connect = tokio::net::TcpStream::connect(addr);
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(std::time::Duration::from_millis(200), connect).await
+        {
+            held.push(s);
+        }
+    }
+    (listener, held)
+}
+
+/// The status and `upstream_cx_connect_timeout` after one request to an endpoint that never
+/// completes the TCP handshake, with `connectTimeout: 0.2s`.
+async fn connect_timeout(kind: Proxy, net: u8) -> Option<(u16, Option<i64>)> {
+    let (listener, _held) = unresponsive().await;
+    let addr = listener.local_addr().unwrap();
+    let ip = format!("127.0.{net}.10");
+    let dr = "{connectionPool: {tcp: {connectTimeout: 0.2s}}}";
+    let control = ControlPlane::start(&manifests(&ip, &[addr], "{}", dr)).await;
+    let sidecar = Sidecar::start(kind, &control, &ip).await?;
+    sidecar.wait_endpoint(CLUSTER, addr).await;
+    let status = sidecar.get(AUTHORITY, "/").await.status.as_u16();
+    let timeouts = sidecar
+        .stat(&format!("cluster.{CLUSTER}.upstream_cx_connect_timeout"))
+        .await;
+    Some((status, timeouts))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_like_envoy() {
+    let Some(envoy) = connect_timeout(Proxy::Envoy, 151).await else {
+        return;
+    };
+    let ferry = connect_timeout(Proxy::Ferry, 152)
+        .await
+        .expect("ferry-proxy runs");
+    assert_eq!(
+        envoy,
+        (503, Some(1)),
+        "503 UF, counted as a connect timeout"
+    );
     assert_eq!(ferry, envoy);
 }

@@ -305,3 +305,26 @@ async fn outlier_detection_ejects_the_failing_endpoint() {
     assert_eq!(b.hits(), 3, "the ejected endpoint gets no traffic");
     assert!(a.hits() > 10 && c.hits() > 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejected_endpoint_returns_after_its_ejection_time() {
+    let a = Chaos::start("a", Behaviour::Ok).await.unwrap();
+    let b = Chaos::start("b", Behaviour::Status(503)).await.unwrap();
+    let dr = "{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 1s, maxEjectionPercent: 50}}";
+    let vs = "route: [{destination: {host: ratings.mesh.test}}]";
+    let (_control, sidecar) = mesh(120, &[a.addr, b.addr], vs, dr, &[]).await;
+    for _ in 0..40 {
+        if b.hits() >= 3 {
+            break;
+        }
+        sidecar.get(AUTHORITY, "/").await;
+    }
+    assert_eq!(b.hits(), 3);
+    b.set(Behaviour::Ok);
+    // Ejected for 1 s, returned on an interval tick: polled, never timed.
+    poll_until("b back in the rotation", PATIENCE, || async {
+        let reply = sidecar.get(AUTHORITY, "/").await;
+        (reply.status == StatusCode::OK && reply.text() == "b").then_some(())
+    })
+    .await;
+}

@@ -6,8 +6,8 @@
 //! the host pools ([`crate::pool`]), all overflowing with 503 UO and `x-envoy-overloaded`;
 //! `max_retries` / `retry_budget` when the router admits a retry; and outlier detection (see
 //! [`crate::outlier`]; ejected hosts are avoided by host selection unless the panic threshold
-//! is crossed). Routes with `priority: HIGH` use the HIGH thresholds. Accepted but not
-//! enforced: `per_host_thresholds`.
+//! is crossed). Routes with `priority: HIGH` use the HIGH thresholds;
+//! `per_host_thresholds[].max_connections` is enforced by the pools too.
 //!
 //! This module holds only the validated configuration; the live counters and guards are
 //! [`crate::circuit_breaker`]'s, so there is one implementation of each limit.
@@ -20,7 +20,7 @@ use xds_proto::google::protobuf::UInt32Value;
 use super::InvalidCluster;
 use super::config::duration;
 
-/// `circuit_breakers` (see the module doc for what is enforced).
+/// `circuit_breakers`, all of it enforced (see the module doc).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CircuitBreakers {
     /// `thresholds`, one per routing priority (DEFAULT, HIGH).

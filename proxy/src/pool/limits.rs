@@ -4,7 +4,8 @@
 //!
 //! A request that finds no ready connection becomes *pending*: it takes a pending unit (none
 //! left: 503 UO at once) and holds it until it has a connection, either a new one (when a
-//! connection unit is free) or one another request gives back. A host with no connection at
+//! connection unit is free and the host is below `per_host_thresholds.max_connections`) or one
+//! another request gives back. A host with no connection at
 //! all may open one beyond `max_connections` (counted in `upstream_cx_overflow`), as Envoy does,
 //! so a host's pending requests are never stranded by connections held on other hosts.
 
@@ -80,37 +81,53 @@ impl Slots {
         &self.wake
     }
 
-    /// Connections open or opening.
-    pub(crate) fn open(&self) -> usize {
-        self.open.load(Ordering::Acquire)
-    }
-
-    /// A slot for a new connection, or `None` when `max_connections` is reached and this host
-    /// already has a connection to wait for. `overflowed` makes `upstream_cx_overflow` count
-    /// once per request.
+    /// A slot for a new connection, or `None` when this host must wait for one of its own:
+    /// `per_host_thresholds.max_connections` or the cluster's `max_connections` is reached and
+    /// the host already has a connection. `overflowed` makes `upstream_cx_overflow` count once
+    /// per request.
     pub(crate) fn try_open(
         &self,
         breaker: Option<&Arc<CircuitBreaker>>,
         stats: &PoolStats,
         overflowed: &mut bool,
     ) -> Option<ConnectionSlot> {
+        let mut overflow = || {
+            if !*overflowed {
+                *overflowed = true;
+                stats.cluster.upstream_cx_overflow.inc();
+            }
+        };
+        let per_host = breaker.and_then(|b| b.per_host_max_connections());
+        // Reserve the place in this host's count first, so concurrent requests cannot both
+        // pass the per-host limit; a host without connections may always open one.
+        let reserved = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| match per_host {
+                Some(max) if n > 0 && n as u64 >= max => None,
+                _ => Some(n + 1),
+            });
+        let previously_open = match reserved {
+            Ok(n) => n,
+            Err(_) => {
+                overflow();
+                return None;
+            }
+        };
         let unit = match breaker {
             None => None,
             Some(breaker) => match breaker.try_acquire(Resource::Connections) {
                 Ok(unit) => Some(unit),
-                Err(_) => {
-                    if !*overflowed {
-                        *overflowed = true;
-                        stats.cluster.upstream_cx_overflow.inc();
-                    }
-                    if self.open() > 0 {
-                        return None;
-                    }
+                Err(_) if previously_open == 0 => {
+                    overflow();
                     Some(breaker.force_acquire(Resource::Connections))
+                }
+                Err(_) => {
+                    overflow();
+                    self.open.fetch_sub(1, Ordering::AcqRel);
+                    return None;
                 }
             },
         };
-        self.open.fetch_add(1, Ordering::AcqRel);
         Some(ConnectionSlot {
             _unit: unit,
             open: self.open.clone(),

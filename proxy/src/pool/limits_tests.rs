@@ -163,6 +163,43 @@ async fn a_host_without_connections_may_open_one_beyond_max_connections() {
 }
 
 #[tokio::test]
+async fn per_host_max_connections_makes_requests_wait_for_the_hosts_connection() {
+    let mut a = gated(false).await;
+    let mut b = gated(false).await;
+    let (host_a, stats) = host(a.addr, PoolSettings::default());
+    let (host_b, _) = host(b.addr, PoolSettings::default());
+    let (host_a, host_b) = (Arc::new(host_a), Arc::new(host_b));
+    let breaker = Arc::new(
+        Arc::try_unwrap(breaker(1024, 10))
+            .unwrap()
+            .with_per_host_max_connections(Some(1)),
+    );
+    let first = spawn_send(&host_a, &breaker);
+    a.arrived.wait_for(|n| *n == 1).await.unwrap();
+    let second = spawn_send(&host_a, &breaker);
+    eventually(|| breaker.active(Resource::PendingRequests) == 1).await;
+    // Another host has its own per-host allowance.
+    let other = spawn_send(&host_b, &breaker);
+    b.arrived.wait_for(|n| *n == 1).await.unwrap();
+    assert_eq!(
+        *a.arrived.borrow(),
+        1,
+        "the second request waits for a's connection"
+    );
+    assert_eq!(stats.upstream_cx_overflow.get(), 1);
+    a.release.send_replace(true);
+    b.release.send_replace(true);
+    for s in [first, second, other] {
+        assert_eq!(s.await.unwrap(), Ok("ok".to_owned()));
+    }
+    assert_eq!(
+        a.opened.load(Ordering::SeqCst),
+        1,
+        "one connection per host"
+    );
+}
+
+#[tokio::test]
 async fn without_a_breaker_nothing_is_pending() {
     let mut up = gated(false).await;
     let (host, stats) = host(up.addr, PoolSettings::default());
