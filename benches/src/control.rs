@@ -91,9 +91,13 @@ impl ScaleResult {
     }
 }
 
-/// Instance IPs of the two measured sidecars (local mode binds their listeners there).
-const ENVOY_IP: &str = "127.0.91.1";
-const FERRY_IP: &str = "127.0.91.2";
+/// The loopback /24 prefix whose `.1` and `.2` are the instance IPs of the two measured sidecars
+/// (local mode binds their listeners there); derived from the process id so that two harnesses
+/// on one machine (a smoke run beside a full run) do not compete for the same addresses.
+fn sidecar_prefix() -> String {
+    let pid = std::process::id();
+    format!("127.{}.{}.", 100 + pid % 100, (pid / 100) % 250)
+}
 
 /// Measures RSS with `small` and then `large` services of `endpoints_per_service` endpoints.
 pub async fn scale(
@@ -117,14 +121,16 @@ async fn config_rss(
     let control = Control::start(dir.path(), true).await?;
     let node =
         |ip: &str, pod: &str| format!("sidecar~{ip}~{pod}.default~default.svc.cluster.local");
+    let prefix = sidecar_prefix();
+    let (envoy_ip, ferry_ip) = (format!("{prefix}1"), format!("{prefix}2"));
     let envoy = Envoy::try_start(&envoy::sidecar_bootstrap(
         "GRPC",
-        &node(ENVOY_IP, "bench-envoy"),
-        ENVOY_IP,
+        &node(&envoy_ip, "bench-envoy"),
+        &envoy_ip,
         control.xds(),
     ))
     .await?;
-    let ferry_node = node(FERRY_IP, "bench-ferry");
+    let ferry_node = node(&ferry_ip, "bench-ferry");
     let admin = format!("127.0.0.1:{}", net::free_port());
     let xds = control.xds().to_string();
     let ferry = Process::spawn_binary(
@@ -135,7 +141,7 @@ async fn config_rss(
             "--node-id",
             &ferry_node,
             "--instance-ip",
-            FERRY_IP,
+            &ferry_ip,
             "--namespace",
             "default",
             "--pod-name",
@@ -151,7 +157,7 @@ async fn config_rss(
         ],
     )?;
     control
-        .wait_synced("sidecar~127.0.91.", 2, PATIENCE)
+        .wait_synced(&format!("sidecar~{prefix}"), 2, PATIENCE)
         .await?;
     // ACKed is applied; give both a moment to finish warming before reading memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -271,6 +277,12 @@ pub async fn push(clients: usize, services: usize, edits: u32) -> Result<PushRes
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sidecar_addresses_are_loopback() {
+        let ip: std::net::Ipv4Addr = format!("{}2", sidecar_prefix()).parse().unwrap();
+        assert!(ip.is_loopback());
+    }
 
     #[test]
     fn growth_is_per_thousand_services() {

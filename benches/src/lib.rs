@@ -1,6 +1,7 @@
-//! The benchmark harness of issue #5 (see BENCHMARKS.md): one machine, one config, three paths
-//! (direct, Envoy, ferry-proxy) under the same load from wrk and h2load, in alternating rounds,
-//! reported as medians and ratios.
+//! The benchmark harness of issue #5 (see BENCHMARKS.md): one machine, one config, five paths
+//! (direct, Envoy, ferry-proxy, and two of either in series) under the same load from wrk, h2load
+//! and an open-loop generator, in alternating rounds, reported as medians and ratios; then
+//! ferry-control on generated meshes.
 //!
 //! - [`upstream`]: the fixed-response upstream every path ends at.
 //! - [`subject`]: bringing up each path from the one bootstrap file.

@@ -9,7 +9,8 @@
 //! waiting for the previous answer is timed from when it was *due*, so a stall shows up in every
 //! request it delayed. (The timer's own millisecond slack, when the lane was idle, is not the
 //! server's fault and is not counted.) The distribution goes into an HDR histogram in
-//! microseconds.
+//! microseconds. Tokio's timer has millisecond resolution, so requests due within the same
+//! millisecond leave together, as with wrk2: the load is the same for every path.
 //!
 //! The generator runs on its own OS thread and single-threaded Tokio runtime, like the upstream,
 //! so the harness's orchestration never competes with it.

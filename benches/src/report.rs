@@ -204,7 +204,8 @@ fn render_rates(out: &mut String, results: &Results) {
     let _ = writeln!(
         out,
         "\nThe rate is half of Envoy's median throughput on the matching closed-loop workload of \
-         this run (two Envoys in series for the series paths); added = path minus direct."
+         this run (two Envoys in series for the series paths); added = path minus direct (at the \
+         one-proxy rate, which is the higher one, also for the series paths)."
     );
 }
 

@@ -14,7 +14,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::debug::{self, DebugState};
-use crate::model::{Model, ModelError};
+use crate::model::{Model, ModelError, ModelWarning};
 use crate::source::SourceHandle;
 use crate::source::dir::{DirError, watch_dir};
 use crate::source::kubernetes::{KubeSourceError, kubernetes_source};
@@ -174,6 +174,12 @@ pub async fn start(
     let debug_address = local(&debug_listener, options.debug_address)?;
 
     let metrics = Metrics::new();
+    let (warnings_tx, warnings) = watch::channel(Arc::new(Vec::new()));
+    let warnings_task = tokio::spawn(watch_warnings(
+        sources.models.clone(),
+        metrics.clone(),
+        warnings_tx,
+    ));
     let (epochs, debouncer) = debounce(sources.models, options.debounce);
     let server = XdsServer::new(generator, epochs.clone(), metrics.clone());
     let errors_task = tokio::spawn(watch_errors(sources.errors.clone(), metrics.clone()));
@@ -183,6 +189,7 @@ pub async fn start(
             registry: server.registry(),
             metrics,
             errors: sources.errors,
+            warnings,
             epochs,
         },
     ));
@@ -196,7 +203,7 @@ pub async fn start(
         server,
         shutdown: Some(shutdown),
         serve,
-        helpers: vec![debouncer, errors_task, debug_task],
+        helpers: vec![debouncer, errors_task, warnings_task, debug_task],
     })
 }
 
@@ -206,6 +213,36 @@ async fn watch_errors(mut errors: watch::Receiver<Arc<Vec<ModelError>>>, metrics
         let count = errors.borrow_and_update().len();
         metrics.set_validation_errors(count);
         if errors.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Derives the warnings of every model (objects accepted but not enforced), logs each new one
+/// once, and keeps the gauge and the debug endpoint's list in step.
+async fn watch_warnings(
+    mut models: watch::Receiver<Option<Arc<Model>>>,
+    metrics: Metrics,
+    warnings: watch::Sender<Arc<Vec<ModelWarning>>>,
+) {
+    loop {
+        let model = models.borrow_and_update().clone();
+        if let Some(model) = model {
+            let current = crate::model::warnings(&model);
+            let previous = warnings.borrow().clone();
+            for warning in current.iter().filter(|w| !previous.contains(w)) {
+                tracing::warn!(
+                    origin = %warning.origin,
+                    kind = warning.kind,
+                    name = %warning.name,
+                    reason = %warning.reason,
+                    "object not enforced"
+                );
+            }
+            metrics.set_unenforced_objects(current.len());
+            warnings.send_replace(Arc::new(current));
+        }
+        if models.changed().await.is_err() {
             return;
         }
     }

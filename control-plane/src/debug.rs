@@ -5,6 +5,8 @@
 //!   `istioctl proxy-status` shows.
 //! - `/debug/config_dump?proxyID=ID`: the config generated for one proxy, as proto3 JSON.
 //! - `/debug/errors`: the objects the sources currently refuse, with why.
+//! - `/debug/warnings`: the objects accepted but not enforced yet (PeerAuthentication,
+//!   AuthorizationPolicy), with why.
 //! - `/metrics`: Prometheus text; `/ready`: 200 once the sources' initial sync is served.
 
 use std::convert::Infallible;
@@ -20,7 +22,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::model::ModelError;
+use crate::model::{ModelError, ModelWarning};
 use crate::xds::connection::Registry;
 use crate::xds::debounce::Epochs;
 use crate::xds::metrics::Metrics;
@@ -34,6 +36,8 @@ pub struct DebugState {
     pub metrics: Metrics,
     /// The sources' current validation errors.
     pub errors: watch::Receiver<Arc<Vec<ModelError>>>,
+    /// The objects of the current model that are accepted but not enforced.
+    pub warnings: watch::Receiver<Arc<Vec<ModelWarning>>>,
     /// Push epochs: ready once the first one is published.
     pub epochs: Epochs,
 }
@@ -104,13 +108,28 @@ fn handle(state: &DebugState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
                 .collect();
             json_response(StatusCode::OK, &Value::Array(errors))
         }
+        "/debug/warnings" => {
+            let warnings: Vec<Value> = state
+                .warnings
+                .borrow()
+                .iter()
+                .map(|w| {
+                    json!({
+                        "origin": w.origin,
+                        "kind": w.kind,
+                        "name": w.name,
+                        "reason": w.reason,
+                        "message": w.to_string(),
+                    })
+                })
+                .collect();
+            json_response(StatusCode::OK, &Value::Array(warnings))
+        }
         "/metrics" => {
             let mut response = Response::new(Full::new(Bytes::from(state.metrics.encode())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
+                header::HeaderValue::from_static(crate::xds::metrics::CONTENT_TYPE),
             );
             response
         }
@@ -121,7 +140,7 @@ fn handle(state: &DebugState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "endpoints: /debug/syncz /debug/config_dump?proxyID= /debug/errors /metrics /ready\n"
+            "endpoints: /debug/syncz /debug/config_dump?proxyID= /debug/errors /debug/warnings /metrics /ready\n"
                 .into(),
         ),
     }

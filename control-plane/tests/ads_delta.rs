@@ -8,48 +8,17 @@ mod ads_support;
 
 use std::collections::HashMap;
 
-use ads_support::{Harness, PATIENCE, model, node, service};
+use ads_support::{AdsClient, Harness, model, node, service};
 use ferry_control::xds::cache::ResourceType;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
-use xds_proto::envoy::config::core::v3::Node;
-use xds_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use xds_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use xds_proto::google::rpc::Status as RpcStatus;
 use xds_proto::type_url;
 
-struct Client {
-    requests: mpsc::Sender<DeltaDiscoveryRequest>,
-    responses: Streaming<DeltaDiscoveryResponse>,
-    node: Option<Node>,
-}
+type Client = AdsClient<DeltaDiscoveryRequest, DeltaDiscoveryResponse>;
 
 impl Client {
-    async fn connect(h: &Harness, node: Node) -> Client {
-        let mut grpc = AggregatedDiscoveryServiceClient::connect(h.url())
-            .await
-            .unwrap();
-        let (requests, rx) = mpsc::channel(16);
-        let responses = grpc
-            .delta_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        Client {
-            requests,
-            responses,
-            node: Some(node),
-        }
-    }
-
-    async fn send(&mut self, mut request: DeltaDiscoveryRequest) {
-        request.node = self.node.take();
-        self.requests.send(request).await.unwrap();
-    }
-
     async fn subscribe(&mut self, ty: &str, names: &[&str]) {
-        self.send(DeltaDiscoveryRequest {
+        self.send_raw(DeltaDiscoveryRequest {
             type_url: ty.into(),
             resource_names_subscribe: names.iter().map(|n| (*n).into()).collect(),
             ..Default::default()
@@ -58,20 +27,12 @@ impl Client {
     }
 
     async fn ack(&mut self, response: &DeltaDiscoveryResponse) {
-        self.send(DeltaDiscoveryRequest {
+        self.send_raw(DeltaDiscoveryRequest {
             type_url: response.type_url.clone(),
             response_nonce: response.nonce.clone(),
             ..Default::default()
         })
         .await;
-    }
-
-    async fn recv(&mut self) -> DeltaDiscoveryResponse {
-        tokio::time::timeout(PATIENCE, self.responses.message())
-            .await
-            .expect("a response in time")
-            .unwrap()
-            .expect("stream open")
     }
 }
 
@@ -141,7 +102,7 @@ async fn subscribe_unknown_and_unsubscribe() {
         "unknown names are reported"
     );
     c.ack(&rds).await;
-    c.send(DeltaDiscoveryRequest {
+    c.send_raw(DeltaDiscoveryRequest {
         type_url: type_url::ROUTE_CONFIGURATION.into(),
         resource_names_unsubscribe: vec!["80".into()],
         ..Default::default()
@@ -177,7 +138,7 @@ async fn nack_is_recorded_and_reconnect_skips_what_the_proxy_has() {
     let mut c = Client::connect(&h, n.clone()).await;
     c.subscribe(type_url::CLUSTER, &[]).await;
     let cds = c.recv().await;
-    c.send(DeltaDiscoveryRequest {
+    c.send_raw(DeltaDiscoveryRequest {
         type_url: type_url::CLUSTER.into(),
         response_nonce: cds.nonce.clone(),
         error_detail: Some(RpcStatus {
@@ -188,13 +149,7 @@ async fn nack_is_recorded_and_reconnect_skips_what_the_proxy_has() {
         ..Default::default()
     })
     .await;
-    let status = h
-        .wait_for(&id, |s| {
-            s.types
-                .get(&ResourceType::Cluster)
-                .is_some_and(|t| t.last_nack.is_some())
-        })
-        .await;
+    let status = h.wait_for_nack(&id, ResourceType::Cluster).await;
     assert_eq!(
         status.types[&ResourceType::Cluster]
             .last_nack
@@ -219,7 +174,7 @@ async fn nack_is_recorded_and_reconnect_skips_what_the_proxy_has() {
         .collect();
     let mut again = Client::connect(&h, n).await;
     again
-        .send(DeltaDiscoveryRequest {
+        .send_raw(DeltaDiscoveryRequest {
             type_url: type_url::CLUSTER.into(),
             initial_resource_versions: versions,
             ..Default::default()

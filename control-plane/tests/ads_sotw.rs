@@ -6,41 +6,15 @@
 
 mod ads_support;
 
-use ads_support::{Harness, PATIENCE, model, node, service};
+use ads_support::{AdsClient, Harness, PATIENCE, model, node, service};
 use ferry_control::xds::cache::ResourceType;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
-use xds_proto::envoy::config::core::v3::Node;
-use xds_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use xds_proto::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use xds_proto::google::rpc::Status as RpcStatus;
 use xds_proto::type_url;
 
-struct Client {
-    requests: mpsc::Sender<DiscoveryRequest>,
-    responses: Streaming<DiscoveryResponse>,
-    node: Option<Node>,
-}
+type Client = AdsClient<DiscoveryRequest, DiscoveryResponse>;
 
 impl Client {
-    async fn connect(h: &Harness, node: Node) -> Client {
-        let mut grpc = AggregatedDiscoveryServiceClient::connect(h.url())
-            .await
-            .unwrap();
-        let (requests, rx) = mpsc::channel(16);
-        let responses = grpc
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        Client {
-            requests,
-            responses,
-            node: Some(node),
-        }
-    }
-
     /// Sends a request; the node goes on the first one only, as Istio's sidecars do.
     async fn send(&mut self, ty: &str, names: &[&str], ack: Option<&DiscoveryResponse>) {
         self.send_raw(DiscoveryRequest {
@@ -51,19 +25,6 @@ impl Client {
             ..Default::default()
         })
         .await;
-    }
-
-    async fn send_raw(&mut self, mut request: DiscoveryRequest) {
-        request.node = self.node.take();
-        self.requests.send(request).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> DiscoveryResponse {
-        tokio::time::timeout(PATIENCE, self.responses.message())
-            .await
-            .expect("a response in time")
-            .unwrap()
-            .expect("stream open")
     }
 }
 
@@ -161,7 +122,7 @@ async fn initial_push_is_held_until_sync_then_acked_per_type() {
     let (code, metrics) = h.debug_get("/metrics").await;
     assert_eq!(code, 200);
     assert!(
-        metrics.contains("pilot_xds_pushes_total{type=\"cds\"} 1"),
+        metrics.contains("\npilot_xds_pushes{type=\"cds\"} 1\n"),
         "{metrics}"
     );
     assert!(metrics.contains("pilot_xds 1"), "{metrics}");
@@ -192,13 +153,7 @@ async fn nack_is_recorded_with_its_error_and_counted() {
         ..Default::default()
     })
     .await;
-    let status = h
-        .wait_for(&id, |s| {
-            s.types
-                .get(&ResourceType::Cluster)
-                .is_some_and(|t| t.last_nack.is_some())
-        })
-        .await;
+    let status = h.wait_for_nack(&id, ResourceType::Cluster).await;
     let t = &status.types[&ResourceType::Cluster];
     assert!(
         t.last_nack
@@ -355,6 +310,56 @@ async fn validation_errors_are_visible_on_the_debug_endpoint() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn security_policies_are_reported_as_not_enforced() {
+    use ferry_control::api::{AuthorizationPolicy, PeerAuthentication};
+    use ferry_control::model::Config;
+    let h = Harness::start(model(vec![])).await;
+    let (_, body) = h.debug_get("/debug/warnings").await;
+    assert_eq!(body.trim(), "[]");
+    let mut with_policies = ferry_control::model::Model::default();
+    with_policies.peer_authentications.push(Config {
+        name: "strict".into(),
+        namespace: "shop".into(),
+        origin: "mesh/security.yaml#0".into(),
+        spec: PeerAuthentication::default(),
+    });
+    with_policies.authorization_policies.push(Config {
+        name: "deny-all".into(),
+        namespace: "shop".into(),
+        origin: "mesh/security.yaml#1".into(),
+        spec: AuthorizationPolicy::default(),
+    });
+    h.models
+        .send_replace(Some(std::sync::Arc::new(with_policies)));
+    let body = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let (code, body) = h.debug_get("/debug/warnings").await;
+            assert_eq!(code, 200);
+            if body.trim() != "[]" {
+                return body;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body[0]["kind"], "PeerAuthentication");
+    assert_eq!(body[0]["name"], "shop/strict");
+    assert_eq!(body[1]["kind"], "AuthorizationPolicy");
+    assert_eq!(body[1]["origin"], "mesh/security.yaml#1");
+    for warning in body.as_array().unwrap() {
+        let reason = warning["reason"].as_str().unwrap();
+        assert!(reason.starts_with("accepted but not enforced"), "{reason}");
+    }
+    let (_, metrics) = h.debug_get("/metrics").await;
+    assert!(
+        metrics.contains("ferry_config_unenforced_objects 2"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

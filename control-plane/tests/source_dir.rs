@@ -1,5 +1,6 @@
 //! The directory source on a real temporary directory: the initial model, a new model after a
-//! file edit, and a broken object skipped while the rest of its file applies. The watch channel
+//! file edit, and a broken edit refused (the object's last accepted version keeps serving) while
+//! the rest of its file applies. The watch channel
 //! is polled with a timeout; nothing sleeps.
 
 use std::path::Path;
@@ -70,18 +71,20 @@ async fn publishes_a_new_model_after_edits_and_skips_broken_objects() {
     })
     .await;
 
-    // The same file, now holding a broken object and a good one: the good one applies.
+    // The same file, now holding a broken edit of `extra` and a new good object: the good one
+    // applies, the edit is refused and `extra` keeps serving as last accepted.
     let text = format!(
         "{}---\n{}",
         service_yaml("extra", 70000),
         service_yaml("extra2", 8081)
     );
     std::fs::write(&extra, text).expect("write");
-    wait_for(&mut models, "extra2 without extra", |m| {
+    wait_for(&mut models, "extra2", |m| {
         m.services.contains_key(&format!("extra2{FQDN}"))
-            && !m.services.contains_key(&format!("extra{FQDN}"))
     })
     .await;
+    let kept = models.borrow().services[&format!("extra{FQDN}")].ports[0].port;
+    assert_eq!(kept, 8080, "the last accepted version of extra");
     let errors = handle.errors.borrow().clone();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].origin, "extra.yaml#0");
@@ -97,8 +100,9 @@ async fn publishes_a_new_model_after_edits_and_skips_broken_objects() {
 
     // Deleting the file removes its objects and its errors.
     std::fs::remove_file(&extra).expect("remove");
-    wait_for(&mut models, "no extra2", |m| {
+    wait_for(&mut models, "no extra nor extra2", |m| {
         !m.services.contains_key(&format!("extra2{FQDN}"))
+            && !m.services.contains_key(&format!("extra{FQDN}"))
     })
     .await;
     assert!(handle.errors.borrow().is_empty());

@@ -225,9 +225,9 @@ pub async fn start(bootstrap: Bootstrap) -> Result<Running, StartError> {
     })
 }
 
-/// Runs until SIGTERM or SIGINT, then drains and returns.
-pub async fn run(options: Options) -> anyhow::Result<()> {
-    let bootstrap = options.bootstrap()?;
+/// Runs `bootstrap` (from [`Options::bootstrap`]) until SIGTERM or SIGINT, then drains and
+/// returns.
+pub async fn run(options: Options, bootstrap: Bootstrap) -> anyhow::Result<()> {
     let node = bootstrap
         .node
         .as_ref()

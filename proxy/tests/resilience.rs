@@ -139,6 +139,7 @@ async fn request(
         &mut state,
         Timeouts {
             route: Some(std::time::Duration::from_secs(10)),
+            request_end: None,
         },
         driver::Upstream {
             breaker: Some(breaker),

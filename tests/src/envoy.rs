@@ -304,15 +304,43 @@ pub fn sidecar_bootstrap(
     ip: &str,
     xds: std::net::SocketAddr,
 ) -> String {
+    let pod = Pod {
+        app: "productpage",
+        version: "v1",
+        service_account: "bookinfo-productpage",
+    };
+    pod_bootstrap(api_type, node_id, ip, &pod, xds)
+}
+
+/// The identity of a pod in a sidecar bootstrap: its `app` and `version` labels and its service
+/// account (namespace `default`).
+#[derive(Debug, Clone, Copy)]
+pub struct Pod<'a> {
+    /// The `app` label (also the node's cluster, `APP.default`).
+    pub app: &'a str,
+    /// The `version` label.
+    pub version: &'a str,
+    /// The service account.
+    pub service_account: &'a str,
+}
+
+/// [`sidecar_bootstrap`] for any pod of namespace `default`.
+pub fn pod_bootstrap(
+    api_type: &str,
+    node_id: &str,
+    ip: &str,
+    pod: &Pod<'_>,
+    xds: std::net::SocketAddr,
+) -> String {
     format!(
         r#"
 node:
   id: "{node_id}"
-  cluster: productpage.default
+  cluster: {app}.default
   metadata:
     NAMESPACE: default
-    LABELS: {{ app: productpage, version: v1 }}
-    SERVICE_ACCOUNT: bookinfo-productpage
+    LABELS: {{ app: {app}, version: {version} }}
+    SERVICE_ACCOUNT: {service_account}
     INSTANCE_IPS: "{ip}"
     CLUSTER_ID: Kubernetes
 admin:
@@ -339,7 +367,10 @@ static_resources:
         explicit_http_config: {{ http2_protocol_options: {{}} }}
 "#,
         xds_ip = xds.ip(),
-        port = xds.port()
+        port = xds.port(),
+        app = pod.app,
+        version = pod.version,
+        service_account = pod.service_account,
     )
 }
 

@@ -11,6 +11,8 @@
 //! - [`ads`]: a scriptable ADS server (SotW and delta) that records what clients send.
 //! - [`bootstrap`]: bootstrap YAML fragments (an HTTP listener, a static cluster).
 //! - [`upstream`]: echo, gRPC-like, upgrade and TCP upstream servers for proxy tests.
+//! - [`scenarios`]: the mesh scenarios (ferry-control on a manifest directory, a sidecar over
+//!   ADS) that Envoy and ferry-proxy are held to alike.
 
 pub mod ads;
 pub mod bootstrap;
@@ -19,4 +21,5 @@ pub mod istio_mesh;
 pub mod net;
 pub mod poll;
 pub mod process;
+pub mod scenarios;
 pub mod upstream;

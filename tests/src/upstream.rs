@@ -53,7 +53,13 @@ impl Drop for Upstream {
 impl Upstream {
     /// Starts the HTTP echo server named `name`.
     pub async fn echo(name: &str) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::echo_at(name, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts the HTTP echo server named `name` on `addr` (e.g. a pod's own loopback address in
+    /// a local mesh, where every pod of a service listens on the same port).
+    pub async fn echo_at(name: &str, addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let instance = name.to_owned();
         let task = tokio::spawn(async move {

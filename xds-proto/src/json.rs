@@ -3,10 +3,14 @@
 //!
 //! `envoy-types` ships Envoy's descriptor set (checked in under `descriptors/`, refreshed by
 //! `descriptors/update.sh`); a `prost-reflect` pool built from it maps JSON to and from protobuf,
-//! including `@type` inside `Any`, without a hand-written parser. The pool is built once, on first
-//! use: the proxy's request path never touches it.
+//! including `@type` inside `Any`, without a hand-written parser. The pool is built on first use
+//! and is big (about 33 MiB of heap for every Envoy message), so whether it stays is the
+//! caller's choice: the control plane and tests keep it (the default), while a sidecar, which
+//! needs it only to read its bootstrap and to answer an occasional `/config_dump`, calls
+//! [`retain_pool`]`(false)` once started so the memory goes back to the allocator; the xDS path
+//! decodes protobuf directly and never needs it.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, Weak};
 
 use prost::{Message, Name};
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
@@ -37,12 +41,62 @@ pub enum JsonError {
     UnknownMessage(String),
 }
 
-/// Envoy's descriptor pool, decoded on first use.
-pub fn pool() -> &'static DescriptorPool {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        DescriptorPool::decode(DESCRIPTORS).expect("the checked-in descriptor set decodes")
-    })
+/// The shared pool: kept alive by `retained` while retention is on, otherwise only as long as
+/// some caller holds the `Arc` (`shared` lets concurrent callers share one decode).
+struct PoolCache {
+    retain: bool,
+    retained: Option<Arc<DescriptorPool>>,
+    shared: Weak<DescriptorPool>,
+}
+
+static POOL: Mutex<PoolCache> = Mutex::new(PoolCache {
+    retain: true,
+    retained: None,
+    shared: Weak::new(),
+});
+
+fn lock_pool() -> std::sync::MutexGuard<'static, PoolCache> {
+    POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Envoy's descriptor pool: decoded on first use, then shared while anyone holds it and, while
+/// retention is on (the default), kept for the life of the process.
+pub fn pool() -> Arc<DescriptorPool> {
+    let mut cache = lock_pool();
+    if let Some(pool) = cache.shared.upgrade() {
+        return pool;
+    }
+    let pool = Arc::new(
+        DescriptorPool::decode(DESCRIPTORS).expect("the checked-in descriptor set decodes"),
+    );
+    cache.shared = Arc::downgrade(&pool);
+    if cache.retain {
+        cache.retained = Some(pool.clone());
+    }
+    pool
+}
+
+/// Whether the pool stays decoded between uses. Turning retention off drops the kept pool now
+/// (it is freed once the last caller lets go) and makes every later use decode a fresh one,
+/// trading a few tens of milliseconds per use for about 33 MiB of resident memory.
+pub fn retain_pool(retain: bool) {
+    let dropped = {
+        let mut cache = lock_pool();
+        cache.retain = retain;
+        if retain {
+            cache.retained = cache.shared.upgrade();
+            None
+        } else {
+            cache.retained.take()
+        }
+    };
+    // Freed outside the lock: dropping tens of thousands of descriptors takes a while.
+    drop(dropped);
+}
+
+/// Whether a decoded pool is alive right now (kept, or held by a caller).
+pub fn pool_is_alive() -> bool {
+    lock_pool().shared.strong_count() > 0
 }
 
 /// Reads a message from a proto3-JSON value (field names in `snake_case` or `lowerCamelCase`).

@@ -10,9 +10,11 @@ mod protocol;
 pub mod proxy;
 mod rules;
 mod service_entry;
+mod warning;
 
 pub use build::build;
 pub use error::ModelError;
+pub use warning::{ModelWarning, warnings};
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

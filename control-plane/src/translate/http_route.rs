@@ -43,7 +43,6 @@ use super::filter_chain::{CORS, FAULT};
 use super::names;
 use super::route::{
     DEFAULT_RETRY_ON, consistent_hash, decorator, default_retry_policy, hash_policies,
-    max_stream_duration,
 };
 use super::scope::Scope;
 
@@ -369,8 +368,13 @@ fn action(
         ));
     }
     let timeout = http.timeout.map(|d| d.get());
+    // Only `timeout`: Istio adds the deprecated `max_grpc_timeout` (capping a gRPC client's
+    // `grpc-timeout` header), which ferry-proxy refuses so far. Its replacement,
+    // `max_stream_duration`, is no substitute: its mere presence makes Envoy's router ignore
+    // `timeout` (the stream duration bounds the request instead, answered "downstream duration
+    // timeout" rather than UT). So a `grpc-timeout` header is ignored and the route timeout
+    // applies, as Envoy does without `max_grpc_timeout`.
     action.timeout = Some(duration(timeout.unwrap_or_default()));
-    action.max_stream_duration = Some(max_stream_duration(timeout));
     // Consistent hashing applies when one destination carries it.
     let mut hashed = false;
     if let [(_, only)] = destinations.as_slice() {

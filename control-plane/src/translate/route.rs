@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use xds_proto::envoy::config::route::v3::{
     Decorator, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
     retry_policy, route,
-    route_action::{self, HashPolicy, MaxStreamDuration, hash_policy},
+    route_action::{self, HashPolicy, hash_policy},
     route_match,
 };
 use xds_proto::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
@@ -160,7 +160,6 @@ fn default_route(scope: &Scope<'_>, service: &Service, port: u16) -> Route {
             retry_policy: (!scope.options.disable_default_retries)
                 .then(|| default_retry_policy(hash.is_some())),
             hash_policy: hash.map(|h| hash_policies(&h)).unwrap_or_default(),
-            max_stream_duration: Some(max_stream_duration(None)),
             ..Default::default()
         })),
         decorator: Some(decorator(service, port)),
@@ -172,16 +171,6 @@ fn default_route(scope: &Scope<'_>, service: &Service, port: u16) -> Route {
 pub fn decorator(service: &Service, port: u16) -> Decorator {
     Decorator {
         operation: format!("{}:{port}/*", service.hostname),
-        ..Default::default()
-    }
-}
-
-/// Istio bounds the whole stream (and gRPC's own timeout header) by the route timeout; 0 = none.
-pub fn max_stream_duration(timeout: Option<std::time::Duration>) -> MaxStreamDuration {
-    let t = duration(timeout.unwrap_or_default());
-    MaxStreamDuration {
-        max_stream_duration: Some(t),
-        grpc_timeout_header_max: Some(t),
         ..Default::default()
     }
 }

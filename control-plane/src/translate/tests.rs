@@ -409,3 +409,45 @@ http:
     assert_eq!(retry["per_try_timeout"], "2s");
     assert_eq!(vh["routes"][1]["route"].get("retry_policy"), None);
 }
+
+#[test]
+fn rules_not_exported_to_the_proxy_namespace_do_not_apply_to_it() {
+    let mut model = bookinfo();
+    let mut vs: Config<crate::api::VirtualService> = config(
+        "reviews",
+        "hosts: [reviews]\nexportTo: [\".\"]\nhttp:\n- timeout: 7s\n  route:\n  - destination: {host: reviews}\n",
+    );
+    vs.namespace = "default".into();
+    model.virtual_services.push(vs);
+    model.destination_rules.push(config(
+        "reviews",
+        "host: reviews\nexportTo: [\".\"]\ntrafficPolicy:\n  loadBalancer: {simple: RANDOM}\n",
+    ));
+    let in_default = productpage();
+    let mut elsewhere = productpage();
+    elsewhere.namespace = "web".into();
+    elsewhere.id = "sidecar~10.1.0.10~productpage-v1.web~web.svc.cluster.local".into();
+
+    let lb_and_timeout = |proxy: &ProxyNode| {
+        let out = generate(&model, proxy, &Options::default());
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        let clusters = json_of(&out.clusters);
+        let cluster = find(
+            &clusters,
+            "name",
+            "outbound|9080||reviews.default.svc.cluster.local",
+        );
+        let routes = json_of(&out.routes);
+        let vh = vhost(&routes, "9080", "reviews.default.svc.cluster.local:9080");
+        (
+            cluster["lb_policy"].clone(),
+            vh["routes"][0]["route"]["timeout"].clone(),
+        )
+    };
+    // Exported to `.`: applies in its own namespace...
+    assert_eq!(lb_and_timeout(&in_default), (json!("RANDOM"), json!("7s")));
+    // ...and not to a proxy of another namespace, which gets Istio's defaults.
+    let (lb, timeout) = lb_and_timeout(&elsewhere);
+    assert_eq!(lb, json!("LEAST_REQUEST"));
+    assert_ne!(timeout, json!("7s"));
+}

@@ -1,6 +1,7 @@
 //! Rules that need the whole set of objects: a subset referenced by a VirtualService (or a
-//! Sidecar's egress proxy) must be defined by a DestinationRule for that host, and an object
-//! (kind, namespace, name) may be defined only once.
+//! Sidecar's egress proxy) must be defined by a DestinationRule for that host that is visible
+//! in the referrer's namespace (its `exportTo` includes that namespace), and an object (kind,
+//! namespace, name) may be defined only once.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -37,13 +38,19 @@ pub fn cross_check(docs: &[Document]) -> Vec<ManifestError> {
 /// [`cross_check`], each error with the index of the document it is about.
 pub(crate) fn cross_check_indexed(docs: &[Document]) -> Vec<(usize, ManifestError)> {
     let mut errors = duplicates(docs);
-    // Subsets per DestinationRule host (resolved in the rule's namespace).
-    let mut subsets: Vec<(String, BTreeSet<&str>)> = Vec::new();
+    // Subsets per DestinationRule host (resolved in the rule's namespace), with where the rule
+    // is visible.
+    let mut subsets: Vec<(String, Visibility<'_>, BTreeSet<&str>)> = Vec::new();
     for doc in docs {
         if let Manifest::DestinationRule(dr) = &doc.manifest {
             let host = resolve_host(&dr.spec.host, dr.namespace());
+            let visibility = Visibility {
+                namespace: dr.namespace(),
+                export_to: &dr.spec.export_to,
+            };
             subsets.push((
                 host,
+                visibility,
                 dr.spec.subsets.iter().map(|s| s.name.as_str()).collect(),
             ));
         }
@@ -53,13 +60,25 @@ pub(crate) fn cross_check_indexed(docs: &[Document]) -> Vec<(usize, ManifestErro
             return;
         };
         let host = resolve_host(&d.host, ns);
-        let defined: BTreeSet<&str> = subsets
-            .iter()
-            .filter(|(rule, _)| host_covers(rule, &host))
-            .flat_map(|(_, s)| s.iter().copied())
+        let covering = || {
+            subsets
+                .iter()
+                .filter(|(rule, _, _)| host_covers(rule, &host))
+        };
+        let defined: BTreeSet<&str> = covering()
+            .filter(|(_, visibility, _)| visibility.exported_to(ns))
+            .flat_map(|(_, _, s)| s.iter().copied())
             .collect();
         if !defined.contains(subset) {
-            let known = if defined.is_empty() {
+            let hidden = covering()
+                .filter(|(_, v, s)| !v.exported_to(ns) && s.contains(subset))
+                .map(|(_, v, _)| v.namespace)
+                .next();
+            let known = if let Some(owner) = hidden {
+                format!(
+                    "the DestinationRule in namespace {owner} that defines it is not exported to namespace {ns}"
+                )
+            } else if defined.is_empty() {
                 "no DestinationRule defines subsets for it".to_owned()
             } else {
                 format!(
@@ -148,6 +167,26 @@ pub(crate) fn cross_check_indexed(docs: &[Document]) -> Vec<(usize, ManifestErro
     errors
 }
 
+/// Where a DestinationRule applies: its namespace and `exportTo` (empty: everywhere, Istio's
+/// default `*`).
+#[derive(Debug, Clone, Copy)]
+struct Visibility<'a> {
+    namespace: &'a str,
+    export_to: &'a [String],
+}
+
+impl Visibility<'_> {
+    /// Whether the rule is visible in `namespace`: `*`, `.` (its own namespace), the namespace
+    /// by name; `~` exports it nowhere.
+    fn exported_to(&self, namespace: &str) -> bool {
+        self.export_to.is_empty()
+            || self
+                .export_to
+                .iter()
+                .any(|e| e == "*" || e == namespace || (e == "." && self.namespace == namespace))
+    }
+}
+
 fn duplicates(docs: &[Document]) -> Vec<(usize, ManifestError)> {
     let mut seen: BTreeMap<(String, String), &str> = BTreeMap::new();
     let mut errors = Vec::new();
@@ -186,6 +225,24 @@ mod tests {
         );
         assert_eq!(resolve_host("api.example.com", "shop"), "api.example.com");
         assert_eq!(resolve_host("*", "shop"), "*");
+    }
+
+    #[test]
+    fn export_to_limits_where_a_destination_rule_is_visible() {
+        let rule = |export_to: &[&str]| {
+            Visibility {
+                namespace: "shop",
+                export_to: &export_to.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            }
+            .exported_to("web")
+        };
+        assert!(rule(&[]));
+        assert!(rule(&["*"]));
+        assert!(rule(&["web"]));
+        assert!(rule(&[".", "web"]));
+        assert!(!rule(&["."]));
+        assert!(!rule(&["~"]));
+        assert!(!rule(&["other"]));
     }
 
     #[test]

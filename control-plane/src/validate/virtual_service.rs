@@ -290,6 +290,12 @@ fn http_route(r: &mut Report, f: &str, route: &HttpRoute) {
             );
         }
     }
+    // Istio (pkg/config/validation, validateHTTPRouteConflict) refuses both at once.
+    r.check(
+        route.mirror.is_some() && !route.mirrors.is_empty(),
+        format!("{f}.mirrors"),
+        "HTTP route cannot contain both mirror and mirrors",
+    );
     for (i, m) in route.mirrors.iter().enumerate() {
         let mf = format!("{f}.mirrors[{i}]");
         destination(r, &format!("{mf}.destination"), &m.destination);

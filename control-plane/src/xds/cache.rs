@@ -4,12 +4,16 @@
 //! A resource's version is a hash of its encoded bytes. Encoding is not canonical for map fields
 //! (`Struct`, metadata), so a rebuilt snapshot keeps the previous version of every resource that
 //! compares equal as a typed message: an unchanged resource is never re-pushed.
+//!
+//! Entries are interned by kind, name and content: the sidecars of a namespace get the same
+//! outbound clusters, endpoints and routes, and the server keeps each such resource once, shared by
+//! every snapshot that holds it, instead of once per connected proxy (benches/ measures the
+//! memory per connected proxy).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 
-use prost::{Message, Name};
 use xds_proto::envoy::config::cluster::v3::Cluster;
 use xds_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use xds_proto::envoy::config::listener::v3::Listener;
@@ -113,44 +117,27 @@ impl Snapshot {
             clusters,
             endpoints,
         } = resources;
+        // Each resource moves into its entry: packing reads it from there, so nothing is cloned.
         for c in clusters {
-            snapshot.insert(
-                previous,
-                c.name.clone(),
-                &c,
-                Typed::Cluster(Box::new(c.clone())),
-            );
+            snapshot.insert(previous, c.name.clone(), Typed::Cluster(Box::new(c)));
         }
         for e in endpoints {
-            let name = e.cluster_name.clone();
-            snapshot.insert(previous, name, &e, Typed::Endpoint(Box::new(e.clone())));
+            snapshot.insert(
+                previous,
+                e.cluster_name.clone(),
+                Typed::Endpoint(Box::new(e)),
+            );
         }
         for l in listeners {
-            snapshot.insert(
-                previous,
-                l.name.clone(),
-                &l,
-                Typed::Listener(Box::new(l.clone())),
-            );
+            snapshot.insert(previous, l.name.clone(), Typed::Listener(Box::new(l)));
         }
         for r in routes {
-            snapshot.insert(
-                previous,
-                r.name.clone(),
-                &r,
-                Typed::Route(Box::new(r.clone())),
-            );
+            snapshot.insert(previous, r.name.clone(), Typed::Route(Box::new(r)));
         }
         snapshot
     }
 
-    fn insert<M: Message + Name>(
-        &mut self,
-        previous: Option<&Snapshot>,
-        name: String,
-        message: &M,
-        typed: Typed,
-    ) {
+    fn insert(&mut self, previous: Option<&Snapshot>, name: String, typed: Typed) {
         let ty = match typed {
             Typed::Cluster(_) => ResourceType::Cluster,
             Typed::Endpoint(_) => ResourceType::Endpoint,
@@ -161,15 +148,7 @@ impl Snapshot {
             .and_then(|p| p.resources(ty).get(&name))
             .filter(|old| old.typed == typed)
             .cloned();
-        let entry = unchanged.unwrap_or_else(|| {
-            let resource = xds_proto::any::pack(message);
-            Arc::new(Entry {
-                version: hash_bytes(&resource.value),
-                name: name.clone(),
-                resource,
-                typed,
-            })
-        });
+        let entry = unchanged.unwrap_or_else(|| intern(ty, &name, typed));
         if self.types[ty.index()].insert(name, entry).is_some() {
             tracing::warn!(
                 kind = ty.label(),
@@ -189,6 +168,62 @@ impl Snapshot {
             .into_iter()
             .flat_map(move |ty| self.resources(ty).values().map(move |e| (ty, e)))
     }
+}
+
+/// Interned entries by kind and name, compared as typed messages (encoding is not canonical
+/// for map fields, so equal resources of two proxies may pack to different bytes); dead ones are
+/// pruned as the table doubles.
+struct Interner {
+    entries: HashMap<(ResourceType, String), Vec<Weak<Entry>>>,
+    prune_at: usize,
+}
+
+static INTERNER: LazyLock<Mutex<Interner>> = LazyLock::new(|| {
+    Mutex::new(Interner {
+        entries: HashMap::new(),
+        prune_at: 1024,
+    })
+});
+
+/// The shared entry for this resource: an existing equal one if any snapshot still holds it,
+/// else a new one.
+fn intern(ty: ResourceType, name: &str, typed: Typed) -> Arc<Entry> {
+    let key = (ty, name.to_owned());
+    let mut interner = INTERNER.lock().unwrap_or_else(PoisonError::into_inner);
+    let existing = interner.entries.get(&key).and_then(|versions| {
+        versions
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|e| e.typed == typed)
+    });
+    if let Some(existing) = existing {
+        return existing;
+    }
+    let resource = match &typed {
+        Typed::Cluster(m) => xds_proto::any::pack(&**m),
+        Typed::Endpoint(m) => xds_proto::any::pack(&**m),
+        Typed::Listener(m) => xds_proto::any::pack(&**m),
+        Typed::Route(m) => xds_proto::any::pack(&**m),
+    };
+    let entry = Arc::new(Entry {
+        version: hash_bytes(&resource.value),
+        name: name.to_owned(),
+        resource,
+        typed,
+    });
+    interner
+        .entries
+        .entry(key)
+        .or_default()
+        .push(Arc::downgrade(&entry));
+    if interner.entries.len() >= interner.prune_at {
+        interner.entries.retain(|_, versions| {
+            versions.retain(|e| e.strong_count() > 0);
+            !versions.is_empty()
+        });
+        interner.prune_at = (interner.entries.len() * 2).max(1024);
+    }
+    entry
 }
 
 /// The version of a state-of-the-world response: a hash of its resources' names and versions.
@@ -247,6 +282,65 @@ mod tests {
         assert_ne!(set_version(c1.values()), set_version(c2.values()));
         assert_eq!(c2["a"].resource.type_url, type_url::CLUSTER);
         assert!(second.resources(ResourceType::Listener).is_empty());
+    }
+
+    #[test]
+    fn identical_resources_of_different_proxies_are_stored_once() {
+        let build = |timeout_s| {
+            Snapshot::build(
+                Resources {
+                    clusters: vec![cluster("shared-by-proxies", 1), cluster("own", timeout_s)],
+                    ..Default::default()
+                },
+                None,
+            )
+        };
+        let (a, b) = (build(7), build(8));
+        let (a, b) = (
+            a.resources(ResourceType::Cluster),
+            b.resources(ResourceType::Cluster),
+        );
+        assert!(Arc::ptr_eq(
+            &a["shared-by-proxies"],
+            &b["shared-by-proxies"]
+        ));
+        assert!(!Arc::ptr_eq(&a["own"], &b["own"]));
+        assert_ne!(a["own"].version, b["own"].version);
+    }
+
+    #[test]
+    fn resources_with_map_fields_are_shared_whatever_their_encoding() {
+        use xds_proto::envoy::config::core::v3::Metadata;
+        use xds_proto::google::protobuf::{Struct, Value, value::Kind};
+        // Struct fields are a HashMap: two equal clusters may encode their keys in different
+        // orders, so sharing must not depend on the bytes.
+        let with_metadata = || {
+            let fields = (0..16)
+                .map(|i| {
+                    let value = Value {
+                        kind: Some(Kind::NumberValue(f64::from(i))),
+                    };
+                    (format!("key-{i}"), value)
+                })
+                .collect();
+            let mut c = cluster("with-metadata", 1);
+            c.metadata = Some(Metadata {
+                filter_metadata: [("istio".to_owned(), Struct { fields })].into(),
+                ..Default::default()
+            });
+            Snapshot::build(
+                Resources {
+                    clusters: vec![c],
+                    ..Default::default()
+                },
+                None,
+            )
+        };
+        let (a, b) = (with_metadata(), with_metadata());
+        assert!(Arc::ptr_eq(
+            &a.resources(ResourceType::Cluster)["with-metadata"],
+            &b.resources(ResourceType::Cluster)["with-metadata"]
+        ));
     }
 
     #[test]

@@ -9,25 +9,20 @@
 //! does not exist is reported in `removed_resources` so the proxy does not wait for it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::sync::Arc;
 
-use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use xds_proto::envoy::config::core::v3::Node;
 use xds_proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 
 use super::cache::{ResourceType, set_version};
-use super::connection::{Nack, Protocol, Session};
-use super::server::Shared;
+use super::connection::{Nack, Protocol};
 use super::sotw::Subscription;
+use super::stream::{Closed, Connection, Variant};
 
-/// The proxy went away; the connection task ends.
-struct Closed;
-
+/// What one stream tracks of one resource type.
 #[derive(Debug, Default)]
-struct TypeState {
+pub(crate) struct TypeState {
     subscription: Subscription,
     /// Name -> version of what the proxy holds, as far as the server knows.
     known: BTreeMap<String, String>,
@@ -39,68 +34,29 @@ struct TypeState {
     must_answer: bool,
 }
 
-struct Delta {
-    session: Session,
-    types: BTreeMap<ResourceType, TypeState>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-}
+/// The delta variant of ADS.
+pub(crate) struct Delta;
 
-/// Drives one delta stream until the proxy or the server goes away.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    peer: Option<SocketAddr>,
-) {
-    let first = match requests.message().await {
-        Ok(Some(first)) => first,
-        Ok(None) => return,
-        Err(status) => {
-            tracing::debug!(error = %status, "stream failed before its first request");
-            return;
-        }
-    };
-    let session = match Session::start(shared, first.node.as_ref(), Protocol::Delta, peer) {
-        Ok(session) => session,
-        Err(status) => {
-            let _ = tx.send(Err(status)).await;
-            return;
-        }
-    };
-    let mut conn = Delta {
-        session,
-        types: BTreeMap::new(),
-        tx,
-    };
-    if conn.on_request(first).await.is_err() {
-        return;
-    }
-    loop {
-        let outcome = tokio::select! {
-            message = requests.message() => match message {
-                Ok(Some(request)) => conn.on_request(request).await,
-                Ok(None) => Err(Closed),
-                Err(status) => {
-                    tracing::debug!(connection = conn.session.id(), error = %status, "stream ended");
-                    Err(Closed)
-                }
-            },
-            _ = conn.session.next_epoch() => conn.push_all().await,
-        };
-        if outcome.is_err() {
-            return;
-        }
-    }
-}
+impl Variant for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    type TypeState = TypeState;
+    const PROTOCOL: Protocol = Protocol::Delta;
 
-impl Delta {
-    async fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), Closed> {
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    async fn on_request(
+        conn: &mut Connection<Self>,
+        request: DeltaDiscoveryRequest,
+    ) -> Result<(), Closed> {
         let Some(ty) = ResourceType::from_type_url(&request.type_url) else {
-            tracing::warn!(connection = self.session.id(), type_url = %request.type_url, "request for a type this server does not serve; ignored");
+            tracing::warn!(connection = conn.session.id(), type_url = %request.type_url, "request for a type this server does not serve; ignored");
             return Ok(());
         };
-        let first = !self.types.contains_key(&ty);
-        let state = self.types.entry(ty).or_default();
+        let first = !conn.types.contains_key(&ty);
+        let state = conn.types.entry(ty).or_default();
         if first {
             state.known = request.initial_resource_versions.into_iter().collect();
             state.subscription.wildcard =
@@ -111,7 +67,7 @@ impl Delta {
         if !nonce.is_empty() {
             match state.pending.take() {
                 Some((version, sent)) if sent == nonce => match request.error_detail {
-                    Some(error) => self.session.nack(
+                    Some(error) => conn.session.nack(
                         ty,
                         Nack {
                             nonce,
@@ -119,12 +75,12 @@ impl Delta {
                             error: error.message,
                         },
                     ),
-                    None => self.session.ack(ty, &version),
+                    None => conn.session.ack(ty, &version),
                 },
                 other => {
                     state.pending = other;
                     tracing::debug!(
-                        connection = self.session.id(),
+                        connection = conn.session.id(),
                         kind = ty.label(),
                         nonce,
                         "stale nonce"
@@ -154,26 +110,17 @@ impl Delta {
             let names = &state.subscription.names;
             state.known.retain(|name, _| names.contains(name));
         }
-        self.session.subscribed(ty, state.subscription.describe());
-        self.respond(ty).await
-    }
-
-    async fn push_all(&mut self) -> Result<(), Closed> {
-        for ty in ResourceType::PUSH_ORDER {
-            if self.types.contains_key(&ty) {
-                self.respond(ty).await?;
-            }
-        }
-        Ok(())
+        conn.session.subscribed(ty, state.subscription.describe());
+        Self::respond(conn, ty).await
     }
 
     /// Sends what changed of `ty` for this proxy, if anything did or a request is waiting; does
     /// nothing while the stream is held before the initial sync.
-    async fn respond(&mut self, ty: ResourceType) -> Result<(), Closed> {
-        let Some(snapshot) = self.session.snapshot.clone() else {
+    async fn respond(conn: &mut Connection<Self>, ty: ResourceType) -> Result<(), Closed> {
+        let Some(snapshot) = conn.session.snapshot.clone() else {
             return Ok(());
         };
-        let Some(state) = self.types.get_mut(&ty) else {
+        let Some(state) = conn.types.get_mut(&ty) else {
             return Ok(());
         };
         let current = state.subscription.select(&snapshot, ty);
@@ -207,8 +154,8 @@ impl Delta {
             .map(|e| (e.name.clone(), e.version.clone()))
             .collect();
         let version = set_version(&current);
-        let nonce = self.session.next_nonce();
-        self.session.sent(ty, &version, &nonce);
+        let nonce = conn.session.next_nonce();
+        conn.session.sent(ty, &version, &nonce);
         state.pending = Some((version.clone(), nonce.clone()));
         state.must_answer = false;
         let response = DeltaDiscoveryResponse {
@@ -219,6 +166,6 @@ impl Delta {
             nonce,
             ..Default::default()
         };
-        self.tx.send(Ok(response)).await.map_err(|_| Closed)
+        conn.tx.send(Ok(response)).await.map_err(|_| Closed)
     }
 }

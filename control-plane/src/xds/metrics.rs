@@ -1,8 +1,11 @@
 //! The control plane's Prometheus metrics, named like istiod's so existing dashboards and alerts
 //! find them: pushes and rejects by type, push latency, connected proxies, validation errors.
 //!
-//! The `prometheus-client` crate appends `_total` to counters (OpenMetrics), so istiod's
-//! `pilot_xds_pushes` reads `pilot_xds_pushes_total` here.
+//! The exposition is what istiod serves on 15014: the Prometheus text format (0.0.4) with
+//! counters under their plain names (`pilot_xds_pushes`, not `pilot_xds_pushes_total`), because
+//! istiod's OpenTelemetry exporter runs with `WithoutCounterSuffixes` (istio/istio
+//! pkg/monitoring). `prometheus-client` writes OpenMetrics, which requires the `_total` suffix, so
+//! [`Metrics::encode`] rewrites its output into istiod's format.
 
 use std::sync::Arc;
 
@@ -30,6 +33,7 @@ pub struct Metrics {
     convergence: Histogram,
     connected: Gauge,
     validation_errors: Gauge,
+    unenforced_objects: Gauge,
     generate_errors: Counter,
 }
 
@@ -73,6 +77,12 @@ impl Metrics {
             "Number of configuration objects currently refused by validation",
             validation_errors.clone(),
         );
+        let unenforced_objects = Gauge::default();
+        registry.register(
+            "ferry_config_unenforced_objects",
+            "Number of configuration objects accepted but not enforced yet (PeerAuthentication, AuthorizationPolicy)",
+            unenforced_objects.clone(),
+        );
         let generate_errors = Counter::default();
         registry.register(
             "pilot_total_xds_internal_errors",
@@ -86,6 +96,7 @@ impl Metrics {
             convergence,
             connected,
             validation_errors,
+            unenforced_objects,
             generate_errors,
         }
     }
@@ -126,18 +137,49 @@ impl Metrics {
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
+    /// The number of objects accepted but not enforced.
+    pub fn set_unenforced_objects(&self, count: usize) {
+        self.unenforced_objects
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
     /// The generator failed for a proxy.
     pub fn generate_error(&self) {
         self.generate_errors.inc();
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition (format 0.0.4, [`CONTENT_TYPE`]), with istiod's names.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        istiod_exposition(&out)
     }
+}
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// OpenMetrics text into the Prometheus text format as istiod exposes it: a counter's samples
+/// carry the family name without the `_total` suffix, and the `# EOF` trailer is dropped.
+fn istiod_exposition(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut counter: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            counter = rest.strip_suffix(" counter");
+        }
+        let renamed = counter.and_then(|family| {
+            let sample = line.strip_prefix(family)?.strip_prefix("_total")?;
+            (sample.starts_with(['{', ' '])).then(|| format!("{family}{sample}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -152,15 +194,35 @@ mod tests {
         m.connected(1);
         m.set_validation_errors(3);
         m.convergence(0.05);
+        m.generate_error();
+        m.set_unenforced_objects(2);
         let text = m.encode();
         for want in [
-            "pilot_xds_pushes_total{type=\"cds\"} 1",
-            "pilot_total_xds_rejects_total{type=\"rds\"} 1",
-            "pilot_xds 1",
-            "ferry_config_validation_errors 3",
-            "pilot_proxy_convergence_time_count 1",
+            "# TYPE pilot_xds_pushes counter\n",
+            "\npilot_xds_pushes{type=\"cds\"} 1\n",
+            "# TYPE pilot_total_xds_rejects counter\n",
+            "\npilot_total_xds_rejects{type=\"rds\"} 1\n",
+            "\npilot_total_xds_internal_errors 1\n",
+            "\npilot_xds 1\n",
+            "\nferry_config_validation_errors 3\n",
+            "\nferry_config_unenforced_objects 2\n",
+            "\npilot_proxy_convergence_time_count 1\n",
         ] {
-            assert!(text.contains(want), "missing {want} in\n{text}");
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
+        assert!(
+            !text.contains("_total{") && !text.contains("_total "),
+            "istiod's counters have no suffix:\n{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn only_counter_samples_lose_the_suffix() {
+        let openmetrics = "# HELP a_total_things x\n# TYPE a_total_things gauge\na_total_things 1\n# TYPE b counter\nb_total 2\nb_totally 3\n# EOF\n";
+        assert_eq!(
+            istiod_exposition(openmetrics),
+            "# HELP a_total_things x\n# TYPE a_total_things gauge\na_total_things 1\n# TYPE b counter\nb 2\nb_totally 3\n"
+        );
     }
 }

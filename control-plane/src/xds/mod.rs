@@ -13,6 +13,7 @@ pub mod delta;
 pub mod metrics;
 pub mod server;
 pub mod sotw;
+mod stream;
 
 use xds_proto::envoy::config::cluster::v3::Cluster;
 use xds_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;

@@ -23,6 +23,7 @@ use super::Generator;
 use super::connection::Registry;
 use super::debounce::Epochs;
 use super::metrics::Metrics;
+use super::stream::{self, Variant};
 use super::{delta, sotw};
 
 /// Responses buffered per connection before the task waits for the proxy to read.
@@ -115,6 +116,25 @@ impl std::fmt::Debug for XdsService {
     }
 }
 
+impl XdsService {
+    /// Starts the connection task of one stream of variant `V`; its responses flow back
+    /// through a bounded channel.
+    fn spawn<V: Variant>(
+        &self,
+        request: Request<Streaming<V::Request>>,
+    ) -> Response<ReceiverStream<Result<V::Response, Status>>> {
+        let peer = request.remote_addr();
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        tokio::spawn(stream::run::<V>(
+            self.shared.clone(),
+            request.into_inner(),
+            tx,
+            peer,
+        ));
+        Response::new(ReceiverStream::new(rx))
+    }
+}
+
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for XdsService {
     type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
@@ -124,29 +144,13 @@ impl AggregatedDiscoveryService for XdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
-        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(sotw::run(
-            self.shared.clone(),
-            request.into_inner(),
-            tx,
-            peer,
-        ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(self.spawn::<sotw::Sotw>(request))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
-        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(delta::run(
-            self.shared.clone(),
-            request.into_inner(),
-            tx,
-            peer,
-        ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(self.spawn::<delta::Delta>(request))
     }
 }

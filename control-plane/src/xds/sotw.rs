@@ -8,20 +8,15 @@
 //! `resource_names` set replaces the subscription and is answered. LDS and CDS subscriptions with
 //! no names (or `*`) are wildcards.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use xds_proto::envoy::config::core::v3::Node;
 use xds_proto::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
 use super::cache::{Entry, ResourceType, Snapshot, set_version};
-use super::connection::{Nack, Protocol, Session};
-use super::server::Shared;
-
-/// The proxy went away; the connection task ends.
-struct Closed;
+use super::connection::{Nack, Protocol};
+use super::stream::{Closed, Connection, Variant};
 
 /// What a proxy asked for of one type.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -62,8 +57,9 @@ impl Subscription {
     }
 }
 
+/// What one stream tracks of one resource type.
 #[derive(Debug, Default)]
-struct TypeState {
+pub(crate) struct TypeState {
     subscription: Subscription,
     /// Version and nonce of the last response.
     sent: Option<(String, String)>,
@@ -71,73 +67,33 @@ struct TypeState {
     must_answer: bool,
 }
 
-struct Sotw {
-    session: Session,
-    types: BTreeMap<ResourceType, TypeState>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-}
+/// The state-of-the-world variant of ADS.
+pub(crate) struct Sotw;
 
-/// Drives one state-of-the-world stream until the proxy or the server goes away.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    mut requests: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    peer: Option<SocketAddr>,
-) {
-    let first = match requests.message().await {
-        Ok(Some(first)) => first,
-        Ok(None) => return,
-        Err(status) => {
-            tracing::debug!(error = %status, "stream failed before its first request");
-            return;
-        }
-    };
-    let session = match Session::start(shared, first.node.as_ref(), Protocol::StateOfTheWorld, peer)
-    {
-        Ok(session) => session,
-        Err(status) => {
-            let _ = tx.send(Err(status)).await;
-            return;
-        }
-    };
-    let mut conn = Sotw {
-        session,
-        types: BTreeMap::new(),
-        tx,
-    };
-    if conn.on_request(first).await.is_err() {
-        return;
-    }
-    loop {
-        let outcome = tokio::select! {
-            message = requests.message() => match message {
-                Ok(Some(request)) => conn.on_request(request).await,
-                Ok(None) => Err(Closed),
-                Err(status) => {
-                    tracing::debug!(connection = conn.session.id(), error = %status, "stream ended");
-                    Err(Closed)
-                }
-            },
-            _ = conn.session.next_epoch() => conn.push_all().await,
-        };
-        if outcome.is_err() {
-            return;
-        }
-    }
-}
+impl Variant for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    type TypeState = TypeState;
+    const PROTOCOL: Protocol = Protocol::StateOfTheWorld;
 
-impl Sotw {
-    async fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), Closed> {
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    async fn on_request(
+        conn: &mut Connection<Self>,
+        request: DiscoveryRequest,
+    ) -> Result<(), Closed> {
         let Some(ty) = ResourceType::from_type_url(&request.type_url) else {
-            tracing::warn!(connection = self.session.id(), type_url = %request.type_url, "request for a type this server does not serve; ignored");
+            tracing::warn!(connection = conn.session.id(), type_url = %request.type_url, "request for a type this server does not serve; ignored");
             return Ok(());
         };
-        let state = self.types.entry(ty).or_default();
+        let state = conn.types.entry(ty).or_default();
         let nonce = request.response_nonce;
         if !nonce.is_empty() {
             if state.sent.as_ref().map(|(_, n)| n) != Some(&nonce) {
                 tracing::debug!(
-                    connection = self.session.id(),
+                    connection = conn.session.id(),
                     kind = ty.label(),
                     nonce,
                     "stale nonce ignored"
@@ -150,37 +106,28 @@ impl Sotw {
                     version: request.version_info,
                     error: error.message,
                 };
-                self.session.nack(ty, nack);
+                conn.session.nack(ty, nack);
                 return Ok(());
             }
-            self.session.ack(ty, &request.version_info);
+            conn.session.ack(ty, &request.version_info);
         }
         let subscription = Subscription::from_request(ty, &request.resource_names);
         if nonce.is_empty() || subscription != state.subscription {
-            self.session.subscribed(ty, subscription.describe());
+            conn.session.subscribed(ty, subscription.describe());
             state.subscription = subscription;
             state.must_answer = true;
-            self.respond(ty).await?;
-        }
-        Ok(())
-    }
-
-    async fn push_all(&mut self) -> Result<(), Closed> {
-        for ty in ResourceType::PUSH_ORDER {
-            if self.types.contains_key(&ty) {
-                self.respond(ty).await?;
-            }
+            Self::respond(conn, ty).await?;
         }
         Ok(())
     }
 
     /// Sends the subscribed set of `ty` if it changed since the last response or a request is
     /// waiting; does nothing while the stream is held before the initial sync.
-    async fn respond(&mut self, ty: ResourceType) -> Result<(), Closed> {
-        let Some(snapshot) = self.session.snapshot.clone() else {
+    async fn respond(conn: &mut Connection<Self>, ty: ResourceType) -> Result<(), Closed> {
+        let Some(snapshot) = conn.session.snapshot.clone() else {
             return Ok(());
         };
-        let Some(state) = self.types.get_mut(&ty) else {
+        let Some(state) = conn.types.get_mut(&ty) else {
             return Ok(());
         };
         let entries = state.subscription.select(&snapshot, ty);
@@ -189,8 +136,8 @@ impl Sotw {
         if unchanged && !state.must_answer {
             return Ok(());
         }
-        let nonce = self.session.next_nonce();
-        self.session.sent(ty, &version, &nonce);
+        let nonce = conn.session.next_nonce();
+        conn.session.sent(ty, &version, &nonce);
         state.sent = Some((version.clone(), nonce.clone()));
         state.must_answer = false;
         let response = DiscoveryResponse {
@@ -200,6 +147,6 @@ impl Sotw {
             nonce,
             ..Default::default()
         };
-        self.tx.send(Ok(response)).await.map_err(|_| Closed)
+        conn.tx.send(Ok(response)).await.map_err(|_| Closed)
     }
 }

@@ -1,6 +1,7 @@
 //! Shared harness of the ADS integration tests: the real control plane started in-process on
 //! loopback, fed models through a channel, with a generator that turns each service of the
-//! proxy's namespace into Istio-shaped resources.
+//! proxy's namespace into Istio-shaped resources, and a test client for either ADS variant
+//! ([`AdsClient`]).
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -15,7 +16,10 @@ use ferry_control::xds::connection::ConnectionStatus;
 use ferry_control::xds::debounce::DebounceConfig;
 use ferry_control::xds::{GenerateError, Resources};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::Channel;
 use xds_proto::envoy::config::cluster::v3::{Cluster, cluster};
 use xds_proto::envoy::config::core::v3::{Address, Node, SocketAddress, address, socket_address};
 use xds_proto::envoy::config::endpoint::v3::{
@@ -23,6 +27,10 @@ use xds_proto::envoy::config::endpoint::v3::{
 };
 use xds_proto::envoy::config::listener::v3::Listener;
 use xds_proto::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use xds_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use xds_proto::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 use xds_proto::google::protobuf::{Struct, Value, value::Kind};
 
 /// A generous bound on any single wait, so a broken server fails the test instead of hanging.
@@ -218,6 +226,18 @@ impl Harness {
         })
     }
 
+    /// Polls until the proxy `node_id` has NACKed `ty`.
+    pub async fn wait_for_nack(
+        &self,
+        node_id: &str,
+        ty: ferry_control::xds::cache::ResourceType,
+    ) -> ConnectionStatus {
+        self.wait_for(node_id, |s| {
+            s.types.get(&ty).is_some_and(|t| t.last_nack.is_some())
+        })
+        .await
+    }
+
     /// Polls until no connection is registered.
     pub async fn wait_disconnected(&self) {
         let registry = self.running.server.registry();
@@ -248,5 +268,90 @@ impl Harness {
             .map(|(_, b)| b.to_owned())
             .unwrap_or_default();
         (status, body)
+    }
+}
+
+/// A request that can carry the node (sent on the first request of a stream only, as Istio's
+/// sidecars do).
+pub trait WithNode {
+    /// Sets the request's node.
+    fn set_node(&mut self, node: Option<Node>);
+}
+
+impl WithNode for DiscoveryRequest {
+    fn set_node(&mut self, node: Option<Node>) {
+        self.node = node;
+    }
+}
+
+impl WithNode for DeltaDiscoveryRequest {
+    fn set_node(&mut self, node: Option<Node>) {
+        self.node = node;
+    }
+}
+
+/// One ADS stream of a test client: requests `Req` out, responses `Resp` in. Each test file adds
+/// its protocol's request helpers (`impl AdsClient<...>`).
+pub struct AdsClient<Req, Resp> {
+    pub requests: mpsc::Sender<Req>,
+    pub responses: Streaming<Resp>,
+    pub node: Option<Node>,
+}
+
+impl<Req: WithNode, Resp> AdsClient<Req, Resp> {
+    /// Sends a request; the node goes on the first one only.
+    pub async fn send_raw(&mut self, mut request: Req) {
+        request.set_node(self.node.take());
+        self.requests.send(request).await.unwrap();
+    }
+
+    /// The next response, within [`PATIENCE`].
+    pub async fn recv(&mut self) -> Resp {
+        tokio::time::timeout(PATIENCE, self.responses.message())
+            .await
+            .expect("a response in time")
+            .unwrap()
+            .expect("stream open")
+    }
+}
+
+/// The gRPC client and the request channel of a new stream.
+async fn open<Req>(
+    h: &Harness,
+) -> (
+    AggregatedDiscoveryServiceClient<Channel>,
+    mpsc::Sender<Req>,
+    ReceiverStream<Req>,
+) {
+    let grpc = AggregatedDiscoveryServiceClient::connect(h.url())
+        .await
+        .unwrap();
+    let (requests, rx) = mpsc::channel(16);
+    (grpc, requests, ReceiverStream::new(rx))
+}
+
+impl AdsClient<DiscoveryRequest, DiscoveryResponse> {
+    /// Opens a state-of-the-world stream as `node`.
+    pub async fn connect(h: &Harness, node: Node) -> Self {
+        let (mut grpc, requests, rx) = open(h).await;
+        let responses = grpc.stream_aggregated_resources(rx).await.unwrap();
+        AdsClient {
+            requests,
+            responses: responses.into_inner(),
+            node: Some(node),
+        }
+    }
+}
+
+impl AdsClient<DeltaDiscoveryRequest, DeltaDiscoveryResponse> {
+    /// Opens a delta stream as `node`.
+    pub async fn connect(h: &Harness, node: Node) -> Self {
+        let (mut grpc, requests, rx) = open(h).await;
+        let responses = grpc.delta_aggregated_resources(rx).await.unwrap();
+        AdsClient {
+            requests,
+            responses: responses.into_inner(),
+            node: Some(node),
+        }
     }
 }

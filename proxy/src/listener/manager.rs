@@ -261,6 +261,7 @@ impl ListenerManager {
                 }
             };
             cx_total.inc();
+            configure_accepted(&stream);
             self.connections.count.fetch_add(1, Ordering::AcqRel);
             let guard = ConnectionGuard(self.connections.clone());
             let manager = self.clone();
@@ -416,4 +417,29 @@ fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
 #[cfg(not(target_os = "linux"))]
 fn original_destination(_stream: &TcpStream) -> Option<SocketAddr> {
     None
+}
+
+/// Socket options for an accepted connection: TCP_NODELAY, as Envoy sets on every one. Without
+/// it, Nagle holds a response's last partial segment until the client has ACKed the previous
+/// ones, and the client's delayed ACK turns that into a ~40 ms stall.
+fn configure_accepted(stream: &TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
+    }
+}
+
+#[cfg(test)]
+mod socket_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_disable_nagle() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (stream, _) = accepted.unwrap();
+        assert!(!stream.nodelay().unwrap(), "the kernel default is Nagle on");
+        configure_accepted(&stream);
+        assert!(stream.nodelay().unwrap());
+    }
 }

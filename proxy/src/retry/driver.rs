@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Response, StatusCode};
-use tokio::time::Instant;
+use tokio::sync::watch;
 
 use super::decision::{Decision, FailureKind, Outcome, RetryState};
 use crate::body::Body;
@@ -36,10 +36,25 @@ enum Got {
 }
 
 /// The timeouts of one request.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Timeouts {
     /// The route timeout (after `x-envoy-upstream-rq-timeout-ms`), covering all attempts.
     pub route: Option<Duration>,
+    /// Turns true when the downstream request is complete (its body ended): as in Envoy, the
+    /// route timeout starts then. `None`: the request is complete already.
+    pub request_end: Option<watch::Receiver<bool>>,
+}
+
+/// Resolves when the route timeout fires; never without one.
+async fn route_timer(timeouts: Timeouts) {
+    let Some(limit) = timeouts.route else {
+        return std::future::pending().await;
+    };
+    if let Some(mut end) = timeouts.request_end {
+        // A dropped sender means the body is gone (ended or failed): start the timer.
+        let _ = end.wait_for(|ended| *ended).await;
+    }
+    tokio::time::sleep(limit).await;
 }
 
 /// The cluster-side parts the loop consults: the breaker that admits retries, the outlier
@@ -106,16 +121,12 @@ where
     F: FnMut(u32, &[SocketAddr]) -> Option<(SocketAddr, Fut)>,
     Fut: Future<Output = Result<Response<Body>, UpstreamError>>,
 {
-    let deadline = timeouts.route.map(|t| Instant::now() + t);
     let stats = upstream.stats;
+    let route = route_timer(timeouts);
+    tokio::pin!(route);
     let mut retry_guard = None;
     loop {
         let attempt = state.attempt();
-        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let per_try = match (state.per_try_timeout(), remaining) {
-            (Some(p), Some(r)) => Some(p.min(r)),
-            (p, r) => p.or(r),
-        };
         let Some((host, sent)) = send(attempt, state.excluded()) else {
             return Err(local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -124,25 +135,32 @@ where
             ));
         };
         state.record_host(host);
-        let got = match per_try {
-            Some(t) => match tokio::time::timeout(t, sent).await {
-                Ok(Ok(response)) => Got::Response(response),
-                Ok(Err(error)) => Got::Error(error),
-                Err(_) => Got::PerTryTimeout,
-            },
-            None => match sent.await {
+        let per_try = state.per_try_timeout();
+        let per_try_timer = async {
+            match per_try {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let got = tokio::select! {
+            biased;
+            result = sent => match result {
                 Ok(response) => Got::Response(response),
                 Err(error) => Got::Error(error),
             },
+            () = &mut route => {
+                tracing::debug!(attempt, upstream = %host, "upstream request timeout");
+                if let Some(d) = upstream.outlier {
+                    d.record(host, outlier::Outcome::Timeout);
+                }
+                count(stats.map(|s| &s.timeout));
+                return Err(timeout_reply());
+            }
+            () = per_try_timer => Got::PerTryTimeout,
         };
         if matches!(got, Got::PerTryTimeout) {
             if let Some(d) = upstream.outlier {
                 d.record(host, outlier::Outcome::Timeout);
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                tracing::debug!(attempt, upstream = %host, "upstream request timeout");
-                count(stats.map(|s| &s.timeout));
-                return Err(timeout_reply());
             }
             count(stats.map(|s| &s.per_try_timeout));
         }
@@ -164,11 +182,14 @@ where
             Decision::Retry { backoff } => {
                 count(stats.map(|s| &s.retry));
                 drop(got);
-                if !back_off(backoff, deadline).await {
-                    count(stats.map(|s| &s.timeout));
-                    return Err(timeout_reply());
+                tokio::select! {
+                    biased;
+                    () = &mut route => {
+                        count(stats.map(|s| &s.timeout));
+                        return Err(timeout_reply());
+                    }
+                    () = tokio::time::sleep(backoff) => continue,
                 }
-                continue;
             }
             Decision::Done if attempt > 1 => count(stats.map(|s| &s.success)),
             Decision::Done => {}
@@ -211,21 +232,6 @@ fn decide(
         },
         &mut rng,
     )
-}
-
-/// Sleeps the back-off unless it would run past the deadline; false = the route timed out.
-async fn back_off(backoff: Duration, deadline: Option<Instant>) -> bool {
-    let wake = Instant::now() + backoff;
-    match deadline {
-        Some(d) if wake >= d => {
-            tokio::time::sleep_until(d).await;
-            false
-        }
-        _ => {
-            tokio::time::sleep_until(wake).await;
-            true
-        }
-    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use xds_proto::google::protobuf::{Duration as PbDuration, UInt32Value};
 use super::*;
 use crate::cluster::Thresholds;
 use crate::retry::{HeaderOverrides, RetryPolicy};
+use tokio::time::Instant;
 
 type Attempt = BoxFuture<'static, Result<Response<Body>, UpstreamError>>;
 
@@ -114,7 +115,10 @@ async fn request(
     let mut state = RetryState::new(policy, &HeaderOverrides::default());
     run(
         &mut state,
-        Timeouts { route },
+        Timeouts {
+            route,
+            request_end: None,
+        },
         Upstream {
             breaker,
             outlier: detector,
@@ -302,4 +306,33 @@ async fn a_body_that_cannot_be_replayed_is_not_retried() {
         "no URX: retries were disabled, not exhausted"
     );
     assert_eq!(up.attempts().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_route_timeout_starts_when_the_request_is_complete() {
+    let up = Upstreams::new(&[Behaviour::Hang]);
+    let (end, request_end) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        // The client takes 5 s to send its body.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        end.send_replace(true);
+    });
+    let p = policy("5xx", 1, |_| {});
+    let mut state = RetryState::new(Some(&p), &HeaderOverrides::default());
+    let start = Instant::now();
+    let r = run(
+        &mut state,
+        Timeouts {
+            route: Some(Duration::from_secs(1)),
+            request_end: Some(request_end),
+        },
+        Upstream::default(),
+        || true,
+        |attempt, excluded| up.send(attempt, excluded),
+    )
+    .await
+    .expect_err("a local reply");
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(flag(&r), Some(ResponseFlag::UpstreamRequestTimeout));
+    assert_eq!(start.elapsed(), Duration::from_secs(6));
 }

@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body as _, Frame, SizeHint};
+use tokio::sync::watch;
 
 use crate::body::{Body, BoxError};
 
@@ -39,6 +40,16 @@ struct Tee {
     failed: bool,
     /// The attempt allowed to read; older attempts' bodies fail when polled.
     generation: u64,
+    /// Turns true when the downstream body ended (the request is complete).
+    end: watch::Sender<bool>,
+}
+
+impl Tee {
+    fn finish(&mut self) {
+        self.ended = true;
+        self.source = None;
+        self.end.send_replace(true);
+    }
 }
 
 /// A request body that can be sent to several attempts in turn.
@@ -68,6 +79,7 @@ impl Replay {
                 overflowed: false,
                 failed: false,
                 generation: 0,
+                end: watch::Sender::new(ended),
             })),
             limit,
         }
@@ -78,6 +90,11 @@ impl Replay {
     pub fn is_replayable(&self) -> bool {
         let tee = lock(&self.tee);
         !tee.overflowed && !tee.failed
+    }
+
+    /// Turns true once the downstream request body has ended (the route timeout starts then).
+    pub fn request_end(&self) -> watch::Receiver<bool> {
+        lock(&self.tee).end.subscribe()
     }
 
     /// The body for the next attempt. Bodies of earlier attempts stop (with an error) when polled
@@ -156,8 +173,7 @@ impl http_body::Body for AttemptBody {
         match Pin::new(source).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
-                tee.ended = true;
-                tee.source = None;
+                tee.finish();
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(error))) => {
@@ -182,10 +198,12 @@ impl http_body::Body for AttemptBody {
                     } else {
                         tee.chunks.push(data.clone());
                     }
+                    if tee.source.as_ref().is_some_and(|s| s.is_end_stream()) {
+                        tee.finish();
+                    }
                 } else if let Some(trailers) = frame.trailers_ref() {
                     tee.trailers = Some(trailers.clone());
-                    tee.ended = true;
-                    tee.source = None;
+                    tee.finish();
                     this.trailers_sent = true;
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -267,6 +285,19 @@ mod tests {
         let (first, _) = read(replay.body_for_attempt()).await.expect("first");
         assert_eq!(first, "helloworld", "the first attempt gets the whole body");
         assert!(!replay.is_replayable());
+    }
+
+    #[tokio::test]
+    async fn the_request_end_is_signalled_when_the_body_ends() {
+        let replay = Replay::new(streamed(&["a", "b"], false), 16);
+        let end = replay.request_end();
+        assert!(!*end.borrow());
+        let mut body = replay.body_for_attempt();
+        let _ = body.frame().await;
+        assert!(!*end.borrow(), "one frame is not the end");
+        let _ = read(body).await.expect("rest");
+        assert!(*end.borrow());
+        assert!(*Replay::new(crate::body::empty(), 16).request_end().borrow());
     }
 
     #[tokio::test]

@@ -70,9 +70,7 @@ impl Tries<'_> {
         retriable: bool,
     ) -> Result<Response<Body>, Response<Body>> {
         let mut state = RetryState::new(self.retry, &self.overrides);
-        let timeouts = Timeouts {
-            route: self.route_timeout,
-        };
+
         let host_selection_attempts = state.host_selection_max_attempts();
         let breaker = self
             .cluster
@@ -86,6 +84,10 @@ impl Tries<'_> {
             0
         };
         let replay = Replay::new(body, limit);
+        let timeouts = Timeouts {
+            route: self.route_timeout,
+            request_end: Some(replay.request_end()),
+        };
         let (method, uri, version, headers) = (
             parts.method.clone(),
             parts.uri.clone(),

@@ -8,8 +8,6 @@
 mod attempts;
 pub mod timeout;
 
-use std::sync::Arc;
-
 use http::{HeaderValue, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -241,10 +239,6 @@ pub async fn forward(
     };
     let started = tokio::time::Instant::now();
     let retriable = on_upgrade.is_none();
-    let timeout_stats = || timeout::TimeoutStats {
-        store: downstream.stats.clone(),
-        cluster: Arc::from(cluster.config.stat_name.as_str()),
-    };
     // The route timeout starts when the request is complete: now, or when its body ends.
     let (request_body, timer_start) =
         if route_timeout.is_some() && !http_body::Body::is_end_stream(&body) {
@@ -255,7 +249,8 @@ pub async fn forward(
         };
     let mut response = match tries.send(parts, request_body, retriable).await {
         Ok(response) => response,
-        // `Tries` counts `upstream_rq_timeout` for a timeout before the response headers.
+        // A route timeout before the headers is counted (`upstream_rq_timeout`) by the retry
+        // driver; one after them by the deadline body below.
         Err(reply) => return reply,
     };
     tracing::debug!(status = response.status().as_u16(), "upstream response");
@@ -272,8 +267,8 @@ pub async fn forward(
             && !http_body::Body::is_end_stream(response.body())
         {
             response = response.map(|inner| {
-                let body =
-                    timeout::DeadlineBody::new(inner, timer_start, limit, Some(timeout_stats()));
+                let counter = Some(cluster.stats().retry.timeout.clone());
+                let body = timeout::DeadlineBody::new(inner, timer_start, limit, counter);
                 http_body_util::BodyExt::boxed(body)
             });
         }

@@ -7,7 +7,8 @@
 //!
 //! As in Envoy, the timer starts once the downstream request is complete: a streaming request
 //! body (gRPC client or bidi streaming) is watched for its end ([`notify_end`]). The wait for
-//! the response headers (in [`super::attempts`]) still counts from routing.
+//! the response headers (the retry driver, see [`crate::retry::driver`]) starts at the same
+//! moment.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::body::{Body, BoxError};
 use crate::error::ResponseFlag;
-use crate::stats::Store;
+use crate::stats::Counter;
 
 /// The body's error when the route timeout fires mid-response.
 #[derive(Debug, thiserror::Error)]
@@ -29,24 +30,6 @@ use crate::stats::Store;
 pub struct RouteTimeoutAfterHeaders {
     /// How long after routing it fired.
     pub elapsed_ms: u64,
-}
-
-/// Where a timeout after the headers is counted.
-#[derive(Debug, Clone)]
-pub(crate) struct TimeoutStats {
-    /// The proxy's stats store.
-    pub(crate) store: Arc<Store>,
-    /// The cluster's stat name (`cluster.<name>.upstream_rq_timeout`).
-    pub(crate) cluster: Arc<str>,
-}
-
-impl TimeoutStats {
-    /// Counts one route timeout on the cluster, as Envoy's `upstream_rq_timeout`.
-    pub(crate) fn count(&self) {
-        self.store
-            .counter(format!("cluster.{}.upstream_rq_timeout", self.cluster))
-            .inc();
-    }
 }
 
 /// When the route timeout starts. Envoy starts it once the downstream request is complete; a
@@ -71,17 +54,19 @@ pub(crate) struct DeadlineBody {
     inner: Body,
     timer: Timer,
     limit: Duration,
-    stats: Option<TimeoutStats>,
+    /// The cluster's `upstream_rq_timeout`.
+    timeouts: Option<Arc<Counter>>,
     done: bool,
 }
 
 impl DeadlineBody {
-    /// Wraps `inner`: it must end within `limit` of `start`.
+    /// Wraps `inner`: it must end within `limit` of `start`; a timeout counts on `timeouts`
+    /// (the cluster's `upstream_rq_timeout`).
     pub(crate) fn new(
         inner: Body,
         start: TimerStart,
         limit: Duration,
-        stats: Option<TimeoutStats>,
+        timeouts: Option<Arc<Counter>>,
     ) -> Self {
         let timer = match start {
             TimerStart::At(started) => armed(started, limit),
@@ -91,7 +76,7 @@ impl DeadlineBody {
             inner,
             timer,
             limit,
-            stats,
+            timeouts,
             done: false,
         }
     }
@@ -99,8 +84,8 @@ impl DeadlineBody {
     fn fire(&mut self, started: Instant) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.done = true;
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        if let Some(stats) = &self.stats {
-            stats.count();
+        if let Some(timeouts) = &self.timeouts {
+            timeouts.inc();
         }
         tracing::info!(
             elapsed_ms,
@@ -238,17 +223,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stalled_body_fails_at_the_deadline_and_is_counted() {
-        let store = Arc::new(Store::default());
+        let timeouts = Arc::new(Counter::default());
         let started = Instant::now();
-        let stats = TimeoutStats {
-            store: store.clone(),
-            cluster: Arc::from("c"),
-        };
         let mut body = DeadlineBody::new(
             stalled_after("head"),
             TimerStart::At(started),
             Duration::from_secs(2),
-            Some(stats),
+            Some(timeouts.clone()),
         );
         let first = body.frame().await.expect("frame").expect("data");
         assert_eq!(first.into_data().expect("data"), "head");
@@ -256,7 +237,7 @@ mod tests {
         assert!(error.is::<RouteTimeoutAfterHeaders>(), "{error}");
         assert_eq!(started.elapsed(), Duration::from_secs(2));
         assert!(body.frame().await.is_none());
-        assert_eq!(store.counter("cluster.c.upstream_rq_timeout").get(), 1);
+        assert_eq!(timeouts.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]
