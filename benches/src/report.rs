@@ -177,7 +177,8 @@ fn render_rates(out: &mut String, results: &Results) {
             let versus = |pick| {
                 let own = add(pick)?;
                 let envoy = added(results, workload, path.baseline(), pick)?;
-                (envoy > 0.0).then(|| format!("{:.2}x", own / envoy))
+                // A negative difference is noise, not a proxy faster than no proxy.
+                (envoy > 0.0 && own >= 0.0).then(|| format!("{:.2}x", own / envoy))
             };
             let ratio = if matches!(path, PathKind::Ferry | PathKind::FerryPair) {
                 format!(

@@ -67,7 +67,8 @@ pub fn targets(results: &Results) -> Vec<Target> {
             ),
             ("p99", |s| s.p99),
         ] {
-            let ferry = added(results, workload, PathKind::Ferry, pick);
+            // A negative difference is noise: not measured rather than met.
+            let ferry = added(results, workload, PathKind::Ferry, pick).filter(|f| *f >= 0.0);
             let envoy = added(results, workload, PathKind::Envoy, pick).filter(|e| *e > 0.0);
             out.push(target(
                 format!("{label} added latency {name} at a fixed rate ({workload}), ferry / Envoy"),

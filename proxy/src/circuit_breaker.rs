@@ -24,6 +24,7 @@ use crate::cluster::{CircuitBreakers, Thresholds, UpstreamError};
 use crate::error::ResponseFlag;
 use crate::http_connection_manager::local_reply;
 use crate::retry::{RatioBudget, RetryBudget};
+use crate::stats::{Gauge, Store};
 
 /// A resource a circuit breaker counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +51,9 @@ pub struct CircuitBreaker {
     connection_released: tokio::sync::Notify,
     /// `per_host_thresholds[].max_connections`: connections per host (the pools enforce it).
     per_host_max_connections: Option<u64>,
+    /// Envoy's `circuit_breakers.<priority>.{cx,rq_pending,rq,rq_retry}_open` gauges, by
+    /// [`Resource`]: 1 while the resource is at its limit.
+    open: Option<[Arc<Gauge>; 4]>,
 }
 
 impl CircuitBreaker {
@@ -77,6 +81,29 @@ impl CircuitBreaker {
             counts: Default::default(),
             connection_released: tokio::sync::Notify::new(),
             per_host_max_connections: None,
+            open: None,
+        }
+    }
+
+    /// Reports the `*_open` gauges as `cluster.<stat_name>.circuit_breakers.<priority>.*`.
+    pub fn with_open_gauges(mut self, store: &Store, stat_name: &str, priority: &str) -> Self {
+        let gauge = |name: &str| {
+            store.gauge(format!(
+                "cluster.{stat_name}.circuit_breakers.{priority}.{name}"
+            ))
+        };
+        self.open = Some([
+            gauge("cx_open"),
+            gauge("rq_pending_open"),
+            gauge("rq_open"),
+            gauge("rq_retry_open"),
+        ]);
+        self
+    }
+
+    fn set_open(&self, resource: Resource, open: bool) {
+        if let Some(gauges) = &self.open {
+            gauges[resource as usize].set(i64::from(open));
         }
     }
 
@@ -100,7 +127,10 @@ impl CircuitBreaker {
     /// connection at all when other hosts hold every `max_connections` unit, so its pending
     /// requests are not stranded.
     pub fn force_acquire(self: &Arc<Self>, resource: Resource) -> Guard {
-        self.counts[resource as usize].fetch_add(1, Ordering::AcqRel);
+        let n = self.counts[resource as usize].fetch_add(1, Ordering::AcqRel);
+        if n + 1 >= self.limits[resource as usize] {
+            self.set_open(resource, true);
+        }
         Guard {
             breaker: Arc::clone(self),
             resource,
@@ -113,11 +143,22 @@ impl CircuitBreaker {
     }
 
     fn try_increment(&self, resource: Resource, limit: u64) -> bool {
-        self.counts[resource as usize]
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+        let taken =
+            self.counts[resource as usize].fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < limit).then_some(n + 1)
-            })
-            .is_ok()
+            });
+        match taken {
+            Ok(n) => {
+                if n + 1 >= limit {
+                    self.set_open(resource, true);
+                }
+                true
+            }
+            Err(_) => {
+                self.set_open(resource, true);
+                false
+            }
+        }
     }
 
     /// Takes one unit of `resource` (not retries: use [`Self::try_acquire_retry`]); overflow is
@@ -179,7 +220,13 @@ pub struct Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        self.breaker.counts[self.resource as usize].fetch_sub(1, Ordering::AcqRel);
+        let breaker = &self.breaker;
+        let before = breaker.counts[self.resource as usize].fetch_sub(1, Ordering::AcqRel);
+        // A retry budget's limit moves with the load: any release reopens it.
+        let dynamic = self.resource == Resource::Retries && breaker.budget.is_some();
+        if dynamic || before.saturating_sub(1) < breaker.limits[self.resource as usize] {
+            breaker.set_open(self.resource, false);
+        }
         if self.resource == Resource::Connections {
             self.breaker.connection_released.notify_waiters();
         }
@@ -237,8 +284,18 @@ impl Default for CircuitBreakerSet {
     }
 }
 
-impl From<&CircuitBreakers> for CircuitBreakerSet {
-    fn from(cb: &CircuitBreakers) -> Self {
+impl CircuitBreakerSet {
+    /// The breaker for a route's priority (`false` = DEFAULT).
+    pub fn for_priority(&self, high: bool) -> &Arc<CircuitBreaker> {
+        if high { &self.high } else { &self.default }
+    }
+
+    /// The breakers of `cb` reporting their `*_open` gauges for cluster `stat_name`.
+    pub fn with_stats(cb: &CircuitBreakers, store: &Store, stat_name: &str) -> Self {
+        Self::build(cb, Some((store, stat_name)))
+    }
+
+    fn build(cb: &CircuitBreakers, stats: Option<(&Store, &str)>) -> Self {
         let find = |high: bool| {
             cb.thresholds
                 .iter()
@@ -247,10 +304,16 @@ impl From<&CircuitBreakers> for CircuitBreakerSet {
                 .unwrap_or_else(|| Thresholds::envoy_default(high))
         };
         let breaker = |high: bool| {
-            Arc::new(
-                CircuitBreaker::new(&find(high))
-                    .with_per_host_max_connections(cb.per_host_max_connections),
-            )
+            let breaker = CircuitBreaker::new(&find(high))
+                .with_per_host_max_connections(cb.per_host_max_connections);
+            Arc::new(match stats {
+                Some((store, stat_name)) => breaker.with_open_gauges(
+                    store,
+                    stat_name,
+                    if high { "high" } else { "default" },
+                ),
+                None => breaker,
+            })
         };
         Self {
             default: breaker(false),
@@ -259,10 +322,9 @@ impl From<&CircuitBreakers> for CircuitBreakerSet {
     }
 }
 
-impl CircuitBreakerSet {
-    /// The breaker for a route's priority (`false` = DEFAULT).
-    pub fn for_priority(&self, high: bool) -> &Arc<CircuitBreaker> {
-        if high { &self.high } else { &self.default }
+impl From<&CircuitBreakers> for CircuitBreakerSet {
+    fn from(cb: &CircuitBreakers) -> Self {
+        Self::build(cb, None)
     }
 }
 
@@ -373,6 +435,28 @@ mod tests {
             .to_bytes();
         assert_eq!(&bytes[..], b"abc");
         assert_eq!(cb.active(Resource::Requests), 0);
+    }
+
+    #[test]
+    fn open_gauges_follow_the_limits() {
+        let store = Store::default();
+        let cb = CircuitBreakers {
+            thresholds: vec![thresholds(2, 3)],
+            per_host_max_connections: None,
+        };
+        let set = CircuitBreakerSet::with_stats(&cb, &store, "svc");
+        let rq_open = store.gauge("cluster.svc.circuit_breakers.default.rq_open");
+        let breaker = set.for_priority(false);
+        let a = breaker.try_acquire(Resource::Requests).expect("first");
+        assert_eq!(rq_open.get(), 0);
+        let _b = breaker.try_acquire(Resource::Requests).expect("second");
+        assert_eq!(rq_open.get(), 1, "at the limit");
+        assert!(breaker.try_acquire(Resource::Requests).is_err());
+        assert_eq!(rq_open.get(), 1);
+        drop(a);
+        assert_eq!(rq_open.get(), 0, "below the limit again");
+        let high = store.gauge("cluster.svc.circuit_breakers.high.rq_open");
+        assert_eq!(high.get(), 0);
     }
 
     #[test]

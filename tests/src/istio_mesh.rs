@@ -108,7 +108,8 @@ impl ControlPlane {
             .unwrap_or_default()
     }
 
-    fn running(&self) -> &app::Running {
+    /// The running control plane (its registry of connected proxies, its addresses).
+    pub fn running(&self) -> &app::Running {
         self.running.as_ref().expect("running until dropped")
     }
 }

@@ -154,6 +154,7 @@ async fn requests_beyond_max_requests_get_an_immediate_503_uo_while_the_rest_suc
         assert_overflow(&send(addr, Method::GET, Bytes::new()).await);
     }
     assert_eq!(counter(&proxy, "svc", "upstream_rq_pending_overflow"), 4);
+    assert_eq!(gauge(&proxy, "svc", "circuit_breakers.default.rq_open"), 1);
     gate.open();
     for h in held {
         let reply = h.await.unwrap();
@@ -165,6 +166,10 @@ async fn requests_beyond_max_requests_get_an_immediate_503_uo_while_the_rest_suc
         3,
         "overflowed requests never reached the upstream"
     );
+    poll_until("the breaker closed", PATIENCE, || async {
+        (gauge(&proxy, "svc", "circuit_breakers.default.rq_open") == 0).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -319,6 +319,8 @@ struct Overflowed {
     held: Vec<u16>,
     /// Requests that reached the upstream.
     arrived: usize,
+    /// `circuit_breakers.default.{cx_open, rq_pending_open}` while both were held.
+    open: (Option<i64>, Option<i64>),
 }
 
 async fn overflow(kind: Proxy, net: u8) -> Option<Overflowed> {
@@ -343,6 +345,11 @@ async fn overflow(kind: Proxy, net: u8) -> Option<Overflowed> {
         (sidecar.stat(&pending).await == Some(1)).then_some(())
     })
     .await;
+    let breaker = |name: &str| format!("cluster.{CLUSTER}.circuit_breakers.default.{name}");
+    let open = (
+        sidecar.stat(&breaker("cx_open")).await,
+        sidecar.stat(&breaker("rq_pending_open")).await,
+    );
     let mut overflow = Vec::new();
     for _ in 0..3 {
         let reply = sidecar.get(AUTHORITY, "/").await;
@@ -355,6 +362,7 @@ async fn overflow(kind: Proxy, net: u8) -> Option<Overflowed> {
         overflow,
         held,
         arrived: gate.arrived(),
+        open,
     })
 }
 
@@ -370,6 +378,7 @@ async fn connection_pool_overflow_like_envoy() {
             overflow: vec![(503, Some("true".into())); 3],
             held: vec![200, 200],
             arrived: 2,
+            open: (Some(1), Some(1)),
         }
     );
     assert_eq!(ferry, envoy);

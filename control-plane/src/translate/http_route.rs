@@ -368,13 +368,15 @@ fn action(
         ));
     }
     let timeout = http.timeout.map(|d| d.get());
-    // Only `timeout`: Istio adds the deprecated `max_grpc_timeout` (capping a gRPC client's
-    // `grpc-timeout` header), which ferry-proxy refuses so far. Its replacement,
-    // `max_stream_duration`, is no substitute: its mere presence makes Envoy's router ignore
-    // `timeout` (the stream duration bounds the request instead, answered "downstream duration
-    // timeout" rather than UT). So a `grpc-timeout` header is ignored and the route timeout
-    // applies, as Envoy does without `max_grpc_timeout`.
+    // As Istio's `setTimeout` for sidecars: `timeout` (0s = none) and the deprecated
+    // `max_grpc_timeout` set to the same value, so a gRPC client's `grpc-timeout` header is
+    // honoured up to the route's timeout. Not `max_stream_duration`: its mere presence makes
+    // Envoy's router ignore `timeout` ("downstream duration timeout" instead of UT).
     action.timeout = Some(duration(timeout.unwrap_or_default()));
+    #[allow(deprecated)]
+    {
+        action.max_grpc_timeout = action.timeout;
+    }
     // Consistent hashing applies when one destination carries it.
     let mut hashed = false;
     if let [(_, only)] = destinations.as_slice() {

@@ -92,7 +92,11 @@ impl Cluster {
             original_dst,
             assignment: Mutex::new(None),
             warm,
-            breakers: CircuitBreakerSet::from(&config.circuit_breakers),
+            breakers: CircuitBreakerSet::with_stats(
+                &config.circuit_breakers,
+                store,
+                &config.stat_name,
+            ),
             outlier: config
                 .outlier_detection
                 .clone()

@@ -32,16 +32,6 @@ pub struct DrainSignals {
     pub retired: watch::Receiver<bool>,
 }
 
-impl DrainSignals {
-    /// Signals that never fire (a connection nothing will drain).
-    pub fn never() -> Self {
-        Self {
-            shutdown: watch::channel(false).1,
-            retired: watch::channel(false).1,
-        }
-    }
-}
-
 /// A connection's drain state, shared by its request service and its serve loop.
 #[derive(Debug, Default)]
 pub struct ConnectionDrain {

@@ -7,7 +7,7 @@ use xds_proto::envoy::config::route::v3 as route_pb;
 
 use super::header_mutation::HeaderMutation;
 use super::matcher::{Regex, RequestHead};
-use super::max_stream_duration::MaxStreamDuration;
+use super::max_stream_duration::{MaxGrpcTimeout, MaxStreamDuration, is_grpc};
 use super::{Invalid, duration};
 use crate::retry::RetryPolicy;
 
@@ -91,6 +91,9 @@ pub struct Forward {
     pub websocket: Option<bool>,
     /// `max_stream_duration`: the stream's limit, possibly from a `grpc-timeout` header.
     pub max_stream_duration: MaxStreamDuration,
+    /// The deprecated `max_grpc_timeout` / `grpc_timeout_offset` pair, which Istio still puts
+    /// on every sidecar route: for gRPC requests it replaces `timeout`.
+    pub max_grpc_timeout: Option<MaxGrpcTimeout>,
     /// The route's retry policy (`None`: the virtual host's, if any).
     pub retry_policy: Option<RetryPolicy>,
     /// `request_mirror_policies`: shadow copies to other clusters.
@@ -206,10 +209,17 @@ pub(crate) fn forward(a: &route_pb::RouteAction, field: &str) -> Result<Forward,
     refuse_if(a.max_internal_redirects.is_some(), "max_internal_redirects")?;
     refuse_if(a.hedge_policy.is_some(), "hedge_policy")?;
     #[allow(deprecated)]
-    {
-        refuse_if(a.max_grpc_timeout.is_some(), "max_grpc_timeout")?;
-        refuse_if(a.grpc_timeout_offset.is_some(), "grpc_timeout_offset")?;
-    }
+    let max_grpc_timeout = match &a.max_grpc_timeout {
+        Some(max) => Some(MaxGrpcTimeout {
+            max: duration(max, &f("max_grpc_timeout"))?,
+            offset: a
+                .grpc_timeout_offset
+                .as_ref()
+                .map(|d| duration(d, &f("grpc_timeout_offset")))
+                .transpose()?,
+        }),
+        None => None,
+    };
     let max_stream_duration = a
         .max_stream_duration
         .as_ref()
@@ -273,6 +283,7 @@ pub(crate) fn forward(a: &route_pb::RouteAction, field: &str) -> Result<Forward,
         cluster_not_found_status,
         websocket,
         max_stream_duration,
+        max_grpc_timeout,
         high_priority: a.priority == 1,
         retry_policy: a
             .retry_policy
@@ -396,7 +407,11 @@ impl Forward {
     /// How long to wait for the upstream's response headers: the route `timeout` bounded by the
     /// `max_stream_duration` limit for these request headers; `None` = unbounded.
     pub fn response_timeout(&self, headers: &http::HeaderMap) -> Option<Duration> {
-        match (self.timeout, self.max_stream_duration.limit(headers)) {
+        let timeout = match &self.max_grpc_timeout {
+            Some(grpc) if is_grpc(headers) => grpc.timeout(headers),
+            _ => self.timeout,
+        };
+        match (timeout, self.max_stream_duration.limit(headers)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }

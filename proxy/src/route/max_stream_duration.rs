@@ -68,6 +68,46 @@ impl MaxStreamDuration {
     }
 }
 
+/// The deprecated `RouteAction.max_grpc_timeout` with its `grpc_timeout_offset`. Istio sets it on
+/// every sidecar route (to the VirtualService `timeout`, or `0s`), so refusing it would refuse
+/// Istio. For a gRPC request it replaces the route `timeout`, as Envoy's router computes it: the
+/// client's `grpc-timeout` (absent = infinite) less the offset, capped by `max` unless zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxGrpcTimeout {
+    /// `max_grpc_timeout`; zero = no cap.
+    pub max: Duration,
+    /// `grpc_timeout_offset`, subtracted from a `grpc-timeout` larger than it.
+    pub offset: Option<Duration>,
+}
+
+impl MaxGrpcTimeout {
+    /// The timeout for a gRPC request with `headers`; `None` = no timeout.
+    pub fn timeout(&self, headers: &HeaderMap) -> Option<Duration> {
+        let mut timeout = grpc_timeout(headers).unwrap_or(Duration::ZERO);
+        if let Some(offset) = self.offset
+            && timeout > offset
+        {
+            timeout -= offset;
+        }
+        if !self.max.is_zero() && (timeout.is_zero() || timeout > self.max) {
+            timeout = self.max;
+        }
+        Some(timeout).filter(|t| !t.is_zero())
+    }
+}
+
+/// Whether the request is gRPC (`content-type: application/grpc...`), as Envoy decides it.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.strip_prefix("application/grpc").is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with('+') || rest.starts_with(';')
+            })
+        })
+}
+
 /// Parses a `grpc-timeout` header (gRPC over HTTP/2: at most 8 ASCII digits and a unit
 /// `H M S m u n`); a malformed value counts as absent, as in Envoy.
 pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
@@ -198,5 +238,58 @@ mod tests {
         };
         let err = MaxStreamDuration::from_proto(&negative, "r").unwrap_err();
         assert!(err.field.ends_with("grpc_timeout_header_offset"), "{err:?}");
+    }
+
+    fn grpc(value: Option<&'static str>) -> HeaderMap {
+        let mut h = headers(value);
+        h.insert("content-type", HeaderValue::from_static("application/grpc"));
+        h
+    }
+
+    #[test]
+    fn max_grpc_timeout_follows_envoys_router() {
+        let capped = MaxGrpcTimeout {
+            max: S(2),
+            offset: None,
+        };
+        assert_eq!(
+            capped.timeout(&grpc(None)),
+            Some(S(2)),
+            "absent header: the cap"
+        );
+        assert_eq!(capped.timeout(&grpc(Some("1S"))), Some(S(1)));
+        assert_eq!(capped.timeout(&grpc(Some("5S"))), Some(S(2)));
+        let uncapped = MaxGrpcTimeout {
+            max: Duration::ZERO,
+            offset: Some(Duration::from_millis(500)),
+        };
+        assert_eq!(
+            uncapped.timeout(&grpc(None)),
+            None,
+            "Istio's 0s: no timeout"
+        );
+        assert_eq!(
+            uncapped.timeout(&grpc(Some("3S"))),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(
+            uncapped.timeout(&grpc(Some("100m"))),
+            Some(Duration::from_millis(100)),
+            "offset only when smaller"
+        );
+    }
+
+    #[test]
+    fn grpc_requests_are_recognised_by_content_type() {
+        for (ct, want) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("application/grpc-web", false),
+            ("application/json", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("content-type", HeaderValue::from_static(ct));
+            assert_eq!(is_grpc(&h), want, "{ct}");
+        }
     }
 }
