@@ -173,6 +173,9 @@ pub struct Memory {
     pub idle: ProcSample,
     /// After all rounds (its `peak_rss_kib` is the peak under load).
     pub end: ProcSample,
+    /// Whether the peak was reset after start-up (`idle.peak_rss_kib` is then start-up's peak
+    /// and `end.peak_rss_kib` the peak under load alone).
+    pub peak_reset: bool,
 }
 
 /// Everything a run measured.
@@ -209,9 +212,16 @@ pub async fn run(config: &Config) -> Result<Results, HarnessError> {
         // Memory is per proxy: series paths run the same proxies twice.
         let single = subject.pid().filter(|_| !subject.kind().is_series());
         if let Some(idle) = single.and_then(measure::sample) {
-            results
-                .memory
-                .insert(subject.kind(), Memory { idle, end: idle });
+            // From here on `VmHWM` is the peak under load; start-up's is `idle.peak_rss_kib`.
+            let reset = single.is_some_and(measure::reset_peak);
+            results.memory.insert(
+                subject.kind(),
+                Memory {
+                    idle,
+                    end: idle,
+                    peak_reset: reset,
+                },
+            );
         }
     }
     for round in 0..config.rounds {

@@ -26,6 +26,14 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// Resets `pid`'s `VmHWM` to its current RSS (`echo 5 > /proc/PID/clear_refs`), so the next
+/// peak read is the peak since now: the peak under load, not start-up's transient peak
+/// (ferry-proxy decodes Envoy's descriptors to read a YAML bootstrap, then frees them). Applied to
+/// every proxy alike; `false` if the kernel refused (the peak then includes start-up).
+pub fn reset_peak(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
 /// The summed resource use of `pids` (the proxies of one path); `None` if any is unreadable.
 pub fn sample_all(pids: &[u32]) -> Option<ProcSample> {
     if pids.is_empty() {

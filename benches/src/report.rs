@@ -217,9 +217,9 @@ fn render_memory(out: &mut String, results: &Results) {
     let _ = writeln!(out, "\n### Memory\n");
     let _ = writeln!(
         out,
-        "| proxy | RSS idle | peak RSS (under load) | idle vs Envoy | peak vs Envoy |"
+        "| proxy | RSS idle | peak RSS (under load) | idle vs Envoy | peak vs Envoy | start-up peak |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
     let envoy = results.memory.get(&PathKind::Envoy);
     for (path, memory) in &results.memory {
         let ratio = |pick: fn(&crate::harness::Memory) -> u64| {
@@ -229,11 +229,16 @@ fn render_memory(out: &mut String, results: &Results) {
         };
         let _ = writeln!(
             out,
-            "| {path} | {:.1} MiB | {:.1} MiB | {} | {} |",
+            "| {path} | {:.1} MiB | {:.1} MiB | {} | {} | {} |",
             memory.idle.rss_kib as f64 / 1024.0,
             memory.end.peak_rss_kib as f64 / 1024.0,
             ratio(|m| m.idle.rss_kib),
             ratio(|m| m.end.peak_rss_kib),
+            if memory.peak_reset {
+                format!("{:.1} MiB", memory.idle.peak_rss_kib as f64 / 1024.0)
+            } else {
+                "(included)".into()
+            },
         );
     }
 }
@@ -307,6 +312,7 @@ mod tests {
                 peak_rss_kib: kib * 2,
                 cpu: Duration::ZERO,
             },
+            peak_reset: true,
         };
         results.memory.insert(PathKind::Envoy, memory(40 * 1024));
         results.memory.insert(PathKind::Ferry, memory(10 * 1024));
