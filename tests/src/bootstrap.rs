@@ -10,6 +10,12 @@ use std::net::SocketAddr;
 /// `name`) has an inline route_config with one virtual host for every domain; `routes` is the
 /// virtual host's `routes` as a YAML flow sequence (`[{ match: ..., route: ... }]`).
 pub fn http_listener(name: &str, routes: &str) -> String {
+    http_listener_with(name, "", routes)
+}
+
+/// [`http_listener`] with more virtual host fields: `vhost_fields` are YAML flow-mapping
+/// entries, each followed by a comma (`"include_request_attempt_count: true, "`).
+pub fn http_listener_with(name: &str, vhost_fields: &str, routes: &str) -> String {
     format!(
         r#"
   - name: {name}
@@ -23,7 +29,7 @@ pub fn http_listener(name: &str, routes: &str) -> String {
           http_filters: [{{ name: envoy.filters.http.router, typed_config: {{ '@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}]
           route_config:
             name: {name}
-            virtual_hosts: [{{ name: all, domains: ["*"], routes: {routes} }}]"#
+            virtual_hosts: [{{ name: all, domains: ["*"], {vhost_fields}routes: {routes} }}]"#
     )
 }
 

@@ -20,9 +20,6 @@ use ferry_tests::poll::{PATIENCE, poll_until};
 use ferry_tests::upstream::{Behaviour, Chaos, Upstream};
 use http::{Method, StatusCode};
 
-const HCM: &str = "'@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
-const ROUTER: &str = "http_filters: [{ name: envoy.filters.http.router, typed_config: { '@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }]";
-
 /// A STATIC cluster `name` over `endpoints` with `extra` fields (breakers...).
 fn cluster(name: &str, endpoints: &[SocketAddr], extra: &str) -> String {
     let lb_endpoints: Vec<String> = endpoints
@@ -63,24 +60,10 @@ fn bootstrap_with_routes(routes: &str, clusters: &[String]) -> String {
     format!(
         r#"
 static_resources:
-  listeners:
-  - name: http
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          {HCM}
-          stat_prefix: http
-          {ROUTER}
-          route_config:
-            name: local
-            virtual_hosts:
-            - name: svc
-              domains: ["*"]
-              routes: [{routes}]
+  listeners:{listener}
   clusters:{clusters}
 "#,
+        listener = ferry_tests::bootstrap::http_listener_with("http", "", &format!("[{routes}]")),
         clusters = clusters.concat()
     )
 }
@@ -315,7 +298,7 @@ async fn a_body_over_the_buffer_limit_is_not_mirrored() {
     )
     .replace(
         "routes: [{ match",
-        "per_request_buffer_limit_bytes: 16\n              routes: [{ match",
+        "per_request_buffer_limit_bytes: 16, routes: [{ match",
     );
     let (proxy, addr) = start(&yaml).await;
     let large = Bytes::from(vec![b'x'; 100]);

@@ -21,9 +21,6 @@ use ferry_tests::net::{self, Protocol};
 use ferry_tests::upstream::{Behaviour, Chaos};
 use http::{Method, StatusCode};
 
-const HCM: &str = "'@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
-const ROUTER: &str = "http_filters: [{ name: envoy.filters.http.router, typed_config: { '@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }]";
-
 fn endpoints(addrs: &[SocketAddr]) -> String {
     addrs
         .iter()
@@ -42,22 +39,7 @@ fn bootstrap(addrs: &[SocketAddr], outlier: &str, panic_threshold: u32) -> Strin
     format!(
         r#"
 static_resources:
-  listeners:
-  - name: http
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          {HCM}
-          stat_prefix: http
-          {ROUTER}
-          route_config:
-            name: local
-            virtual_hosts:
-            - name: svc
-              domains: ["*"]
-              routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: svc, timeout: 0s }} }}]
+  listeners:{listener}
   clusters:
   - name: svc
     type: STATIC
@@ -69,6 +51,11 @@ static_resources:
       cluster_name: svc
       endpoints: [{{ lb_endpoints: [{endpoints}] }}]
 "#,
+        listener = ferry_tests::bootstrap::http_listener_with(
+            "http",
+            "",
+            r#"[{ match: { prefix: "/" }, route: { cluster: svc, timeout: 0s } }]"#
+        ),
         endpoints = endpoints(addrs)
     )
 }

@@ -18,8 +18,6 @@ use ferry_tests::upstream::{Behaviour, Chaos};
 use futures::StreamExt;
 use http::{Method, StatusCode};
 
-const HCM: &str = "'@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
-const ROUTER: &str = "http_filters: [{ name: envoy.filters.http.router, typed_config: { '@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }]";
 const PREVIOUS_HOSTS: &str = "retry_host_predicate: [{ name: envoy.retry_host_predicates.previous_hosts, typed_config: { '@type': type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate } }], host_selection_retry_max_attempts: 5";
 
 /// A route on `prefix` to cluster `svc` with `extra` route-action fields (e.g. a retry policy).
@@ -44,24 +42,7 @@ fn bootstrap(routes: &[String], endpoints: &[SocketAddr], cluster_extra: &str) -
     format!(
         r#"
 static_resources:
-  listeners:
-  - name: http
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          {HCM}
-          stat_prefix: http
-          {ROUTER}
-          route_config:
-            name: local
-            virtual_hosts:
-            - name: svc
-              domains: ["*"]
-              include_request_attempt_count: true
-              include_attempt_count_in_response: true
-              routes: [{routes}]
+  listeners:{listener}
   clusters:
   - name: svc
     type: STATIC
@@ -72,7 +53,11 @@ static_resources:
       cluster_name: svc
       endpoints: [{{ lb_endpoints: [{lb_endpoints}] }}]
 "#,
-        routes = routes.join(", "),
+        listener = ferry_tests::bootstrap::http_listener_with(
+            "http",
+            "include_request_attempt_count: true, include_attempt_count_in_response: true, ",
+            &format!("[{}]", routes.join(", "))
+        ),
         lb_endpoints = lb_endpoints.join(", "),
     )
 }
