@@ -184,3 +184,24 @@ fn an_unknown_root_message_is_named() {
         "unknown message type envoy.config.bootstrap.v3.Bootstrap"
     );
 }
+
+#[test]
+fn the_embedded_set_is_lean_and_complete() {
+    use prost_types::FileDescriptorSet;
+    let checked_in_bytes = include_bytes!("../descriptors/envoy-types-0.7.7.bin");
+    let checked_in = FileDescriptorSet::decode(&checked_in_bytes[..]).unwrap();
+    let lean = FileDescriptorSet::decode(descriptor_set()).unwrap();
+    assert!(
+        checked_in.file.iter().any(|f| f.source_code_info.is_some()),
+        "the checked-in set carries source info"
+    );
+    assert!(lean.file.iter().all(|f| f.source_code_info.is_none()));
+    let names = |set: &FileDescriptorSet| {
+        set.file
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&lean), names(&checked_in));
+    assert!(descriptor_set().len() * 4 < checked_in_bytes.len());
+}
