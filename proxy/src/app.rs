@@ -160,9 +160,11 @@ impl Running {
         self.listeners.listener_addr(name)
     }
 
-    /// Stops accepting, lets in-flight requests finish for up to `drain_time`, then returns.
+    /// Stops accepting, lets in-flight requests finish for up to `drain_time`, then returns;
+    /// `tcp_proxy` connections are closed when `drain_time` ends.
     pub async fn shutdown(self, drain_time: Duration) {
         self.tracker.set_draining();
+        self.listeners.set_drain_time(drain_time);
         self.listeners.drain_all();
         if tokio::time::timeout(drain_time, self.listeners.wait_idle())
             .await

@@ -358,3 +358,35 @@ async fn tcp_proxy_connections_close_when_their_listener_drain_time_ends() {
         "closed before the drain time"
     );
 }
+
+/// Shutting down drains `tcp_proxy` connections too: they are closed when the shutdown's drain
+/// time ends (not the listeners' drain time set before), so the proxy goes idle and exits.
+#[tokio::test]
+async fn shutdown_closes_tcp_proxy_connections_when_its_drain_time_ends() {
+    use tokio::time::{Duration, Instant};
+    let echo_upstream = Upstream::tcp_echo("echo").await.expect("echo upstream");
+    let yaml = bootstrap::static_resources(
+        &[tcp_listener_yaml("v1")],
+        &[bootstrap::static_cluster("echo", echo_upstream.addr)],
+    );
+    let proxy = app::start(xds_proto::json::from_yaml_str(&yaml).expect("bootstrap parses"))
+        .await
+        .expect("proxy starts");
+    proxy.listeners.set_drain_time(Duration::from_secs(3600));
+    let mut stream = tokio::net::TcpStream::connect(proxy.listener_addr("tcp").expect("bound"))
+        .await
+        .expect("connect");
+    echo(&mut stream, "one").await;
+    let listeners = proxy.listeners.clone();
+    let drain_time = Duration::from_millis(300);
+    let started = Instant::now();
+    proxy.shutdown(drain_time).await;
+    until_closed(&mut stream, "the tcp_proxy connection at shutdown").await;
+    assert!(
+        started.elapsed() >= drain_time,
+        "closed before the drain time"
+    );
+    tokio::time::timeout(PATIENCE, listeners.wait_idle())
+        .await
+        .expect("no connection left");
+}
