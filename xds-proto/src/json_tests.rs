@@ -205,3 +205,23 @@ fn the_embedded_set_is_lean_and_complete() {
     assert_eq!(names(&lean), names(&checked_in));
     assert!(descriptor_set().len() * 4 < checked_in_bytes.len());
 }
+
+#[test]
+fn an_any_at_the_root_serializes_the_same_through_minimal_pools() {
+    let bootstrap: Bootstrap = from_value_in(&pool(), yaml(ISTIO_BOOTSTRAP)).unwrap();
+    let listener = &bootstrap.static_resources.as_ref().unwrap().listeners[0];
+    let any = crate::any::pack(listener);
+    let name = crate::google::protobuf::Any::full_name();
+    let bytes = any.encode_to_vec();
+    let minimal = to_value_minimal(&name, &bytes).unwrap();
+    assert_eq!(minimal, to_value_in(&pool(), &name, &bytes).unwrap());
+    assert_eq!(
+        minimal["@type"],
+        "type.googleapis.com/envoy.config.listener.v3.Listener"
+    );
+    assert_eq!(
+        minimal["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]["typed_config"]
+            ["@type"],
+        ROUTER
+    );
+}
