@@ -46,6 +46,7 @@ fn http_service(name: &str, vip: &str, endpoints: Vec<Endpoint>) -> Service {
         }],
         resolution: Resolution::Static,
         mesh_external: false,
+        export_to: Vec::new(),
         endpoints,
     }
 }
@@ -450,4 +451,59 @@ fn rules_not_exported_to_the_proxy_namespace_do_not_apply_to_it() {
     let (lb, timeout) = lb_and_timeout(&elsewhere);
     assert_eq!(lb, json!("LEAST_REQUEST"));
     assert_ne!(timeout, json!("7s"));
+}
+
+#[test]
+fn services_not_exported_to_the_proxy_namespace_are_invisible_to_it() {
+    let mut model = bookinfo();
+    let mut export = |host: &str, to: &[&str]| {
+        let service = model
+            .services
+            .get_mut(&format!("{host}.default.svc.cluster.local"))
+            .unwrap();
+        service.export_to = to.iter().map(|e| e.to_string()).collect();
+    };
+    export("reviews", &["."]);
+    export("ratings", &["web"]);
+    export("productpage", &["~"]);
+    let in_default = productpage();
+    let mut in_web = productpage();
+    in_web.namespace = "web".into();
+    in_web.id = "sidecar~10.1.0.10~productpage-v1.web~web.svc.cluster.local".into();
+
+    let clusters = |proxy: &ProxyNode| {
+        let out = generate(&model, proxy, &Options::default());
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        let mut names: Vec<String> = out
+            .clusters
+            .iter()
+            .map(|c| c.name.clone())
+            .chain(
+                out.endpoints
+                    .iter()
+                    .map(|e| format!("eds {}", e.cluster_name)),
+            )
+            .filter(|n| n.contains("|9080|"))
+            .collect();
+        names.sort();
+        names
+    };
+    // `.`: its own namespace only; `web`: that namespace only (not even its own); `~`: nobody,
+    // though the workload behind it still gets its inbound cluster.
+    assert_eq!(
+        clusters(&in_default),
+        [
+            "eds outbound|9080||reviews.default.svc.cluster.local",
+            "inbound|9080||",
+            "outbound|9080||reviews.default.svc.cluster.local",
+        ]
+    );
+    assert_eq!(
+        clusters(&in_web),
+        [
+            "eds outbound|9080||ratings.default.svc.cluster.local",
+            "inbound|9080||",
+            "outbound|9080||ratings.default.svc.cluster.local",
+        ]
+    );
 }
