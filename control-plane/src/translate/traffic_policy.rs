@@ -202,12 +202,14 @@ pub fn apply(
         }
     }
     if let Some(budget) = &policy.retry_budget {
+        // As Istio's `applyRetryBudget`: `budgetInterval` goes to Envoy as is, without a default
+        // (Envoy's 0s: only in-flight requests count).
         thresholds.retry_budget = Some(EnvoyRetryBudget {
             budget_percent: Some(Percent {
                 value: budget.percent.unwrap_or(20.0),
             }),
             min_retry_concurrency: Some(u32_value(budget.min_retry_concurrency.unwrap_or(3))),
-            ..Default::default()
+            budget_interval: budget.budget_interval.map(|d| duration(d.get())),
         });
     }
     cluster.circuit_breakers = Some(CircuitBreakers {
