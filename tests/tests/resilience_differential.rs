@@ -14,8 +14,8 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
-use ferry_tests::istio_mesh::{ControlPlane, Proxy, Sidecar, client_pod, service_entry};
 use ferry_tests::poll::{PATIENCE, poll_until};
+use ferry_tests::scenarios::{ControlPlane, Sidecar, SidecarKind, client_pod, service_entry};
 use ferry_tests::upstream::{Behaviour, Chaos, Upstream};
 use http::StatusCode;
 
@@ -54,7 +54,7 @@ struct Run {
     upstreams: Vec<Chaos>,
 }
 
-async fn run(kind: Proxy, net: u8, n: usize, vs: &str, dr: &str) -> Option<Run> {
+async fn run(kind: SidecarKind, net: u8, n: usize, vs: &str, dr: &str) -> Option<Run> {
     let mut upstreams = Vec::new();
     for i in 0..n {
         upstreams.push(Chaos::start(&format!("u{i}"), Behaviour::Ok).await.unwrap());
@@ -62,7 +62,7 @@ async fn run(kind: Proxy, net: u8, n: usize, vs: &str, dr: &str) -> Option<Run> 
     let addrs: Vec<SocketAddr> = upstreams.iter().map(|u| u.addr).collect();
     let ip = format!("127.0.{net}.10");
     let control = ControlPlane::start(&manifests(&ip, &addrs, vs, dr)).await;
-    let sidecar = Sidecar::start(kind, &control, &ip).await?;
+    let sidecar = Sidecar::client(kind, &control, &ip).await?;
     for addr in &addrs {
         sidecar.wait_endpoint(CLUSTER, *addr).await;
     }
@@ -115,7 +115,10 @@ async fn retry_scenario_with(
     script: impl Fn(&[Chaos]),
 ) -> Option<(Retried, Retried)> {
     let mut outcomes = Vec::new();
-    for (i, kind) in [Proxy::Envoy, Proxy::Ferry].into_iter().enumerate() {
+    for (i, kind) in [SidecarKind::Envoy, SidecarKind::Ferry]
+        .into_iter()
+        .enumerate()
+    {
         let run = run(kind, net + i as u8, n, vs, dr).await?;
         script(&run.upstreams);
         let reply = run.sidecar.get(AUTHORITY, "/").await;
@@ -248,7 +251,7 @@ struct Ejected {
     statuses: BTreeSet<u16>,
 }
 
-async fn ejection(kind: Proxy, net: u8) -> Option<Ejected> {
+async fn ejection(kind: SidecarKind, net: u8) -> Option<Ejected> {
     let dr = "{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 300s, maxEjectionPercent: 50}}";
     let run = run(kind, net, 3, "{}", dr).await?;
     let failing = &run.upstreams[1];
@@ -295,10 +298,12 @@ async fn ejection(kind: Proxy, net: u8) -> Option<Ejected> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_failing_endpoint_is_ejected_like_envoy() {
-    let Some(envoy) = ejection(Proxy::Envoy, 139).await else {
+    let Some(envoy) = ejection(SidecarKind::Envoy, 139).await else {
         return;
     };
-    let ferry = ejection(Proxy::Ferry, 140).await.expect("ferry-proxy runs");
+    let ferry = ejection(SidecarKind::Ferry, 140)
+        .await
+        .expect("ferry-proxy runs");
     assert_eq!(
         envoy,
         Ejected {
@@ -323,12 +328,12 @@ struct Overflowed {
     open: (Option<i64>, Option<i64>),
 }
 
-async fn overflow(kind: Proxy, net: u8) -> Option<Overflowed> {
+async fn overflow(kind: SidecarKind, net: u8) -> Option<Overflowed> {
     let (up, gate) = Upstream::gated("slow").await.unwrap();
     let ip = format!("127.0.{net}.10");
     let dr = "{connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}}";
     let control = ControlPlane::start(&manifests(&ip, &[up.addr], "{}", dr)).await;
-    let sidecar = std::sync::Arc::new(Sidecar::start(kind, &control, &ip).await?);
+    let sidecar = std::sync::Arc::new(Sidecar::client(kind, &control, &ip).await?);
     sidecar.wait_endpoint(CLUSTER, up.addr).await;
     let spawn = || {
         let s = sidecar.clone();
@@ -368,10 +373,12 @@ async fn overflow(kind: Proxy, net: u8) -> Option<Overflowed> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_pool_overflow_like_envoy() {
-    let Some(envoy) = overflow(Proxy::Envoy, 143).await else {
+    let Some(envoy) = overflow(SidecarKind::Envoy, 143).await else {
         return;
     };
-    let ferry = overflow(Proxy::Ferry, 144).await.expect("ferry-proxy runs");
+    let ferry = overflow(SidecarKind::Ferry, 144)
+        .await
+        .expect("ferry-proxy runs");
     assert_eq!(
         envoy,
         Overflowed {
@@ -392,7 +399,7 @@ struct Aborted {
     hits: usize,
 }
 
-async fn aborted(kind: Proxy, net: u8) -> Option<Aborted> {
+async fn aborted(kind: SidecarKind, net: u8) -> Option<Aborted> {
     let vs = "match: [{uri: {prefix: /grpc}}]\n    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}\n    route: [{destination: {host: ratings.mesh.test}}]\n  - fault: {abort: {httpStatus: 418, percentage: {value: 100}}}";
     let run = run(kind, net, 1, vs, "{}").await?;
     let http = run.sidecar.get(AUTHORITY, "/").await.status.as_u16();
@@ -419,10 +426,12 @@ async fn aborted(kind: Proxy, net: u8) -> Option<Aborted> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_aborts_like_envoy() {
-    let Some(envoy) = aborted(Proxy::Envoy, 145).await else {
+    let Some(envoy) = aborted(SidecarKind::Envoy, 145).await else {
         return;
     };
-    let ferry = aborted(Proxy::Ferry, 146).await.expect("ferry-proxy runs");
+    let ferry = aborted(SidecarKind::Ferry, 146)
+        .await
+        .expect("ferry-proxy runs");
     assert_eq!(
         envoy,
         Aborted {
@@ -437,7 +446,7 @@ async fn fault_aborts_like_envoy() {
 /// Upstream connections a proxy opened for five sequential requests with
 /// `maxRequestsPerConnection: 1`.
 /// `None` when the proxy is not available (Envoy outside CI).
-async fn connections_for_five(kind: Proxy, net: u8) -> Option<Option<i64>> {
+async fn connections_for_five(kind: SidecarKind, net: u8) -> Option<Option<i64>> {
     let run = run(
         kind,
         net,
@@ -458,10 +467,10 @@ async fn connections_for_five(kind: Proxy, net: u8) -> Option<Option<i64>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_requests_per_connection_like_envoy() {
-    let Some(envoy) = connections_for_five(Proxy::Envoy, 147).await else {
+    let Some(envoy) = connections_for_five(SidecarKind::Envoy, 147).await else {
         return;
     };
-    let ferry = connections_for_five(Proxy::Ferry, 148)
+    let ferry = connections_for_five(SidecarKind::Ferry, 148)
         .await
         .expect("ferry-proxy runs");
     assert_eq!(envoy, Some(5));
@@ -475,7 +484,7 @@ struct Mirrored {
     shadow: Vec<(String, Option<String>, bytes::Bytes)>,
 }
 
-async fn mirrored(kind: Proxy, net: u8) -> Option<Mirrored> {
+async fn mirrored(kind: SidecarKind, net: u8) -> Option<Mirrored> {
     let primary = Chaos::start("primary", Behaviour::Ok).await.unwrap();
     let shadow = Chaos::start("shadow", Behaviour::Hang).await.unwrap();
     let ip = format!("127.0.{net}.10");
@@ -486,7 +495,7 @@ async fn mirrored(kind: Proxy, net: u8) -> Option<Mirrored> {
         service_entry("shadow", "shadow.mesh.test", &[shadow.addr]),
     ));
     let control = ControlPlane::start(&manifests).await;
-    let sidecar = Sidecar::start(kind, &control, &ip).await?;
+    let sidecar = Sidecar::client(kind, &control, &ip).await?;
     sidecar.wait_endpoint(CLUSTER, primary.addr).await;
     sidecar
         .wait_endpoint("outbound|9080||shadow.mesh.test", shadow.addr)
@@ -520,10 +529,12 @@ async fn mirrored(kind: Proxy, net: u8) -> Option<Mirrored> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirroring_to_a_hanging_shadow_like_envoy() {
-    let Some(envoy) = mirrored(Proxy::Envoy, 149).await else {
+    let Some(envoy) = mirrored(SidecarKind::Envoy, 149).await else {
         return;
     };
-    let ferry = mirrored(Proxy::Ferry, 150).await.expect("ferry-proxy runs");
+    let ferry = mirrored(SidecarKind::Ferry, 150)
+        .await
+        .expect("ferry-proxy runs");
     assert_eq!(
         envoy,
         Mirrored {
@@ -559,13 +570,13 @@ async fn unresponsive() -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>)
 
 /// The status and `upstream_cx_connect_timeout` after one request to an endpoint that never
 /// completes the TCP handshake, with `connectTimeout: 0.2s`.
-async fn connect_timeout(kind: Proxy, net: u8) -> Option<(u16, Option<i64>)> {
+async fn connect_timeout(kind: SidecarKind, net: u8) -> Option<(u16, Option<i64>)> {
     let (listener, _held) = unresponsive().await;
     let addr = listener.local_addr().unwrap();
     let ip = format!("127.0.{net}.10");
     let dr = "{connectionPool: {tcp: {connectTimeout: 0.2s}}}";
     let control = ControlPlane::start(&manifests(&ip, &[addr], "{}", dr)).await;
-    let sidecar = Sidecar::start(kind, &control, &ip).await?;
+    let sidecar = Sidecar::client(kind, &control, &ip).await?;
     sidecar.wait_endpoint(CLUSTER, addr).await;
     let status = sidecar.get(AUTHORITY, "/").await.status.as_u16();
     let timeouts = sidecar
@@ -576,10 +587,10 @@ async fn connect_timeout(kind: Proxy, net: u8) -> Option<(u16, Option<i64>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_timeout_like_envoy() {
-    let Some(envoy) = connect_timeout(Proxy::Envoy, 151).await else {
+    let Some(envoy) = connect_timeout(SidecarKind::Envoy, 151).await else {
         return;
     };
-    let ferry = connect_timeout(Proxy::Ferry, 152)
+    let ferry = connect_timeout(SidecarKind::Ferry, 152)
         .await
         .expect("ferry-proxy runs");
     assert_eq!(

@@ -16,8 +16,8 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use ferry_tests::istio_mesh::{ControlPlane, Proxy, Sidecar, client_pod, service_entry};
 use ferry_tests::poll::{PATIENCE, poll_until};
+use ferry_tests::scenarios::{ControlPlane, Sidecar, SidecarKind, client_pod, service_entry};
 use ferry_tests::upstream::{Behaviour, Chaos, Upstream};
 use http::{Method, StatusCode};
 
@@ -68,7 +68,7 @@ async fn mesh(
     ];
     manifests.extend(extra.iter().cloned());
     let control = ControlPlane::start(&manifests).await;
-    let sidecar = Sidecar::start(Proxy::Ferry, &control, &ip)
+    let sidecar = Sidecar::client(SidecarKind::Ferry, &control, &ip)
         .await
         .expect("ferry-proxy is always available");
     for addr in upstreams {

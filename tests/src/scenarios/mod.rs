@@ -1,9 +1,16 @@
-//! One table of mesh scenarios that every sidecar ferry-control serves is held to: the real
-//! Envoy 1.40 (`tests/tests/envoy_interop_manifests.rs`) and ferry-proxy
+//! Istio meshes for tests: ferry-control (in-process, local mode) serving a temporary directory
+//! of manifests ([`ControlPlane`]), and sidecars it configures over ADS, the real Envoy 1.40 or
+//! the `ferry-proxy` binary behind one handle ([`Sidecar`]), started from the same bootstrap and
+//! read through the same admin API. Every Istio-YAML test builds on these two:
+//! `resilience_istio.rs` and `resilience_differential.rs` (a client pod and `ServiceEntry`s
+//! in front of chaos upstreams), and the Bookinfo table below.
+//!
+//! The Bookinfo table: one list of mesh steps every sidecar ferry-control serves is held to. The
+//! real Envoy (`tests/tests/envoy_interop_manifests.rs`) and ferry-proxy
 //! (`tests/tests/mesh_e2e.rs`) run the very same steps against the same manifests, so a
 //! difference between them is a failing test, not a matter of which test was written.
 //!
-//! The mesh: ferry-control in local mode serving a temporary directory of Istio and Kubernetes
+//! The Bookinfo mesh: ferry-control in local mode serving a temporary directory of Istio and Kubernetes
 //! manifests (Bookinfo's `reviews` with three versions as Pods on `127.0.N.2-4`, a
 //! DestinationRule with a subset per version, a VirtualService), real upstream servers on those
 //! pod addresses, and a sidecar for `productpage` on `127.0.N.10` connected over ADS
@@ -17,11 +24,13 @@
 //! a bad edit refused with a visible error while the served config stays as it was.
 
 mod bookinfo;
+mod control_plane;
 mod sidecar;
 
 pub use bookinfo::{
     Bookinfo, CANARY, NEGATIVE_WEIGHT, PROMOTED, Routing, VERSIONS, virtual_service,
 };
+pub use control_plane::{ControlPlane, client_pod, pod, service_entry};
 pub use sidecar::{Sidecar, SidecarKind};
 
 use std::collections::BTreeMap;
@@ -95,10 +104,11 @@ fn pinned(routing: Routing, user: Option<&str>) -> Option<&'static str> {
     }
 }
 
-/// Asserts `routing`'s behaviour through `sidecar`'s listener at `proxy`: the header match, the
-/// pinned or split default route, and the timeout (504, counted as the cluster's
-/// `upstream_rq_timeout`: response flag UT).
-pub async fn assert_routing(sidecar: &Sidecar, proxy: SocketAddr, routing: Routing) {
+/// Asserts `routing`'s behaviour through `sidecar`: the header match, the pinned or split
+/// default route, and the timeout (504, counted as the cluster's `upstream_rq_timeout`: response
+/// flag UT).
+pub async fn assert_routing(sidecar: &Sidecar, routing: Routing) {
+    let proxy = sidecar.outbound();
     for user in [Some("jason"), Some("mike"), None] {
         if let Some(want) = pinned(routing, user) {
             for _ in 0..STEADY_REQUESTS {
@@ -173,14 +183,14 @@ pub async fn run(kind: SidecarKind, api_type: &str, net: u8, reviews_sidecars: b
     assert_no_rejects(&sidecar).await;
 
     eprintln!("scenarios: every proxy ACKed; routing through the sidecar");
-    let proxy = sidecar.wait_listener("virtualOutbound").await;
+    let proxy = sidecar.outbound();
     poll_until("reviews through the sidecar", PATIENCE, || async {
         get(proxy, "/", Some(CANARY.user))
             .await
             .filter(|a| a.status == 200)
     })
     .await;
-    assert_routing(&sidecar, proxy, CANARY).await;
+    assert_routing(&sidecar, CANARY).await;
 
     // A live edit of the YAML, followed without restarting anything.
     eprintln!("scenarios: canary routing holds; editing the VirtualService");
@@ -200,7 +210,7 @@ pub async fn run(kind: SidecarKind, api_type: &str, net: u8, reviews_sidecars: b
         (mike.instance == "reviews-v2" && other.instance == "reviews-v3").then_some(())
     })
     .await;
-    assert_routing(&sidecar, proxy, PROMOTED).await;
+    assert_routing(&sidecar, PROMOTED).await;
 
     eprintln!("scenarios: the edit is followed; writing a bad edit");
     // A bad edit: refused with an error naming the file, the object and the field; the last
@@ -220,12 +230,10 @@ pub async fn run(kind: SidecarKind, api_type: &str, net: u8, reviews_sidecars: b
         route_version,
         "the served routes did not change"
     );
-    assert_routing(&sidecar, proxy, PROMOTED).await;
+    assert_routing(&sidecar, PROMOTED).await;
     assert_no_rejects(&sidecar).await;
-    for (_, other) in others {
-        other.stop().await;
-    }
-    sidecar.stop().await;
+    drop(others);
+    drop(sidecar);
     drop(mesh);
 }
 
