@@ -1,9 +1,9 @@
 //! Istio meshes for tests: ferry-control (in-process, local mode) serving a temporary directory
 //! of manifests ([`ControlPlane`]), and sidecars it configures over ADS, the real Envoy 1.40 or
 //! the `ferry-proxy` binary behind one handle ([`Sidecar`]), started from the same bootstrap and
-//! read through the same admin API. Every Istio-YAML test builds on these two:
-//! `resilience_istio.rs` and `resilience_differential.rs` (a client pod and `ServiceEntry`s
-//! in front of chaos upstreams), and the Bookinfo table below.
+//! read through the same admin API. Every Istio-YAML test builds on these two: the resilience
+//! scenarios' [`ratings`] mesh (a client pod and a `ServiceEntry` in front of chaos upstreams)
+//! and the Bookinfo table below.
 //!
 //! The Bookinfo table: one list of mesh steps every sidecar ferry-control serves is held to. The
 //! real Envoy (`tests/tests/envoy_interop_manifests.rs`) and ferry-proxy
@@ -25,6 +25,7 @@
 
 mod bookinfo;
 mod control_plane;
+pub mod ratings;
 mod sidecar;
 
 pub use bookinfo::{

@@ -128,22 +128,9 @@ impl Sidecar {
         poll_until(
             &format!("listener {name} on {:?}", self.kind),
             PATIENCE,
-            || self.listener_addr(name),
+            || envoy::admin_listener_addr(self.admin, name),
         )
         .await
-    }
-
-    async fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        let reply = self.admin_get("/listeners?format=json").await.ok()?;
-        let json: serde_json::Value = serde_json::from_slice(&reply.body).ok()?;
-        let status = json["listener_statuses"]
-            .as_array()?
-            .iter()
-            .find(|l| l["name"].as_str() == Some(name))?;
-        let socket = &status["local_address"]["socket_address"];
-        let ip = socket["address"].as_str()?.parse().ok()?;
-        let port = u16::try_from(socket["port_value"].as_u64()?).ok()?;
-        Some(SocketAddr::new(ip, port))
     }
 
     /// Sends one request for `http://{authority}{path}` through the sidecar's `virtualOutbound`.
