@@ -4,18 +4,11 @@
 //! without them silently would let a user believe a DENY policy or STRICT mTLS is in force, so
 //! each such object yields a [`ModelWarning`]: logged once, listed on `/debug/warnings` and
 //! counted in `ferry_config_unenforced_objects`.
-//!
-//! A DestinationRule's `retryBudget.budgetInterval` is the other case: ferry-control sends it
-//! to every sidecar as Envoy's `retry_budget.budget_interval`, as Istio's cluster builder does,
-//! and Envoy applies it; ferry-proxy does not implement it yet and refuses a cluster carrying it,
-//! so the rule is reported here rather than left to surprise a ferry-proxy user.
 
 use std::fmt;
 
 use super::{Model, Origin};
-use crate::api::DestinationRule;
 use crate::api::authorization_policy::Action;
-use crate::api::destination_rule::TrafficPolicy;
 
 /// An accepted object that is not enforced, with why.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -73,37 +66,8 @@ pub fn warnings(model: &Model) -> Vec<ModelWarning> {
             ),
         }
     }));
-    out.extend(model.destination_rules.iter().filter_map(|dr| {
-        let field = budget_interval_field(&dr.spec)?;
-        Some(ModelWarning {
-            origin: dr.origin.clone(),
-            kind: "DestinationRule",
-            name: format!("{}/{}", dr.namespace, dr.name),
-            reason: format!(
-                "{field} is sent to sidecars as Envoy's retry_budget.budget_interval, as \
-                         Istio does; Envoy applies it, but ferry-proxy does not implement it \
-                         yet and refuses (NACKs) the cluster update that carries it"
-            ),
-        })
-    }));
     out.sort();
     out
-}
-
-/// The first `retryBudget.budgetInterval` a DestinationRule sets, as a field path.
-fn budget_interval_field(dr: &DestinationRule) -> Option<String> {
-    let sets = |tp: &Option<TrafficPolicy>| {
-        tp.as_ref()
-            .and_then(|tp| tp.retry_budget.as_ref())
-            .is_some_and(|b| b.budget_interval.is_some())
-    };
-    if sets(&dr.traffic_policy) {
-        return Some("spec.trafficPolicy.retryBudget.budgetInterval".into());
-    }
-    dr.subsets.iter().enumerate().find_map(|(i, s)| {
-        sets(&s.traffic_policy)
-            .then(|| format!("spec.subsets[{i}].trafficPolicy.retryBudget.budgetInterval"))
-    })
 }
 
 #[cfg(test)]
@@ -132,47 +96,6 @@ mod tests {
             "{shown:?}"
         );
         assert!(shown[1].contains("DENY policy"), "{shown:?}");
-    }
-
-    #[test]
-    fn a_retry_budget_interval_is_reported_with_its_field() {
-        let rule = |name: &str, spec: &str| {
-            format!(
-                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
-                 metadata: {{name: {name}, namespace: shop}}\nspec: {spec}\n"
-            )
-        };
-        let text = [
-            rule(
-                "top",
-                "{host: a, trafficPolicy: {retryBudget: {percent: 10, budgetInterval: 10s}}}",
-            ),
-            rule(
-                "subset",
-                "{host: b, subsets: [{name: v1, labels: {v: '1'}, trafficPolicy: {retryBudget: {budgetInterval: 1s}}}]}",
-            ),
-            rule(
-                "none",
-                "{host: c, trafficPolicy: {retryBudget: {percent: 10}}}",
-            ),
-        ]
-        .join("---\n");
-        let (model, errors) = model_from_yaml(&text, "budget.yaml");
-        assert!(errors.is_empty(), "{errors:?}");
-        let shown: Vec<String> = warnings(&model).iter().map(ToString::to_string).collect();
-        assert_eq!(shown.len(), 2, "{shown:?}");
-        assert!(
-            shown[0].starts_with(
-                "budget.yaml#0 DestinationRule shop/top: spec.trafficPolicy.retryBudget.budgetInterval is sent to sidecars as Envoy's retry_budget.budget_interval"
-            ),
-            "{shown:?}"
-        );
-        assert!(
-            shown[1].starts_with(
-                "budget.yaml#1 DestinationRule shop/subset: spec.subsets[0].trafficPolicy.retryBudget.budgetInterval"
-            ),
-            "{shown:?}"
-        );
     }
 
     #[test]
