@@ -507,3 +507,29 @@ fn services_not_exported_to_the_proxy_namespace_are_invisible_to_it() {
         ]
     );
 }
+
+#[test]
+fn retry_budget_follows_istio_apply_retry_budget() {
+    let mut model = bookinfo();
+    model.destination_rules.push(config(
+        "reviews",
+        "host: reviews\ntrafficPolicy:\n  retryBudget: {percent: 5, minRetryConcurrency: 0, budgetInterval: 10s}\n",
+    ));
+    let out = generate(&model, &productpage(), &Options::default());
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    let clusters = json_of(&out.clusters);
+    let cluster = find(
+        &clusters,
+        "name",
+        "outbound|9080||reviews.default.svc.cluster.local",
+    );
+    // 0 is proto3's unset: Istio's default 3; the interval passes through.
+    assert_eq!(
+        cluster["circuit_breakers"]["thresholds"][0]["retry_budget"],
+        json!({
+            "budget_percent": {"value": 5.0},
+            "min_retry_concurrency": 3,
+            "budget_interval": "10s",
+        })
+    );
+}
