@@ -106,6 +106,15 @@ pub(crate) fn productpage() -> ProxyNode {
     }
 }
 
+/// The productpage proxy, as if its pod ran in `namespace`.
+fn productpage_in(namespace: &str) -> ProxyNode {
+    ProxyNode {
+        id: format!("sidecar~10.1.0.10~productpage-v1.{namespace}~{namespace}.svc.cluster.local"),
+        namespace: namespace.into(),
+        ..productpage()
+    }
+}
+
 fn json_of<M: prost::Message + prost::Name>(items: &[M]) -> Vec<Value> {
     items.iter().map(|m| to_value(m).unwrap()).collect()
 }
@@ -425,9 +434,7 @@ fn rules_not_exported_to_the_proxy_namespace_do_not_apply_to_it() {
         "host: reviews\nexportTo: [\".\"]\ntrafficPolicy:\n  loadBalancer: {simple: RANDOM}\n",
     ));
     let in_default = productpage();
-    let mut elsewhere = productpage();
-    elsewhere.namespace = "web".into();
-    elsewhere.id = "sidecar~10.1.0.10~productpage-v1.web~web.svc.cluster.local".into();
+    let elsewhere = productpage_in("web");
 
     let lb_and_timeout = |proxy: &ProxyNode| {
         let out = generate(&model, proxy, &Options::default());
@@ -467,9 +474,7 @@ fn services_not_exported_to_the_proxy_namespace_are_invisible_to_it() {
     export("ratings", &["web"]);
     export("productpage", &["~"]);
     let in_default = productpage();
-    let mut in_web = productpage();
-    in_web.namespace = "web".into();
-    in_web.id = "sidecar~10.1.0.10~productpage-v1.web~web.svc.cluster.local".into();
+    let in_web = productpage_in("web");
 
     let clusters = |proxy: &ProxyNode| {
         let out = generate(&model, proxy, &Options::default());
