@@ -68,12 +68,13 @@ fn spawn_get_path(proxy: SocketAddr, path: &'static str) -> tokio::task::JoinHan
 fn counter(proxy: &Running, cluster: &str, name: &str) -> u64 {
     proxy
         .stats
-        .counter(format!("cluster.{cluster}.{name}"))
-        .get()
+        .counter_value(&format!("cluster.{cluster}.{name}"))
 }
 
 fn gauge(proxy: &Running, cluster: &str, name: &str) -> i64 {
-    proxy.stats.gauge(format!("cluster.{cluster}.{name}")).get()
+    proxy
+        .stats
+        .gauge_value(&format!("cluster.{cluster}.{name}"))
 }
 
 fn assert_overflow(reply: &Reply) {

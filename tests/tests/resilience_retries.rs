@@ -62,7 +62,7 @@ async fn get(proxy: SocketAddr, path: &str) -> Reply {
 
 /// A counter of cluster `svc`.
 fn stat(proxy: &Running, name: &str) -> u64 {
-    proxy.stats.counter(format!("cluster.svc.{name}")).get()
+    proxy.stats.counter_value(&format!("cluster.svc.{name}"))
 }
 
 fn attempt_counts(up: &Chaos) -> Vec<String> {
