@@ -17,6 +17,7 @@ use xds_proto::envoy::service::discovery::v3::{
 
 use super::cache::{ResourceType, set_version};
 use super::connection::{Nack, Protocol};
+use super::framing;
 use super::sotw::Subscription;
 use super::stream::{Closed, Connection, Variant};
 
@@ -166,6 +167,6 @@ impl Variant for Delta {
             nonce,
             ..Default::default()
         };
-        conn.tx.send(Ok(response)).await.map_err(|_| Closed)
+        conn.send(framing::encode(&response)).await
     }
 }
