@@ -10,7 +10,7 @@
 //! every snapshot that holds it, instead of once per connected proxy (benches/ measures the
 //! memory per connected proxy).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 
@@ -101,10 +101,71 @@ pub struct Entry {
     typed: Typed,
 }
 
+/// The entries of one kind in a snapshot, sorted by name: a vector of shared entries rather
+/// than a map keyed by a copy of each name, since every connected proxy keeps one snapshot.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Entries(Vec<Arc<Entry>>);
+
+impl Entries {
+    /// The entry named `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Entry>> {
+        self.0
+            .binary_search_by(|e| e.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.0[i])
+    }
+
+    /// Every entry, by name.
+    pub fn values(&self) -> std::slice::Iter<'_, Arc<Entry>> {
+        self.0.iter()
+    }
+
+    /// How many entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// No entries.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Sorts by name and keeps the last of each name, as a map would.
+    fn seal(&mut self, ty: ResourceType) {
+        self.0.sort_by(|a, b| a.name.cmp(&b.name));
+        let before = self.0.len();
+        self.0.dedup_by(|later, kept| {
+            let same = later.name == kept.name;
+            if same {
+                std::mem::swap(later, kept);
+            }
+            same
+        });
+        if self.0.len() != before {
+            tracing::warn!(
+                kind = ty.label(),
+                "generator produced a duplicate resource name"
+            );
+        }
+        self.0.shrink_to_fit();
+    }
+}
+
+impl std::ops::Index<&str> for Entries {
+    type Output = Arc<Entry>;
+
+    fn index(&self, name: &str) -> &Arc<Entry> {
+        match self.get(name) {
+            Some(entry) => entry,
+            None => panic!("no entry named {name:?}"),
+        }
+    }
+}
+
 /// All of one proxy's resources at one model epoch.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    types: [BTreeMap<String, Arc<Entry>>; 4],
+    types: [Entries; 4],
 }
 
 impl Snapshot {
@@ -134,6 +195,9 @@ impl Snapshot {
         for r in routes {
             snapshot.insert(previous, r.name.clone(), Typed::Route(Box::new(r)));
         }
+        for ty in ResourceType::PUSH_ORDER {
+            snapshot.types[ty.index()].seal(ty);
+        }
         snapshot
     }
 
@@ -149,16 +213,11 @@ impl Snapshot {
             .filter(|old| old.typed == typed)
             .cloned();
         let entry = unchanged.unwrap_or_else(|| intern(ty, &name, typed));
-        if self.types[ty.index()].insert(name, entry).is_some() {
-            tracing::warn!(
-                kind = ty.label(),
-                "generator produced a duplicate resource name"
-            );
-        }
+        self.types[ty.index()].0.push(entry);
     }
 
     /// The resources of one kind, by name.
-    pub fn resources(&self, ty: ResourceType) -> &BTreeMap<String, Arc<Entry>> {
+    pub fn resources(&self, ty: ResourceType) -> &Entries {
         &self.types[ty.index()]
     }
 
@@ -341,6 +400,34 @@ mod tests {
             &a.resources(ResourceType::Cluster)["with-metadata"],
             &b.resources(ResourceType::Cluster)["with-metadata"]
         ));
+    }
+
+    #[test]
+    fn entries_are_found_by_name_and_the_last_of_a_duplicate_wins() {
+        let snapshot = Snapshot::build(
+            Resources {
+                clusters: vec![cluster("b", 1), cluster("a", 1), cluster("b", 2), cluster("c", 1)],
+                ..Default::default()
+            },
+            None,
+        );
+        let clusters = snapshot.resources(ResourceType::Cluster);
+        let names: Vec<&str> = clusters.values().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(clusters.len(), 3);
+        let b = Snapshot::build(
+            Resources {
+                clusters: vec![cluster("b", 2)],
+                ..Default::default()
+            },
+            None,
+        );
+        assert!(Arc::ptr_eq(
+            &clusters["b"],
+            &b.resources(ResourceType::Cluster)["b"]
+        ));
+        assert!(clusters.get("d").is_none());
+        assert!(snapshot.resources(ResourceType::Route).is_empty());
     }
 
     #[test]
