@@ -2,8 +2,10 @@
 //! what it has sent.
 //!
 //! A resource's version is a hash of its encoded bytes. Encoding is not canonical for map fields
-//! (`Struct`, metadata), so a rebuilt snapshot keeps the previous version of every resource that
-//! compares equal as a typed message: an unchanged resource is never re-pushed.
+//! (`Struct`, metadata), so a rebuilt snapshot keeps the previous version of every resource whose
+//! bytes are equal or decode to an equal message: an unchanged resource is never re-pushed.
+//! Entries keep only the packed bytes: the typed message is several times larger, and was the
+//! largest part of the server's memory once proxies connect.
 //!
 //! Entries are interned by kind, name and content: the sidecars of a namespace get the same
 //! outbound clusters, endpoints and routes, and the server keeps each such resource once, shared by
@@ -14,6 +16,7 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 
+use prost::Message;
 use xds_proto::envoy::config::cluster::v3::Cluster;
 use xds_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use xds_proto::envoy::config::listener::v3::Listener;
@@ -80,13 +83,49 @@ impl ResourceType {
     }
 }
 
-/// The typed message behind an entry, kept to recognise unchanged resources.
+/// A generated resource before it is packed: compared with existing entries to recognise
+/// unchanged resources, then dropped (entries keep only the packed bytes).
 #[derive(Debug, Clone, PartialEq)]
 enum Typed {
     Cluster(Box<Cluster>),
     Endpoint(Box<ClusterLoadAssignment>),
     Listener(Box<Listener>),
     Route(Box<RouteConfiguration>),
+}
+
+impl Typed {
+    fn kind(&self) -> ResourceType {
+        match self {
+            Typed::Cluster(_) => ResourceType::Cluster,
+            Typed::Endpoint(_) => ResourceType::Endpoint,
+            Typed::Listener(_) => ResourceType::Listener,
+            Typed::Route(_) => ResourceType::Route,
+        }
+    }
+
+    fn pack(&self) -> Any {
+        match self {
+            Typed::Cluster(m) => xds_proto::any::pack(&**m),
+            Typed::Endpoint(m) => xds_proto::any::pack(&**m),
+            Typed::Listener(m) => xds_proto::any::pack(&**m),
+            Typed::Route(m) => xds_proto::any::pack(&**m),
+        }
+    }
+
+    /// Whether `packed` holds this same message: equal bytes, or (encoding is not canonical
+    /// for map fields) bytes that decode to an equal message.
+    fn same_as(&self, mine: &[u8], packed: &[u8]) -> bool {
+        fn decodes_to<M: Message + Default + PartialEq>(m: &M, packed: &[u8]) -> bool {
+            M::decode(packed).is_ok_and(|decoded| decoded == *m)
+        }
+        mine == packed
+            || match self {
+                Typed::Cluster(m) => decodes_to(&**m, packed),
+                Typed::Endpoint(m) => decodes_to(&**m, packed),
+                Typed::Listener(m) => decodes_to(&**m, packed),
+                Typed::Route(m) => decodes_to(&**m, packed),
+            }
+    }
 }
 
 /// One packed, versioned resource.
@@ -98,7 +137,6 @@ pub struct Entry {
     pub version: String,
     /// The packed resource.
     pub resource: Any,
-    typed: Typed,
 }
 
 /// The entries of one kind in a snapshot, sorted by name: a vector of shared entries rather
@@ -202,17 +240,13 @@ impl Snapshot {
     }
 
     fn insert(&mut self, previous: Option<&Snapshot>, name: String, typed: Typed) {
-        let ty = match typed {
-            Typed::Cluster(_) => ResourceType::Cluster,
-            Typed::Endpoint(_) => ResourceType::Endpoint,
-            Typed::Listener(_) => ResourceType::Listener,
-            Typed::Route(_) => ResourceType::Route,
-        };
+        let ty = typed.kind();
+        let packed = typed.pack();
         let unchanged = previous
             .and_then(|p| p.resources(ty).get(&name))
-            .filter(|old| old.typed == typed)
+            .filter(|old| typed.same_as(&packed.value, &old.resource.value))
             .cloned();
-        let entry = unchanged.unwrap_or_else(|| intern(ty, &name, typed));
+        let entry = unchanged.unwrap_or_else(|| intern(ty, &name, &typed, packed));
         self.types[ty.index()].0.push(entry);
     }
 
@@ -246,29 +280,22 @@ static INTERNER: LazyLock<Mutex<Interner>> = LazyLock::new(|| {
 
 /// The shared entry for this resource: an existing equal one if any snapshot still holds it,
 /// else a new one.
-fn intern(ty: ResourceType, name: &str, typed: Typed) -> Arc<Entry> {
+fn intern(ty: ResourceType, name: &str, typed: &Typed, packed: Any) -> Arc<Entry> {
     let key = (ty, name.to_owned());
     let mut interner = INTERNER.lock().unwrap_or_else(PoisonError::into_inner);
     let existing = interner.entries.get(&key).and_then(|versions| {
         versions
             .iter()
             .filter_map(Weak::upgrade)
-            .find(|e| e.typed == typed)
+            .find(|e| typed.same_as(&packed.value, &e.resource.value))
     });
     if let Some(existing) = existing {
         return existing;
     }
-    let resource = match &typed {
-        Typed::Cluster(m) => xds_proto::any::pack(&**m),
-        Typed::Endpoint(m) => xds_proto::any::pack(&**m),
-        Typed::Listener(m) => xds_proto::any::pack(&**m),
-        Typed::Route(m) => xds_proto::any::pack(&**m),
-    };
     let entry = Arc::new(Entry {
-        version: hash_bytes(&resource.value),
+        version: hash_bytes(&packed.value),
         name: name.to_owned(),
-        resource,
-        typed,
+        resource: packed,
     });
     interner
         .entries
@@ -406,7 +433,12 @@ mod tests {
     fn entries_are_found_by_name_and_the_last_of_a_duplicate_wins() {
         let snapshot = Snapshot::build(
             Resources {
-                clusters: vec![cluster("b", 1), cluster("a", 1), cluster("b", 2), cluster("c", 1)],
+                clusters: vec![
+                    cluster("b", 1),
+                    cluster("a", 1),
+                    cluster("b", 2),
+                    cluster("c", 1),
+                ],
                 ..Default::default()
             },
             None,

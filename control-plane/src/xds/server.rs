@@ -191,3 +191,186 @@ impl tower::Service<http::Request<tonic::body::Body>> for AdsService {
         std::future::ready(Ok(response))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::BodyExt;
+    use tokio::sync::watch;
+    use tokio::time::Instant;
+    use tokio_stream::StreamExt;
+    use tower::Service;
+    use xds_proto::envoy::config::cluster::v3::Cluster;
+    use xds_proto::envoy::config::core::v3::Node;
+    use xds_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use xds_proto::envoy::service::discovery::v3::DiscoveryRequest;
+    use xds_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use xds_proto::google::protobuf::{Struct, Value, value::Kind};
+    use xds_proto::type_url;
+
+    use super::*;
+    use crate::model::Model;
+    use crate::model::proxy::ProxyNode;
+    use crate::xds::debounce::Epoch;
+    use crate::xds::{GenerateError, Resources};
+
+    const CLUSTERS: usize = 300;
+
+    fn cluster_name(i: usize) -> String {
+        format!("outbound|8080||a-service-with-a-long-name-{i:04}.a-namespace.svc.cluster.local")
+    }
+
+    /// Clusters and endpoints whose CDS answer spans many HTTP/2 frames.
+    fn generate(_: &Model, _: &ProxyNode) -> Result<Resources, GenerateError> {
+        Ok(Resources {
+            clusters: (0..CLUSTERS)
+                .map(|i| Cluster {
+                    name: cluster_name(i),
+                    alt_stat_name: "s".repeat(512),
+                    ..Default::default()
+                })
+                .collect(),
+            endpoints: (0..CLUSTERS)
+                .map(|i| ClusterLoadAssignment {
+                    cluster_name: cluster_name(i),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn server() -> (XdsServer, watch::Sender<Option<Arc<Epoch>>>) {
+        let epoch = Epoch {
+            id: 1,
+            model: Arc::new(Model::default()),
+            changed_at: Instant::now(),
+        };
+        let (tx, epochs) = watch::channel(Some(Arc::new(epoch)));
+        (
+            XdsServer::new(Arc::new(generate), epochs, Metrics::new()),
+            tx,
+        )
+    }
+
+    fn node() -> Node {
+        let text = |s: &str| Value {
+            kind: Some(Kind::StringValue(s.into())),
+        };
+        Node {
+            id: "sidecar~10.1.0.1~client.default~default.svc.cluster.local".into(),
+            metadata: Some(Struct {
+                fields: [
+                    ("NAMESPACE".to_owned(), text("default")),
+                    ("INSTANCE_IPS".to_owned(), text("10.1.0.1")),
+                ]
+                .into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn large_responses_and_requests_cross_many_http2_frames_whole() {
+        let (server, _epochs) = server();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let (requests, rx) = mpsc::channel(4);
+        let mut responses = client
+            .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        requests
+            .send(DiscoveryRequest {
+                node: Some(node()),
+                type_url: type_url::CLUSTER.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let within = Duration::from_secs(20);
+        let cds = tokio::time::timeout(within, responses.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(prost::Message::encoded_len(&cds) > 8 * 16 * 1024);
+        let expected = generate(&Model::default(), &ProxyNode::try_from(&node()).unwrap())
+            .unwrap()
+            .clusters;
+        let got: Vec<Cluster> = cds
+            .resources
+            .iter()
+            .map(|any| xds_proto::any::unpack(any).unwrap())
+            .collect();
+        assert_eq!(got, expected);
+        // An EDS subscription to every cluster is itself larger than an HTTP/2 frame.
+        let eds = DiscoveryRequest {
+            type_url: type_url::CLUSTER_LOAD_ASSIGNMENT.into(),
+            resource_names: (0..CLUSTERS).map(cluster_name).collect(),
+            ..Default::default()
+        };
+        assert!(prost::Message::encoded_len(&eds) > 16 * 1024);
+        requests.send(eds).await.unwrap();
+        let endpoints = tokio::time::timeout(within, responses.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(endpoints.type_url, type_url::CLUSTER_LOAD_ASSIGNMENT);
+        assert_eq!(endpoints.resources.len(), CLUSTERS);
+        drop(requests);
+        drop(responses);
+        let _ = stop.send(());
+        serving.await.unwrap().unwrap();
+    }
+
+    async fn call(path: &str, encoding: Option<&str>) -> http::Response<tonic::body::Body> {
+        let (server, _epochs) = server();
+        let mut request = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://ferry{path}"))
+            .header(CONTENT_TYPE, "application/grpc");
+        if let Some(encoding) = encoding {
+            request = request.header("grpc-encoding", encoding);
+        }
+        let request = request.body(tonic::body::Body::empty()).unwrap();
+        server.service().call(request).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn unknown_methods_and_compressed_streams_are_refused_with_a_grpc_status() {
+        let response = call(&format!("/{SERVICE}/FetchClusters"), None).await;
+        let status = Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        assert!(status.message().contains("FetchClusters"));
+        let response = call(SOTW_PATH, Some("gzip")).await;
+        let status = Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        assert_eq!(response.headers()["grpc-accept-encoding"], "identity");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_before_its_first_request_ends_with_ok() {
+        let response = call(DELTA_PATH, Some("identity")).await;
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/grpc");
+        let trailers = response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .trailers()
+            .cloned()
+            .unwrap();
+        assert_eq!(trailers["grpc-status"], "0");
+    }
+}

@@ -21,22 +21,23 @@ use super::connection::{Nack, Protocol};
 use super::framing;
 use super::stream::{Closed, Connection, Variant};
 
-/// What a proxy asked for of one type.
+/// What a proxy asked for of one type. The names are shared with the debug view
+/// ([`super::connection::TypeStatus::subscribed`]) rather than copied into it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Subscription {
+pub struct Subscription {
     /// Everything of the type.
-    pub(crate) wildcard: bool,
+    pub wildcard: bool,
     /// The names asked for, when not a wildcard.
-    pub(crate) names: BTreeSet<String>,
+    pub names: Arc<BTreeSet<String>>,
 }
 
 impl Subscription {
-    fn from_request(ty: ResourceType, names: &[String]) -> Self {
+    fn from_request(ty: ResourceType, names: Vec<String>) -> Self {
         let wildcard =
             names.iter().any(|n| n == "*") || (ty.is_wildcard_kind() && names.is_empty());
         Subscription {
             wildcard,
-            names: names.iter().filter(|n| *n != "*").cloned().collect(),
+            names: Arc::new(names.into_iter().filter(|n| n != "*").collect()),
         }
     }
 
@@ -53,10 +54,22 @@ impl Subscription {
         }
     }
 
-    /// The debug view: `*` first for a wildcard.
-    pub(crate) fn describe(&self) -> Vec<String> {
-        let star = self.wildcard.then(|| "*".to_owned());
-        star.into_iter().chain(self.names.iter().cloned()).collect()
+    /// The debug view: `*` first for a wildcard, then the names.
+    pub fn describe(&self) -> Vec<String> {
+        self.listed().map(str::to_owned).collect()
+    }
+
+    fn listed(&self) -> impl Iterator<Item = &str> {
+        let star = self.wildcard.then_some("*");
+        star.into_iter()
+            .chain(self.names.iter().map(String::as_str))
+    }
+}
+
+/// Compares with the debug view's list (`*` first for a wildcard, then the names).
+impl<S: AsRef<str>> PartialEq<Vec<S>> for Subscription {
+    fn eq(&self, other: &Vec<S>) -> bool {
+        self.listed().eq(other.iter().map(AsRef::as_ref))
     }
 }
 
@@ -156,9 +169,9 @@ impl Variant for Sotw {
             }
             conn.session.ack(ty, &request.version_info);
         }
-        let subscription = Subscription::from_request(ty, &request.resource_names);
+        let subscription = Subscription::from_request(ty, request.resource_names);
         if nonce.is_empty() || subscription != state.subscription {
-            conn.session.subscribed(ty, subscription.describe());
+            conn.session.subscribed(ty, subscription.clone());
             state.subscription = subscription;
             state.must_answer = true;
             Self::respond(conn, ty).await?;
