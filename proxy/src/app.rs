@@ -184,9 +184,17 @@ pub async fn start(bootstrap: Bootstrap) -> Result<Running, StartError> {
     let admin_address = crate::admin::address(&bootstrap)?;
     let stats = Arc::new(Store::default());
     let store = Arc::new(ConfigStore::new(ClusterManager::new(stats.clone())));
+    let node = bootstrap
+        .node
+        .as_ref()
+        .map(|n| crate::tracers::LocalNode {
+            id: Arc::from(n.id.as_str()),
+            cluster: Arc::from(n.cluster.as_str()),
+        })
+        .unwrap_or_default();
     let (tracker, client) = crate::xds::start(Arc::new(bootstrap), store.clone(), stats.clone())?;
     let lifecycle = Lifecycle::new();
-    let listeners = ListenerManager::new(store.clone(), stats.clone());
+    let listeners = ListenerManager::with_node(store.clone(), stats.clone(), node);
     listeners.reconcile().await;
     let mut tasks = vec![tokio::spawn(listeners.clone().run())];
     tasks.extend(client);

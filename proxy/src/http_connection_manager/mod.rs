@@ -49,6 +49,10 @@ pub struct Downstream {
     /// The listener's `per_connection_buffer_limit_bytes` (default 1 MiB): the request body
     /// replay limit for routes that set none.
     pub buffer_limit: u64,
+    /// The proxy's tracer (node identity, span reporters).
+    pub tracer: Arc<crate::tracers::Tracer>,
+    /// The listener's `traffic_direction` is OUTBOUND: spans are CLIENT spans.
+    pub outbound: bool,
 }
 
 /// Envoy's HTTP connection manager counters (`http.<stat_prefix>.downstream_rq_*`).
@@ -56,6 +60,7 @@ pub struct Downstream {
 pub struct HcmStats {
     rq_total: Arc<Counter>,
     rq_class: [Arc<Counter>; 5],
+    tracing: crate::tracers::TracingStats,
 }
 
 impl HcmStats {
@@ -65,6 +70,7 @@ impl HcmStats {
         Self {
             rq_total: store.counter(name("total")),
             rq_class: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| store.counter(name(c))),
+            tracing: crate::tracers::TracingStats::new(store, stat_prefix),
         }
     }
 
@@ -206,12 +212,10 @@ pub async fn handle(
     // Kept for the debug line only; not copied per request when it is off.
     let logged = tracing::enabled!(tracing::Level::DEBUG)
         .then(|| (req.method().clone(), req.uri().path().to_owned()));
-    let (response, hcm) = handle_inner(req, downstream, selector, store).await;
-    match (stats, &hcm) {
+    let (response, per_request) = handle_inner(req, downstream, selector, store, stats).await;
+    match (stats, per_request) {
         (Some(stats), _) => stats.record(response.status()),
-        (None, Some(hcm)) => {
-            HcmStats::new(&downstream.stats, &hcm.stat_prefix).record(response.status());
-        }
+        (None, Some(stats)) => stats.record(response.status()),
         (None, None) => {}
     }
     if let Some((method, path)) = logged {
@@ -229,7 +233,8 @@ async fn handle_inner(
     downstream: &Downstream,
     selector: &HcmSelector,
     store: &ConfigStore,
-) -> (Response<Body>, Option<Arc<HttpConnectionManagerConfig>>) {
+    stats: Option<&HcmStats>,
+) -> (Response<Body>, Option<HcmStats>) {
     let no_route = || local_reply(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NoRouteFound));
     let snapshot = store.load();
     if req.method() == http::Method::CONNECT {
@@ -242,19 +247,60 @@ async fn handle_inner(
             None => return (no_route(), None),
         },
     };
+    // The connection's counters, or (HCM chosen per request) this request's own.
+    let per_request = match stats {
+        Some(_) => None,
+        None => Some(HcmStats::new(&downstream.stats, &hcm.stat_prefix)),
+    };
+    let stats = stats.or(per_request.as_ref());
     let table = match &hcm.route {
         RouteSource::Static(table) => table.clone(),
         RouteSource::Rds(name) => match snapshot.resources.routes.get(name) {
             Some(table) => table.clone(),
-            None => return (no_route(), Some(hcm)),
+            None => return (no_route(), per_request),
         },
     };
     let (mut parts, body) = req.into_parts();
+    // Read before `prepare_request` strips `x-envoy-*` headers.
+    let force_trace = hcm.tracing.is_some()
+        && parts.headers.contains_key("x-envoy-force-trace")
+        && is_internal_request(&hcm, downstream, &parts.headers);
     prepare_request(&hcm, &table, downstream, &mut parts);
+    let span = match (&hcm.tracing, stats) {
+        (Some(tracing), Some(stats)) => {
+            let authority = authority(&parts).to_owned();
+            let info = crate::tracers::RequestInfo {
+                kind: if downstream.outbound {
+                    crate::tracers::Kind::Client
+                } else {
+                    crate::tracers::Kind::Server
+                },
+                peer: downstream.peer,
+                local: downstream.local,
+                force: force_trace,
+                authority: &authority,
+            };
+            Some(
+                downstream
+                    .tracer
+                    .start(tracing, &stats.tracing, info, &mut parts),
+            )
+        }
+        _ => None,
+    };
     let request_id = parts.headers.get(X_REQUEST_ID).cloned();
     let mut response = route_request(&snapshot, &hcm, &table, downstream, parts, body).await;
     finish_response(&hcm, request_id, &mut response);
-    (response, Some(hcm))
+    if let (Some(span), Some(tracing)) = (span, &hcm.tracing) {
+        let flag = response
+            .extensions()
+            .get::<ResponseFlag>()
+            .map_or("-", |f| f.code());
+        downstream
+            .tracer
+            .finish(tracing, span, response.status(), flag);
+    }
+    (response, per_request)
 }
 
 async fn route_request(

@@ -1,0 +1,359 @@
+//! Distributed tracing, as Envoy's HTTP connection manager does it with the
+//! `envoy.tracers.zipkin` provider Istio configures on every sidecar: per request a sampling
+//! decision ([`sampling`]), a span (SERVER on inbound listeners, CLIENT on outbound) whose B3
+//! context is propagated upstream ([`context`]), Envoy's standard tags, and reporting off the
+//! request path ([`zipkin`]). The [`Tracer`] is the proxy-wide part: the node identity and the
+//! reporters, one per distinct provider config, started on first use.
+
+pub mod config;
+pub mod context;
+pub mod sampling;
+pub mod span;
+pub mod zipkin;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use http::{HeaderMap, StatusCode};
+use tokio::sync::mpsc;
+
+pub use config::{CustomTag, InvalidTracing, TagValue, TracingConfig, ZipkinConfig};
+pub use context::TraceId;
+pub use sampling::{Decision, Reason, Signals};
+pub use span::{Endpoint, Kind, Span};
+
+use crate::snapshot::ConfigStore;
+use crate::stats::{Counter, Store};
+
+/// The node identity spans carry (bootstrap `node.id` and `node.cluster`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalNode {
+    /// `node.id`, the `node_id` tag.
+    pub id: Arc<str>,
+    /// `node.cluster`, the local endpoint's service name (Istio: `app.namespace`).
+    pub cluster: Arc<str>,
+}
+
+/// The proxy-wide tracer: node identity and reporters.
+#[derive(Debug)]
+pub struct Tracer {
+    node: LocalNode,
+    store: Weak<ConfigStore>,
+    stats: Arc<Store>,
+    zipkin_stats: OnceLock<Arc<zipkin::ZipkinStats>>,
+    reporters: Mutex<Vec<(Arc<ZipkinConfig>, mpsc::Sender<Span>)>>,
+}
+
+/// Envoy's `http.<stat_prefix>.tracing.*` counters.
+#[derive(Debug)]
+pub struct TracingStats {
+    service_forced: Arc<Counter>,
+    client_enabled: Arc<Counter>,
+    random_sampling: Arc<Counter>,
+    not_traceable: Arc<Counter>,
+}
+
+impl TracingStats {
+    /// Looks the counters up for an HCM's `stat_prefix`.
+    pub fn new(store: &Store, stat_prefix: &str) -> Self {
+        let c = |name: &str| store.counter(format!("http.{stat_prefix}.tracing.{name}"));
+        Self {
+            service_forced: c("service_forced"),
+            client_enabled: c("client_enabled"),
+            random_sampling: c("random_sampling"),
+            not_traceable: c("not_traceable"),
+        }
+    }
+
+    fn record(&self, reason: Reason) {
+        match reason {
+            Reason::ServiceForced => &self.service_forced,
+            Reason::ClientEnabled => &self.client_enabled,
+            Reason::RandomSampling => &self.random_sampling,
+            Reason::NotTraceable => &self.not_traceable,
+        }
+        .inc();
+    }
+}
+
+/// The router writes the cluster it picked here, for the `upstream_cluster` tag; only sampled
+/// requests carry one, so untraced requests pay nothing.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamClusterSlot(pub Arc<OnceLock<String>>);
+
+/// What a request tells the tracer when it starts.
+#[derive(Debug)]
+pub struct RequestInfo<'a> {
+    /// Client or server side.
+    pub kind: Kind,
+    /// The downstream peer.
+    pub peer: SocketAddr,
+    /// The listener's local address (the span's local endpoint).
+    pub local: SocketAddr,
+    /// `x-envoy-force-trace` from an internal caller (read before the headers are sanitized).
+    pub force: bool,
+    /// The request's authority.
+    pub authority: &'a str,
+}
+
+/// A request's span between its start and its response.
+#[derive(Debug)]
+pub struct ActiveSpan {
+    sampled: bool,
+    trace_id: TraceId,
+    id: u64,
+    parent_id: Option<u64>,
+    shared: bool,
+    kind: Kind,
+    started: tokio::time::Instant,
+    timestamp_us: u64,
+    tags: Vec<(String, String)>,
+    upstream_cluster: UpstreamClusterSlot,
+    local: SocketAddr,
+}
+
+fn random_nonzero() -> u64 {
+    loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+fn header_or_dash(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned()
+}
+
+impl Tracer {
+    /// A tracer whose reporters find the collector cluster in `store`'s current snapshot.
+    pub fn new(node: LocalNode, store: Weak<ConfigStore>, stats: Arc<Store>) -> Self {
+        Self {
+            node,
+            store,
+            stats,
+            zipkin_stats: OnceLock::new(),
+            reporters: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Starts a request's span: decides sampling (counted in `stats`), creates or continues the
+    /// trace and writes its B3 context into `parts` for the upstream.
+    pub fn start(
+        &self,
+        config: &TracingConfig,
+        stats: &TracingStats,
+        info: RequestInfo<'_>,
+        parts: &mut http::request::Parts,
+    ) -> ActiveSpan {
+        let incoming = context::extract_b3(&parts.headers);
+        let signals = Signals {
+            force: info.force,
+            client_trace_id: parts.headers.contains_key("x-client-trace-id"),
+            incoming: incoming.sampled,
+        };
+        let decision = sampling::decide(config, signals, &mut rand::rng());
+        stats.record(decision.reason);
+        let shared = config.provider.shared_span_context && info.kind == Kind::Server;
+        let (trace_id, id, parent_id) = match incoming.parent {
+            Some((trace, caller)) if shared => {
+                let grandparent = parts
+                    .headers
+                    .get("x-b3-parentspanid")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| u64::from_str_radix(v, 16).ok());
+                (trace, caller, grandparent)
+            }
+            Some((trace, caller)) => (trace, random_nonzero(), Some(caller)),
+            None => {
+                let high = if config.provider.trace_id_128bit {
+                    random_nonzero()
+                } else {
+                    0
+                };
+                let low = random_nonzero();
+                (TraceId { high, low }, random_nonzero(), None)
+            }
+        };
+        let shared = shared && incoming.parent.is_some();
+        context::inject_b3(
+            &mut parts.headers,
+            trace_id,
+            id,
+            parent_id,
+            decision.sampled,
+        );
+        let mut span = ActiveSpan {
+            sampled: decision.sampled,
+            trace_id,
+            id,
+            parent_id,
+            shared,
+            kind: info.kind,
+            started: tokio::time::Instant::now(),
+            timestamp_us: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64),
+            tags: Vec::new(),
+            upstream_cluster: UpstreamClusterSlot::default(),
+            local: info.local,
+        };
+        if decision.sampled {
+            span.request_tags(config, &self.node, &info, parts);
+            parts.extensions.insert(span.upstream_cluster.clone());
+        }
+        span
+    }
+
+    /// Ends the span with the response and queues it for its reporter (sampled spans only).
+    pub fn finish(
+        &self,
+        config: &TracingConfig,
+        span: ActiveSpan,
+        status: StatusCode,
+        response_flags: &str,
+    ) {
+        if !span.sampled {
+            return;
+        }
+        let reporter = config
+            .reporter
+            .0
+            .get_or_init(|| self.reporter(&config.provider));
+        let span = span.into_span(&self.node, status, response_flags);
+        if let Err(mpsc::error::TrySendError::Full(_)) = reporter.try_send(span) {
+            self.zipkin_stats().spans_dropped.inc();
+        }
+    }
+
+    fn zipkin_stats(&self) -> &Arc<zipkin::ZipkinStats> {
+        self.zipkin_stats
+            .get_or_init(|| Arc::new(zipkin::ZipkinStats::new(&self.stats)))
+    }
+
+    /// The reporter for `provider`, started on first use and shared by every HCM config (old
+    /// and new versions alike) with the same provider.
+    fn reporter(&self, provider: &Arc<ZipkinConfig>) -> mpsc::Sender<Span> {
+        let mut reporters = self.reporters.lock().unwrap_or_else(|p| p.into_inner());
+        reporters.retain(|(_, tx)| !tx.is_closed());
+        if let Some((_, tx)) = reporters.iter().find(|(c, _)| c == provider) {
+            return tx.clone();
+        }
+        let tx = zipkin::spawn(
+            provider.clone(),
+            self.store.clone(),
+            self.zipkin_stats().clone(),
+        );
+        reporters.push((provider.clone(), tx.clone()));
+        tx
+    }
+}
+
+impl ActiveSpan {
+    /// Whether the span will be reported.
+    pub fn sampled(&self) -> bool {
+        self.sampled
+    }
+
+    /// The trace id.
+    pub fn trace_id(&self) -> TraceId {
+        self.trace_id
+    }
+
+    fn request_tags(
+        &mut self,
+        config: &TracingConfig,
+        node: &LocalNode,
+        info: &RequestInfo<'_>,
+        parts: &http::request::Parts,
+    ) {
+        let headers = &parts.headers;
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut url = format!("http://{}{}", info.authority, path);
+        if url.len() > config.max_path_tag_length {
+            let mut cut = config.max_path_tag_length;
+            while !url.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            url.truncate(cut);
+        }
+        let protocol = match parts.version {
+            http::Version::HTTP_2 => "HTTP/2",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        };
+        let tags = &mut self.tags;
+        tags.push(("component".into(), "proxy".into()));
+        tags.push(("node_id".into(), node.id.to_string()));
+        tags.push((
+            "guid:x-request-id".into(),
+            header_or_dash(headers, "x-request-id"),
+        ));
+        tags.push(("http.url".into(), url));
+        tags.push(("http.method".into(), parts.method.as_str().to_owned()));
+        tags.push((
+            "downstream_cluster".into(),
+            header_or_dash(headers, "x-envoy-downstream-service-cluster"),
+        ));
+        tags.push(("user_agent".into(), header_or_dash(headers, "user-agent")));
+        tags.push(("http.protocol".into(), protocol.into()));
+        tags.push(("peer.address".into(), info.peer.ip().to_string()));
+        for tag in &config.custom_tags {
+            let value = match &tag.value {
+                TagValue::Fixed(v) => Some(v.clone()),
+                TagValue::RequestHeader { name, default } => headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+                    .or_else(|| (!default.is_empty()).then(|| default.clone())),
+            };
+            if let Some(value) = value {
+                tags.push((tag.tag.clone(), value));
+            }
+        }
+    }
+
+    fn into_span(self, node: &LocalNode, status: StatusCode, response_flags: &str) -> Span {
+        let mut tags = self.tags;
+        tags.push(("http.status_code".into(), status.as_str().to_owned()));
+        tags.push(("response_flags".into(), response_flags.to_owned()));
+        let cluster = self.upstream_cluster.0.get().cloned();
+        if let Some(cluster) = cluster {
+            tags.push(("upstream_cluster".into(), cluster.clone()));
+            tags.push(("upstream_cluster.name".into(), cluster));
+        }
+        if status.is_server_error() {
+            tags.push(("error".into(), "true".into()));
+        }
+        Span {
+            trace_id: self.trace_id,
+            id: self.id,
+            parent_id: self.parent_id,
+            name: match self.kind {
+                Kind::Server => "ingress".into(),
+                Kind::Client => "egress".into(),
+            },
+            kind: self.kind,
+            timestamp_us: self.timestamp_us,
+            duration_us: self.started.elapsed().as_micros() as u64,
+            shared: self.shared,
+            local: Endpoint {
+                service_name: if node.cluster.is_empty() {
+                    Arc::from("-")
+                } else {
+                    node.cluster.clone()
+                },
+                ip: self.local.ip(),
+                port: self.local.port(),
+            },
+            tags,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
