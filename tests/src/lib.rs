@@ -9,6 +9,7 @@
 //! - [`istio_mesh`]: ferry-control on a directory of manifests plus one client sidecar
 //!   (ferry-proxy or Envoy), for Istio-YAML scenarios.
 //! - [`ads`]: a scriptable ADS server (SotW and delta) that records what clients send.
+//! - [`collector`]: a Zipkin-compatible trace collector that keeps the spans it receives.
 //! - [`bootstrap`]: bootstrap YAML fragments (an HTTP listener, a static cluster).
 //! - [`upstream`]: echo, gRPC-like, upgrade and TCP upstream servers for proxy tests.
 //! - [`scenarios`]: the mesh scenarios (ferry-control on a manifest directory, a sidecar over
@@ -16,6 +17,7 @@
 
 pub mod ads;
 pub mod bootstrap;
+pub mod collector;
 pub mod envoy;
 pub mod istio_mesh;
 pub mod net;
