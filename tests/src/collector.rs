@@ -43,32 +43,36 @@ impl ZipkinCollector {
             while let Ok((stream, _)) = listener.accept().await {
                 let (kept, counted) = (kept.clone(), counted.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (kept, counted) = (kept.clone(), counted.clone());
-                        async move {
-                            let ok = req.method() == http::Method::POST
-                                && req.uri().path() == "/api/v2/spans";
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let parsed = serde_json::from_slice::<Vec<Value>>(&body);
-                            let status = match (ok, parsed) {
-                                (true, Ok(batch)) => {
-                                    *counted.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-                                    kept.lock().unwrap_or_else(|p| p.into_inner()).extend(batch);
-                                    StatusCode::ACCEPTED
-                                }
-                                (true, Err(_)) => StatusCode::BAD_REQUEST,
-                                (false, _) => StatusCode::NOT_FOUND,
-                            };
-                            let mut response = Response::new(Full::new(Bytes::new()));
-                            *response.status_mut() = status;
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
+                    let service = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let (kept, counted) = (kept.clone(), counted.clone());
+                            async move {
+                                let ok = req.method() == http::Method::POST
+                                    && req.uri().path() == "/api/v2/spans";
+                                let body = req
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let parsed = serde_json::from_slice::<Vec<Value>>(&body);
+                                let status = match (ok, parsed) {
+                                    (true, Ok(batch)) => {
+                                        *counted.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                                        kept.lock()
+                                            .unwrap_or_else(|p| p.into_inner())
+                                            .extend(batch);
+                                        StatusCode::ACCEPTED
+                                    }
+                                    (true, Err(_)) => StatusCode::BAD_REQUEST,
+                                    (false, _) => StatusCode::NOT_FOUND,
+                                };
+                                let mut response = Response::new(Full::new(Bytes::new()));
+                                *response.status_mut() = status;
+                                Ok::<_, Infallible>(response)
+                            }
+                        },
+                    );
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
