@@ -31,6 +31,7 @@ mod filter_chain;
 mod hcm_tracing;
 mod http_route;
 mod listener;
+mod local_inbound;
 pub mod names;
 mod route;
 mod scope;
@@ -125,6 +126,10 @@ pub fn generate(model: &Model, proxy: &ProxyNode, options: &Options) -> Generate
     let (mut clusters, mut endpoints) = cluster::build(&scope);
     let mut routes = route::build(&scope, &mut errors);
     let mut listeners = listener::build(&scope, &routes, &mut errors);
+    if options.local_mode {
+        local_inbound::redirect_endpoints(&scope, &mut endpoints);
+        local_inbound::serve_on_virtual_inbound(&scope, &mut listeners);
+    }
     hcm_tracing::apply(&options.mesh, proxy, &mut listeners, &clusters, &mut errors);
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
     clusters.dedup_by(|a, b| a.name == b.name);
