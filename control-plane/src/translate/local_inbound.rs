@@ -169,3 +169,113 @@ pub fn serve_on_virtual_inbound(scope: &Scope<'_>, listeners: &mut [Listener]) {
         HcmProfile::minimal_for(&[]),
     )];
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::super::tests::{bookinfo, productpage};
+    use super::super::{Options, generate};
+    use super::INJECT_LABEL;
+    use crate::model::proxy::ProxyNode;
+
+    fn labelled() -> crate::model::Model {
+        let mut model = bookinfo();
+        for s in model.services.values_mut() {
+            if s.name == "reviews" {
+                for e in &mut s.endpoints {
+                    e.labels.insert(INJECT_LABEL.into(), "true".into());
+                }
+            }
+        }
+        model
+    }
+
+    fn ports(out: &super::super::Generated, cluster: &str) -> Vec<u64> {
+        let a = out
+            .endpoints
+            .iter()
+            .find(|a| a.cluster_name == cluster)
+            .unwrap();
+        let v = xds_proto::json::to_value(a).unwrap();
+        v["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|l| l["lb_endpoints"].as_array().unwrap().clone())
+            .map(|e| {
+                e["endpoint"]["address"]["socket_address"]["port_value"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sidecar_pods_are_reached_through_their_virtual_inbound_in_local_mode() {
+        let out = generate(&labelled(), &productpage(), &Options::local_mesh());
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        let reviews = "outbound|9080||reviews.default.svc.cluster.local";
+        assert_eq!(ports(&out, reviews), [15006, 15006, 15006]);
+        assert_eq!(
+            ports(&out, "outbound|9080||ratings.default.svc.cluster.local"),
+            [9080]
+        );
+        // Outside local mode nothing changes.
+        let istio = generate(&labelled(), &productpage(), &Options::default());
+        assert_eq!(ports(&istio, reviews), [9080, 9080, 9080]);
+    }
+
+    #[test]
+    fn the_sidecar_pod_serves_http_on_15006_routed_to_its_workload() {
+        let reviews = ProxyNode {
+            id: "sidecar~10.1.0.21~reviews-v1.default~default.svc.cluster.local".into(),
+            kind: "sidecar".into(),
+            ips: vec!["10.1.0.21".parse().unwrap()],
+            pod: "reviews-v1".into(),
+            namespace: "default".into(),
+            labels: [("app", "reviews"), ("version", "v1")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into(),
+            service_account: "bookinfo-reviews".into(),
+        };
+        let out = generate(&labelled(), &reviews, &Options::local_mesh());
+        let inbound = out
+            .listeners
+            .iter()
+            .find(|l| l.name == "virtualInbound")
+            .unwrap();
+        let v = xds_proto::json::to_value(inbound).unwrap();
+        let chain: &Value = v["filter_chains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["filter_chain_match"]["destination_port"] == 15006)
+            .unwrap();
+        let hcm = &chain["filters"][0]["typed_config"];
+        assert_eq!(hcm["stat_prefix"], "inbound_0.0.0.0_15006");
+        let route = &hcm["route_config"]["virtual_hosts"][0]["routes"][0];
+        assert_eq!(route["route"]["cluster"], "inbound|9080||");
+        // Unlabelled pods keep Istio's black hole there.
+        let plain = generate(&bookinfo(), &reviews, &Options::local_mesh());
+        let v = xds_proto::json::to_value(
+            plain
+                .listeners
+                .iter()
+                .find(|l| l.name == "virtualInbound")
+                .unwrap(),
+        )
+        .unwrap();
+        let chain = v["filter_chains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["filter_chain_match"]["destination_port"] == 15006)
+            .unwrap()
+            .clone();
+        assert_eq!(
+            chain["filters"][0]["name"],
+            "envoy.filters.network.tcp_proxy"
+        );
+    }
+}
