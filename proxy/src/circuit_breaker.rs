@@ -23,7 +23,7 @@ use crate::body::{Body, BoxError};
 use crate::cluster::{CircuitBreakers, Thresholds, UpstreamError};
 use crate::error::ResponseFlag;
 use crate::http_connection_manager::local_reply;
-use crate::retry::{RatioBudget, RetryBudget};
+use crate::retry::{RatioBudget, RecentRequests, RetryBudget};
 use crate::stats::{Gauge, Store};
 
 /// A resource a circuit breaker counts.
@@ -44,6 +44,8 @@ pub enum Resource {
 pub struct CircuitBreaker {
     limits: [u64; 4],
     budget: Option<RetryBudget>,
+    /// Requests started within the budget's `budget_interval`, when it has one.
+    recent: Option<RecentRequests>,
     ratio: Option<RatioBudget>,
     counts: [AtomicU64; 4],
     /// Woken when a connection unit is given back, so requests waiting for a connection at the
@@ -59,12 +61,10 @@ pub struct CircuitBreaker {
 impl CircuitBreaker {
     /// A breaker for one `thresholds` entry.
     pub fn new(t: &Thresholds) -> Self {
-        let budget = t
-            .retry_budget
-            .map(|(percent, min_concurrency)| RetryBudget {
-                percent,
-                min_concurrency,
-            });
+        let budget = t.retry_budget;
+        let recent = budget
+            .filter(|b| !b.interval.is_zero())
+            .map(|b| RecentRequests::new(b.interval));
         Self {
             limits: [
                 u64::from(t.max_connections),
@@ -78,6 +78,7 @@ impl CircuitBreaker {
                 None
             },
             budget,
+            recent,
             counts: Default::default(),
             connection_released: tokio::sync::Notify::new(),
             per_host_max_connections: None,
@@ -185,6 +186,9 @@ impl CircuitBreaker {
         if let Some(ratio) = &self.ratio {
             ratio.deposit();
         }
+        if let Some(recent) = &self.recent {
+            recent.record();
+        }
     }
 
     /// Admits one retry: by `retry_budget` when configured, else by `max_retries` and the
@@ -194,6 +198,7 @@ impl CircuitBreaker {
             Some(b) => b.limit(
                 self.active(Resource::Requests),
                 self.active(Resource::PendingRequests),
+                self.recent.as_ref().map_or(0, RecentRequests::count),
             ),
             None => self.limits[Resource::Retries as usize],
         };
@@ -344,6 +349,7 @@ pub fn overflow_reply() -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn thresholds(max_requests: u32, max_retries: u32) -> Thresholds {
         Thresholds {
@@ -385,7 +391,7 @@ mod tests {
     #[test]
     fn retry_budget_scales_with_active_requests() {
         let mut t = thresholds(1024, 3);
-        t.retry_budget = Some((20.0, 3));
+        t.retry_budget = Some(RetryBudget::default());
         let cb = Arc::new(CircuitBreaker::new(&t));
         let mut retries: Vec<Guard> = std::iter::from_fn(|| cb.try_acquire_retry()).collect();
         assert_eq!(retries.len(), 3, "floor is min_retry_concurrency");
@@ -394,6 +400,34 @@ mod tests {
             .collect();
         retries.extend(std::iter::from_fn(|| cb.try_acquire_retry()));
         assert_eq!(retries.len(), 10, "20% of 50 active requests");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_interval_counts_completed_requests_within_it() {
+        let mut t = thresholds(1024, 3);
+        t.retry_budget = Some(RetryBudget {
+            interval: Duration::from_secs(1),
+            ..RetryBudget::default()
+        });
+        let cb = Arc::new(CircuitBreaker::new(&t));
+        for _ in 0..50 {
+            cb.record_request();
+            drop(cb.try_acquire(Resource::Requests).expect("request"));
+        }
+        let retries: Vec<Guard> = std::iter::from_fn(|| cb.try_acquire_retry()).collect();
+        assert_eq!(
+            retries.len(),
+            10,
+            "20% of the 50 requests of the last second"
+        );
+        drop(retries);
+        tokio::time::advance(Duration::from_millis(1100)).await;
+        let retries: Vec<Guard> = std::iter::from_fn(|| cb.try_acquire_retry()).collect();
+        assert_eq!(
+            retries.len(),
+            3,
+            "the interval passed: only the floor is left"
+        );
     }
 
     #[test]
