@@ -4,7 +4,8 @@
 Sends GET http://reviews:9080/ through the client's sidecar (an explicit HTTP proxy on its
 outbound port), counts which version answered, and prints one line per second, e.g.
     reviews  v1:  80%  v2:  20%   (48 req/s, 0 errors)  x-request-id 6f1c...
-             trace 4bf92f35...: client.default egress 2.1ms -> reviews.default ingress 0.9ms
+             trace 4bf92f35...: client.default CLIENT 2.1ms -> reviews.default SERVER 0.9ms
+                 (reviews.default.svc.cluster.local:9080/*)
 The counts are per second, so an edit of the VirtualService's weights shows within a second.
 The trace line shows one request of the previous second (its B3 trace id, as the reviews app saw
 it) with the spans the sidecars reported for it to the collector (--collector), parent first.
@@ -127,7 +128,7 @@ def fetch_trace(collector, trace_id):
 
 
 def chain(spans):
-    """Spans parent first: `client.default egress 2.1ms -> reviews.default ingress 0.9ms`."""
+    """Spans parent first: `client.default CLIENT 2.1ms -> reviews.default SERVER 0.9ms  (op)`."""
     if not spans:
         return "(no spans reported yet)"
     by_parent = collections.defaultdict(list)
@@ -139,10 +140,11 @@ def chain(spans):
         span = queue.pop(0)
         ordered.append(span)
         queue.extend(by_parent.get(span.get("id"), []))
-    return " -> ".join(
-        f"{s.get('localEndpoint', {}).get('serviceName', '?')} {s.get('name', '?')} "
+    hops = " -> ".join(
+        f"{s.get('localEndpoint', {}).get('serviceName', '?')} {s.get('kind', '?')} "
         f"{s.get('duration', 0) / 1000:.1f}ms"
         for s in ordered)
+    return f"{hops}  ({ordered[0].get('name', '?')})" if ordered else hops
 
 
 if __name__ == "__main__":

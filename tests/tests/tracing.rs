@@ -72,7 +72,8 @@ fn listener(name: &str, direction: &str, cluster: &str, tracing: Value) -> Value
             "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }],
             "route_config": { "name": name, "virtual_hosts": [{ "name": "all", "domains": ["*"],
-                "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": cluster } }] }] }
+                "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": cluster },
+                    "decorator": { "operation": format!("{name}/*") } }] }] }
         } }] }]
     })
 }
@@ -196,6 +197,8 @@ async fn two_sidecars_in_series_report_one_trace_per_request() {
             "productpage.default"
         );
         assert_eq!(server["localEndpoint"]["serviceName"], "reviews.default");
+        assert_eq!(client["name"], "0.0.0.0_9080/*", "the route's decorator names the span");
+        assert_eq!(server["name"], "inbound_9080/*");
         let (ct, st) = (tags(client), tags(server));
         for t in [&ct, &st] {
             assert_eq!(t["component"], "proxy");

@@ -335,6 +335,12 @@ async fn route_request(
         return local_reply(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NoRouteFound));
     };
     let route = selected.route;
+    if let (Some(slot), Some(operation)) = (
+        parts.extensions.get::<Arc<crate::tracers::SpanSlot>>(),
+        &route.decorator,
+    ) {
+        let _ = slot.operation.set(operation.clone());
+    }
     let span = tracing::debug_span!(
         "req",
         route = route.name.as_str(),

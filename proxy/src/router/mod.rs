@@ -127,9 +127,9 @@ pub async fn forward(
     if let Some(slot) = request
         .parts
         .extensions
-        .get::<crate::tracers::UpstreamClusterSlot>()
+        .get::<std::sync::Arc<crate::tracers::SpanSlot>>()
     {
-        let _ = slot.0.set(cluster_name.to_owned());
+        let _ = slot.upstream_cluster.set(cluster_name.to_owned());
     }
     let span = tracing::Span::current();
     span.record("cluster", cluster_name);

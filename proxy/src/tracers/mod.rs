@@ -76,10 +76,17 @@ impl TracingStats {
     }
 }
 
-/// The router writes the cluster it picked here, for the `upstream_cluster` tag; only sampled
-/// requests carry one, so untraced requests pay nothing.
-#[derive(Debug, Clone, Default)]
-pub struct UpstreamClusterSlot(pub Arc<OnceLock<String>>);
+/// What routing learns about a sampled request's span: the route's decorator (the span's
+/// name) and the cluster the router picked (the `upstream_cluster` tag). Only sampled requests
+/// carry one (in the request's extensions, as `Arc<SpanSlot>`), so untraced requests pay
+/// nothing.
+#[derive(Debug, Default)]
+pub struct SpanSlot {
+    /// The route's `decorator.operation`.
+    pub operation: OnceLock<String>,
+    /// The cluster the router picked.
+    pub upstream_cluster: OnceLock<String>,
+}
 
 /// What a request tells the tracer when it starts.
 #[derive(Debug)]
@@ -108,7 +115,7 @@ pub struct ActiveSpan {
     started: tokio::time::Instant,
     timestamp_us: u64,
     tags: Vec<(String, String)>,
-    upstream_cluster: UpstreamClusterSlot,
+    slot: Arc<SpanSlot>,
     local: SocketAddr,
 }
 
@@ -199,12 +206,12 @@ impl Tracer {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as u64),
             tags: Vec::new(),
-            upstream_cluster: UpstreamClusterSlot::default(),
+            slot: Arc::default(),
             local: info.local,
         };
         if decision.sampled {
             span.request_tags(config, &self.node, &info, parts);
-            parts.extensions.insert(span.upstream_cluster.clone());
+            parts.extensions.insert(span.slot.clone());
         }
         span
     }
@@ -321,7 +328,7 @@ impl ActiveSpan {
         let mut tags = self.tags;
         tags.push(("http.status_code".into(), status.as_str().to_owned()));
         tags.push(("response_flags".into(), response_flags.to_owned()));
-        let cluster = self.upstream_cluster.0.get().cloned();
+        let cluster = self.slot.upstream_cluster.get().cloned();
         if let Some(cluster) = cluster {
             tags.push(("upstream_cluster".into(), cluster.clone()));
             tags.push(("upstream_cluster.name".into(), cluster));
@@ -333,9 +340,11 @@ impl ActiveSpan {
             trace_id: self.trace_id,
             id: self.id,
             parent_id: self.parent_id,
-            name: match self.kind {
-                Kind::Server => "ingress".into(),
-                Kind::Client => "egress".into(),
+            // Envoy's operation name: the route's decorator, else the traffic direction.
+            name: match (self.slot.operation.get(), self.kind) {
+                (Some(operation), _) => operation.clone(),
+                (None, Kind::Server) => "ingress".into(),
+                (None, Kind::Client) => "egress".into(),
             },
             kind: self.kind,
             timestamp_us: self.timestamp_us,

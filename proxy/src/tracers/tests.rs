@@ -225,7 +225,7 @@ fn incoming_unsampled_decision_propagates_and_is_not_reported() {
         parts.headers["x-b3-traceid"],
         "463ac35c9f6413ad48485a3953bb6124"
     );
-    assert!(parts.extensions.get::<UpstreamClusterSlot>().is_none());
+    assert!(parts.extensions.get::<Arc<SpanSlot>>().is_none());
 }
 
 #[test]
