@@ -4,7 +4,9 @@
 //!   to a Zipkin collector: the outbound CLIENT span is the parent of the inbound SERVER span,
 //!   both carry Envoy's standard tags, and the application sees the B3 context;
 //! - an invalid `tracing` block arriving over ADS is NACKed naming the field, and the last good
-//!   config keeps serving.
+//!   config keeps serving;
+//! - with the `envoy.tracers.opentelemetry` provider the same chain is exported over OTLP/gRPC
+//!   and the W3C `traceparent` of the caller is continued.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,7 +21,7 @@ use ferry_proxy::stats::Store;
 use ferry_proxy::xds::{Backoff, Client, Tracker};
 use ferry_tests::ads::AdsServer;
 use ferry_tests::bootstrap;
-use ferry_tests::collector::ZipkinCollector;
+use ferry_tests::collector::{OtlpReceiver, ZipkinCollector};
 use ferry_tests::net;
 use ferry_tests::poll::{PATIENCE, poll_until};
 use ferry_tests::upstream::Upstream;
@@ -197,7 +199,10 @@ async fn two_sidecars_in_series_report_one_trace_per_request() {
             "productpage.default"
         );
         assert_eq!(server["localEndpoint"]["serviceName"], "reviews.default");
-        assert_eq!(client["name"], "0.0.0.0_9080/*", "the route's decorator names the span");
+        assert_eq!(
+            client["name"], "0.0.0.0_9080/*",
+            "the route's decorator names the span"
+        );
         assert_eq!(server["name"], "inbound_9080/*");
         let (ct, st) = (tags(client), tags(server));
         for t in [&ct, &st] {
@@ -333,4 +338,176 @@ async fn invalid_tracing_is_nacked_and_the_last_good_config_serves() {
 
     client.abort();
     reconciler.abort();
+}
+
+/// The `tracing` block for an `envoy.tracers.opentelemetry` provider exporting to cluster `otel`.
+fn otel_tracing(service_name: &str) -> Value {
+    json!({
+        "random_sampling": { "value": 100.0 },
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": { "envoy_grpc": { "cluster_name": "otel" } },
+                "service_name": service_name
+            }
+        }
+    })
+}
+
+/// A STATIC HTTP/2 cluster `otel` (gRPC) to `addr`.
+fn otel_cluster(addr: SocketAddr) -> String {
+    format!(
+        r#"
+  - name: otel
+    type: STATIC
+    connect_timeout: 5s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: otel
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: "{}", port_value: {} }} }} }} }}] }}]"#,
+        addr.ip(),
+        addr.port()
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn opentelemetry_provider_exports_otlp_and_propagates_traceparent() {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    let receiver = OtlpReceiver::start().await.expect("receiver starts");
+    let app = Upstream::echo("reviews-v1").await.expect("upstream starts");
+    let inbound = sidecar(
+        "reviews",
+        listener(
+            "inbound_9080",
+            "INBOUND",
+            "inbound|9080||",
+            otel_tracing("reviews.default"),
+        ),
+        &[
+            bootstrap::static_cluster("inbound|9080||", app.addr),
+            otel_cluster(receiver.addr),
+        ],
+    )
+    .await;
+    let inbound_addr = inbound
+        .listeners
+        .listener_addr("inbound_9080")
+        .expect("inbound bound");
+    let outbound = sidecar(
+        "productpage",
+        listener(
+            "0.0.0.0_9080",
+            "OUTBOUND",
+            "outbound|9080||reviews",
+            otel_tracing("productpage.default"),
+        ),
+        &[
+            bootstrap::static_cluster("outbound|9080||reviews", inbound_addr),
+            otel_cluster(receiver.addr),
+        ],
+    )
+    .await;
+    let outbound_addr = outbound
+        .listeners
+        .listener_addr("0.0.0.0_9080")
+        .expect("outbound bound");
+    // A caller's sampled W3C context is continued.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut seen_by_app = Vec::new();
+    for i in 0..5 {
+        let traceparent = format!("00-{caller_trace}-00f067aa0ba902b{i}-01");
+        let request = net::request(
+            http::Method::GET,
+            "reviews:9080",
+            "/",
+            &[("traceparent", &traceparent)],
+        )
+        .expect("request");
+        let reply = net::send(outbound_addr, net::Protocol::Http1, request)
+            .await
+            .expect("request through both sidecars");
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let echoed: Value = serde_json::from_str(&reply.text()).expect("echo json");
+        seen_by_app.push(echoed["headers"].clone());
+    }
+    let resources = poll_until("10 OTLP spans", PATIENCE, || async {
+        let resources = receiver.resource_spans();
+        let n: usize = resources
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        (n >= 10).then_some(resources)
+    })
+    .await;
+    let mut spans = Vec::new();
+    for r in &resources {
+        let service = r
+            .resource
+            .as_ref()
+            .expect("resource")
+            .attributes
+            .iter()
+            .find(|a| a.key == "service.name")
+            .and_then(|a| a.value.as_ref()?.value.clone());
+        for s in r.scope_spans.iter().flat_map(|s| &s.spans) {
+            spans.push((service.clone(), s.clone()));
+        }
+    }
+    assert_eq!(spans.len(), 10);
+    for (service, span) in &spans {
+        assert_eq!(
+            hex(&span.trace_id),
+            caller_trace,
+            "the caller's trace continues"
+        );
+        match SpanKind::try_from(span.kind) {
+            Ok(SpanKind::Client) => {
+                assert_eq!(
+                    service,
+                    &Some(Any::StringValue("productpage.default".into()))
+                );
+                assert!(hex(&span.parent_span_id).starts_with("00f067aa0ba902b"));
+                let server = spans
+                    .iter()
+                    .find(|(_, s)| s.parent_span_id == span.span_id)
+                    .map(|(_, s)| s)
+                    .expect("a server span child of each client span");
+                assert_eq!(server.kind, SpanKind::Server as i32);
+                let app = seen_by_app
+                    .iter()
+                    .find(|h| {
+                        h["traceparent"]
+                            .as_str()
+                            .is_some_and(|t| t.contains(&hex(&server.span_id)))
+                    })
+                    .expect("the app saw the server span's traceparent");
+                assert!(
+                    app["traceparent"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .ends_with("-01")
+                );
+            }
+            Ok(SpanKind::Server) => {
+                assert_eq!(service, &Some(Any::StringValue("reviews.default".into())));
+            }
+            other => panic!("unexpected span kind {other:?}"),
+        }
+        assert!(span.attributes.iter().any(|a| a.key == "http.status_code"));
+        assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
+    }
+    for running in [&outbound, &inbound] {
+        assert_eq!(stat(running, "tracing.opentelemetry.spans_sent"), 5);
+        assert_eq!(stat(running, "tracing.opentelemetry.reports_sent"), 1);
+    }
 }

@@ -1,5 +1,5 @@
 //! The validated HCM `tracing` block: sampling percentages, custom tags and the provider
-//! (`envoy.tracers.zipkin`). Converted once when the listener is accepted, so the request path
+//! (`envoy.tracers.zipkin` or `envoy.tracers.opentelemetry` over gRPC). Converted once when the listener is accepted, so the request path
 //! only reads plain fields; anything Ferry cannot honour is refused naming the field.
 
 use std::sync::{Arc, OnceLock};
@@ -16,6 +16,7 @@ use super::span::Span;
 pub const DEFAULT_MAX_PATH_TAG_LENGTH: usize = 256;
 
 const ZIPKIN_TYPE: &str = "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig";
+const OPENTELEMETRY_TYPE: &str = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig";
 
 /// A `tracing` field Ferry cannot accept.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,7 +49,7 @@ pub struct TracingConfig {
     /// `custom_tags`, resolved where possible at config time.
     pub custom_tags: Vec<CustomTag>,
     /// The tracer.
-    pub provider: Arc<ZipkinConfig>,
+    pub provider: Arc<Provider>,
     /// The reporter's queue, found (or started) on the first sampled span and then kept, so
     /// later spans of this config skip the tracer's registry lock.
     pub(crate) reporter: ReporterSlot,
@@ -75,6 +76,60 @@ pub enum TagValue {
         /// `default_value`.
         default: String,
     },
+}
+
+/// A validated tracer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Provider {
+    /// `envoy.tracers.zipkin`: B3 propagation, Zipkin v2 JSON reports.
+    Zipkin(ZipkinConfig),
+    /// `envoy.tracers.opentelemetry`: W3C propagation, OTLP/gRPC export.
+    OpenTelemetry(OpenTelemetryConfig),
+}
+
+impl Provider {
+    /// The cluster reports go through.
+    pub fn collector_cluster(&self) -> &str {
+        match self {
+            Self::Zipkin(z) => &z.collector_cluster,
+            Self::OpenTelemetry(o) => &o.cluster,
+        }
+    }
+
+    /// Whether a server span reuses the caller's span id (Zipkin's `shared_span_context`).
+    pub fn shared_span_context(&self) -> bool {
+        match self {
+            Self::Zipkin(z) => z.shared_span_context,
+            Self::OpenTelemetry(_) => false,
+        }
+    }
+
+    /// Whether new traces get 128-bit ids (always for W3C).
+    pub fn trace_id_128bit(&self) -> bool {
+        match self {
+            Self::Zipkin(z) => z.trace_id_128bit,
+            Self::OpenTelemetry(_) => true,
+        }
+    }
+
+    /// The stats prefix of its reporter (`tracing.zipkin`, `tracing.opentelemetry`).
+    pub fn stats_prefix(&self) -> &'static str {
+        match self {
+            Self::Zipkin(_) => "tracing.zipkin",
+            Self::OpenTelemetry(_) => "tracing.opentelemetry",
+        }
+    }
+}
+
+/// A validated `envoy.tracers.opentelemetry` provider with a `grpc_service`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OpenTelemetryConfig {
+    /// `grpc_service.envoy_grpc.cluster_name`: the OTLP collector's cluster (HTTP/2).
+    pub cluster: String,
+    /// `grpc_service.envoy_grpc.authority` (default: the cluster name).
+    pub authority: String,
+    /// `service_name` (Envoy's default `unknown_service:envoy`): the resource's `service.name`.
+    pub service_name: String,
 }
 
 /// A validated `envoy.tracers.zipkin` provider.
@@ -141,7 +196,7 @@ impl TracingConfig {
         let Some(provider) = &t.provider else {
             return Ok(None);
         };
-        let provider = Arc::new(zipkin(provider)?);
+        let provider = Arc::new(provider_config(provider)?);
         Ok(Some(Self {
             client_sampling,
             random_sampling,
@@ -193,22 +248,91 @@ fn custom_tag(t: &CustomTagProto, field: &str) -> Result<Option<CustomTag>, Inva
     }))
 }
 
-fn zipkin(
+fn provider_config(
     provider: &xds_proto::envoy::config::trace::v3::tracing::Http,
-) -> Result<ZipkinConfig, InvalidTracing> {
+) -> Result<Provider, InvalidTracing> {
     use xds_proto::envoy::config::trace::v3::tracing::http::ConfigType;
     let Some(ConfigType::TypedConfig(any)) = &provider.config_type else {
         return Err(invalid("provider.typed_config", "required"));
     };
-    if any.type_url != ZIPKIN_TYPE {
-        return Err(invalid(
+    match any.type_url.as_str() {
+        ZIPKIN_TYPE => zipkin(any).map(Provider::Zipkin),
+        OPENTELEMETRY_TYPE => opentelemetry(any).map(Provider::OpenTelemetry),
+        other => Err(invalid(
             "provider",
             format!(
-                "tracer {} ({}) is not implemented by ferry-proxy; only envoy.tracers.zipkin is",
-                provider.name, any.type_url
+                "tracer {} ({other}) is not implemented by ferry-proxy; envoy.tracers.zipkin and \
+                 envoy.tracers.opentelemetry are",
+                provider.name
             ),
+        )),
+    }
+}
+
+fn opentelemetry(
+    any: &xds_proto::google::protobuf::Any,
+) -> Result<OpenTelemetryConfig, InvalidTracing> {
+    use xds_proto::envoy::config::core::v3::grpc_service::TargetSpecifier;
+    use xds_proto::envoy::config::trace::v3::OpenTelemetryConfig as Proto;
+    let f = |s: &str| format!("provider.typed_config.{s}");
+    let o: Proto =
+        xds_proto::any::unpack(any).map_err(|e| invalid("provider.typed_config", e.to_string()))?;
+    let refuse = |set: bool, name: &str, reason: &str| {
+        if set {
+            Err(invalid(f(name), reason))
+        } else {
+            Ok(())
+        }
+    };
+    let not_implemented = "not implemented by ferry-proxy";
+    refuse(
+        o.http_service.is_some(),
+        "http_service",
+        "OTLP/HTTP export is not implemented by ferry-proxy; use grpc_service",
+    )?;
+    refuse(o.exporter.is_some(), "exporter", not_implemented)?;
+    refuse(
+        !o.resource_detectors.is_empty(),
+        "resource_detectors",
+        not_implemented,
+    )?;
+    refuse(o.sampler.is_some(), "sampler", not_implemented)?;
+    let Some(grpc) = &o.grpc_service else {
+        return Err(invalid(f("grpc_service"), "required"));
+    };
+    refuse(
+        !grpc.initial_metadata.is_empty(),
+        "grpc_service.initial_metadata",
+        not_implemented,
+    )?;
+    let Some(TargetSpecifier::EnvoyGrpc(envoy)) = &grpc.target_specifier else {
+        return Err(invalid(
+            f("grpc_service"),
+            "only envoy_grpc (a cluster) is implemented by ferry-proxy",
+        ));
+    };
+    if envoy.cluster_name.is_empty() {
+        return Err(invalid(
+            f("grpc_service.envoy_grpc.cluster_name"),
+            "required",
         ));
     }
+    Ok(OpenTelemetryConfig {
+        cluster: envoy.cluster_name.clone(),
+        authority: if envoy.authority.is_empty() {
+            envoy.cluster_name.clone()
+        } else {
+            envoy.authority.clone()
+        },
+        service_name: if o.service_name.is_empty() {
+            "unknown_service:envoy".to_owned()
+        } else {
+            o.service_name
+        },
+    })
+}
+
+fn zipkin(any: &xds_proto::google::protobuf::Any) -> Result<ZipkinConfig, InvalidTracing> {
     let f = |s: &str| format!("provider.typed_config.{s}");
     let z: ZipkinProto =
         xds_proto::any::unpack(any).map_err(|e| invalid("provider.typed_config", e.to_string()))?;

@@ -1,6 +1,8 @@
 //! Trace context propagation: B3 (`x-b3-traceid`, `x-b3-spanid`, `x-b3-parentspanid`,
-//! `x-b3-sampled`, and the single `b3` header), the format Zipkin and Istio's sidecars use.
-//! Parsing never fails a request: a malformed context is treated as absent, as Envoy does.
+//! `x-b3-sampled`, and the single `b3` header), the format Zipkin and Istio's sidecars use, and
+//! W3C trace context (`traceparent`, with `tracestate` passed through), the OpenTelemetry
+//! tracer's. Parsing never fails a request: a malformed context is treated as absent, as Envoy
+//! does.
 
 use http::{HeaderMap, HeaderValue};
 
@@ -130,6 +132,47 @@ pub fn inject_b3(
     );
 }
 
+/// Reads a W3C `traceparent` (`00-{trace}-{parent}-{flags}`; bit 0 of the flags is sampled).
+pub fn extract_w3c(headers: &HeaderMap) -> Incoming {
+    let Some(value) = header(headers, "traceparent") else {
+        return Incoming::default();
+    };
+    let mut parts = value.split('-');
+    let (Some(version), Some(trace), Some(parent), Some(flags)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Incoming::default();
+    };
+    let valid_version = version.len() == 2 && version != "ff" && hex_u64(version).is_some();
+    let trace = (trace.len() == 32).then(|| TraceId::parse(trace)).flatten();
+    let parent = (parent.len() == 16)
+        .then(|| hex_u64(parent))
+        .flatten()
+        .filter(|p| *p != 0);
+    let flags = (flags.len() == 2).then(|| hex_u64(flags)).flatten();
+    match (valid_version, trace, parent, flags) {
+        (true, Some(trace), Some(parent), Some(flags)) => Incoming {
+            parent: Some((trace, parent)),
+            sampled: Some(flags & 1 == 1),
+        },
+        _ => Incoming::default(),
+    }
+}
+
+/// Writes the W3C `traceparent` of a span going upstream (`tracestate` is left as it came).
+pub fn inject_w3c(headers: &mut HeaderMap, trace_id: TraceId, span_id: u64, sampled: bool) {
+    let value = format!(
+        "00-{:016x}{:016x}-{}-{}",
+        trace_id.high,
+        trace_id.low,
+        span_id_hex(span_id),
+        if sampled { "01" } else { "00" }
+    );
+    if let Ok(v) = HeaderValue::try_from(value) {
+        headers.insert("traceparent", v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,5 +268,34 @@ mod tests {
         assert_eq!(h["x-b3-parentspanid"], "0000000000000abc");
         assert_eq!(h["x-b3-sampled"], "0");
         assert_eq!(extract_b3(&h).parent, Some((trace, 3)));
+    }
+
+    #[test]
+    fn w3c_traceparent_round_trips() {
+        let h = headers(&[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )]);
+        let got = extract_w3c(&h);
+        let (trace, parent) = got.parent.unwrap();
+        assert_eq!(trace.to_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(parent, 0x00f0_67aa_0ba9_02b7);
+        assert_eq!(got.sampled, Some(true));
+        let mut out = HeaderMap::new();
+        inject_w3c(&mut out, trace, 0xabc, false);
+        assert_eq!(
+            out["traceparent"],
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000abc-00"
+        );
+        for bad in [
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            let h = headers(&[("traceparent", bad)]);
+            assert_eq!(extract_w3c(&h), Incoming::default(), "{bad}");
+        }
     }
 }

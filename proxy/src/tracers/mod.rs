@@ -1,12 +1,16 @@
 //! Distributed tracing, as Envoy's HTTP connection manager does it with the
-//! `envoy.tracers.zipkin` provider Istio configures on every sidecar: per request a sampling
-//! decision ([`sampling`]), a span (SERVER on inbound listeners, CLIENT on outbound) whose B3
-//! context is propagated upstream ([`context`]), Envoy's standard tags, and reporting off the
-//! request path ([`zipkin`]). The [`Tracer`] is the proxy-wide part: the node identity and the
-//! reporters, one per distinct provider config, started on first use.
+//! `envoy.tracers.zipkin` provider Istio configures on every sidecar (or
+//! `envoy.tracers.opentelemetry`): per request a sampling decision ([`sampling`]), a span
+//! (SERVER on inbound listeners, CLIENT on outbound) whose context is propagated upstream (B3 for
+//! Zipkin, W3C `traceparent` for OpenTelemetry, [`context`]), Envoy's standard tags, and
+//! reporting off the request path ([`reporter`], in [`zipkin`] or [`opentelemetry`] format). The
+//! [`Tracer`] is the proxy-wide part: the node identity and the reporters, one per distinct
+//! provider config, started on first use.
 
 pub mod config;
 pub mod context;
+pub mod opentelemetry;
+pub mod reporter;
 pub mod sampling;
 pub mod span;
 pub mod zipkin;
@@ -17,7 +21,9 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use http::{HeaderMap, StatusCode};
 use tokio::sync::mpsc;
 
-pub use config::{CustomTag, InvalidTracing, TagValue, TracingConfig, ZipkinConfig};
+pub use config::{
+    CustomTag, InvalidTracing, OpenTelemetryConfig, Provider, TagValue, TracingConfig, ZipkinConfig,
+};
 pub use context::TraceId;
 pub use sampling::{Decision, Reason, Signals};
 pub use span::{Endpoint, Kind, Span};
@@ -40,8 +46,9 @@ pub struct Tracer {
     node: LocalNode,
     store: Weak<ConfigStore>,
     stats: Arc<Store>,
-    zipkin_stats: OnceLock<Arc<zipkin::ZipkinStats>>,
-    reporters: Mutex<Vec<(Arc<ZipkinConfig>, mpsc::Sender<Span>)>>,
+    zipkin_stats: OnceLock<Arc<reporter::ReporterStats>>,
+    opentelemetry_stats: OnceLock<Arc<reporter::ReporterStats>>,
+    reporters: Mutex<Vec<(Arc<Provider>, mpsc::Sender<Span>)>>,
 }
 
 /// Envoy's `http.<stat_prefix>.tracing.*` counters.
@@ -144,6 +151,7 @@ impl Tracer {
             store,
             stats,
             zipkin_stats: OnceLock::new(),
+            opentelemetry_stats: OnceLock::new(),
             reporters: Mutex::new(Vec::new()),
         }
     }
@@ -157,7 +165,12 @@ impl Tracer {
         info: RequestInfo<'_>,
         parts: &mut http::request::Parts,
     ) -> ActiveSpan {
-        let incoming = context::extract_b3(&parts.headers);
+        let w3c = matches!(*config.provider, Provider::OpenTelemetry(_));
+        let incoming = if w3c {
+            context::extract_w3c(&parts.headers)
+        } else {
+            context::extract_b3(&parts.headers)
+        };
         let signals = Signals {
             force: info.force,
             client_trace_id: parts.headers.contains_key("x-client-trace-id"),
@@ -165,7 +178,7 @@ impl Tracer {
         };
         let decision = sampling::decide(config, signals, &mut rand::rng());
         stats.record(decision.reason);
-        let shared = config.provider.shared_span_context && info.kind == Kind::Server;
+        let shared = config.provider.shared_span_context() && info.kind == Kind::Server;
         let (trace_id, id, parent_id) = match incoming.parent {
             Some((trace, caller)) if shared => {
                 let grandparent = parts
@@ -177,7 +190,7 @@ impl Tracer {
             }
             Some((trace, caller)) => (trace, random_nonzero(), Some(caller)),
             None => {
-                let high = if config.provider.trace_id_128bit {
+                let high = if config.provider.trace_id_128bit() {
                     random_nonzero()
                 } else {
                     0
@@ -187,13 +200,17 @@ impl Tracer {
             }
         };
         let shared = shared && incoming.parent.is_some();
-        context::inject_b3(
-            &mut parts.headers,
-            trace_id,
-            id,
-            parent_id,
-            decision.sampled,
-        );
+        if w3c {
+            context::inject_w3c(&mut parts.headers, trace_id, id, decision.sampled);
+        } else {
+            context::inject_b3(
+                &mut parts.headers,
+                trace_id,
+                id,
+                parent_id,
+                decision.sampled,
+            );
+        }
         let mut span = ActiveSpan {
             sampled: decision.sampled,
             trace_id,
@@ -233,28 +250,38 @@ impl Tracer {
             .get_or_init(|| self.reporter(&config.provider));
         let span = span.into_span(&self.node, status, response_flags);
         if let Err(mpsc::error::TrySendError::Full(_)) = reporter.try_send(span) {
-            self.zipkin_stats().spans_dropped.inc();
+            self.reporter_stats(&config.provider).spans_dropped.inc();
         }
     }
 
-    fn zipkin_stats(&self) -> &Arc<zipkin::ZipkinStats> {
-        self.zipkin_stats
-            .get_or_init(|| Arc::new(zipkin::ZipkinStats::new(&self.stats)))
+    fn reporter_stats(&self, provider: &Provider) -> &Arc<reporter::ReporterStats> {
+        let slot = match provider {
+            Provider::Zipkin(_) => &self.zipkin_stats,
+            Provider::OpenTelemetry(_) => &self.opentelemetry_stats,
+        };
+        slot.get_or_init(|| {
+            Arc::new(reporter::ReporterStats::new(
+                &self.stats,
+                provider.stats_prefix(),
+            ))
+        })
     }
 
     /// The reporter for `provider`, started on first use and shared by every HCM config (old
     /// and new versions alike) with the same provider.
-    fn reporter(&self, provider: &Arc<ZipkinConfig>) -> mpsc::Sender<Span> {
+    fn reporter(&self, provider: &Arc<Provider>) -> mpsc::Sender<Span> {
         let mut reporters = self.reporters.lock().unwrap_or_else(|p| p.into_inner());
         reporters.retain(|(_, tx)| !tx.is_closed());
         if let Some((_, tx)) = reporters.iter().find(|(c, _)| c == provider) {
             return tx.clone();
         }
-        let tx = zipkin::spawn(
-            provider.clone(),
-            self.store.clone(),
-            self.zipkin_stats().clone(),
-        );
+        let tx = reporter::Reporter {
+            provider: provider.clone(),
+            store: self.store.clone(),
+            stats: self.reporter_stats(provider).clone(),
+            node: self.node.clone(),
+        }
+        .spawn();
         reporters.push((provider.clone(), tx.clone()));
         tx
     }

@@ -65,10 +65,13 @@ fn istio_tracing_block_is_accepted() {
         .unwrap();
     assert_eq!(c.random_sampling, 100.0);
     assert_eq!(c.max_path_tag_length, 256);
-    assert!(!c.provider.shared_span_context);
-    assert!(c.provider.trace_id_128bit);
+    let Provider::Zipkin(z) = &*c.provider else {
+        panic!("zipkin expected");
+    };
+    assert!(!c.provider.shared_span_context());
+    assert!(c.provider.trace_id_128bit());
     assert_eq!(
-        c.provider.collector_hostname,
+        z.collector_hostname,
         "zipkin.istio-system.svc.cluster.local"
     );
     // The metadata tag has no value on a proxy without dynamic metadata: dropped.
@@ -239,4 +242,68 @@ fn max_path_tag_length_cuts_the_url() {
     let span = tracer.start(&config, &stats, info(Kind::Client), &mut parts);
     let url = span.tags.iter().find(|(k, _)| k == "http.url").unwrap();
     assert_eq!(url.1, "http://reviews:9080/");
+}
+
+fn otel_provider(grpc: Option<xds_proto::envoy::config::core::v3::GrpcService>) -> Http {
+    use xds_proto::envoy::config::trace::v3::OpenTelemetryConfig as Proto;
+    let o = Proto {
+        grpc_service: grpc,
+        service_name: "reviews.default".into(),
+        ..Default::default()
+    };
+    Http {
+        name: "envoy.tracers.opentelemetry".into(),
+        config_type: Some(ConfigType::TypedConfig(xds_proto::any::pack(&o))),
+    }
+}
+
+#[test]
+fn opentelemetry_over_an_envoy_grpc_cluster_is_accepted_and_uses_w3c() {
+    use xds_proto::envoy::config::core::v3::{GrpcService, grpc_service};
+    let grpc = GrpcService {
+        target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+            grpc_service::EnvoyGrpc {
+                cluster_name: "outbound|4317||otel.observability.svc.cluster.local".into(),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    };
+    let t = Tracing {
+        provider: Some(otel_provider(Some(grpc))),
+        ..istio_tracing()
+    };
+    let config = TracingConfig::from_proto(&t).unwrap().unwrap();
+    let Provider::OpenTelemetry(o) = &*config.provider else {
+        panic!("opentelemetry expected");
+    };
+    assert_eq!(o.service_name, "reviews.default");
+    assert_eq!(o.authority, o.cluster);
+    let tracer = tracer();
+    let stats = TracingStats::new(&Store::default(), "p");
+    let mut parts = request(&[]);
+    let span = tracer.start(&config, &stats, info(Kind::Client), &mut parts);
+    let traceparent = parts.headers["traceparent"].to_str().unwrap();
+    assert!(traceparent.starts_with(&format!("00-{}-", span.trace_id().to_hex())));
+    assert!(traceparent.ends_with("-01"));
+    assert!(!parts.headers.contains_key("x-b3-traceid"));
+
+    let refused = TracingConfig::from_proto(&Tracing {
+        provider: Some(otel_provider(None)),
+        ..istio_tracing()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("grpc_service"), "{refused}");
+    let google = GrpcService {
+        target_specifier: Some(grpc_service::TargetSpecifier::GoogleGrpc(Default::default())),
+        ..Default::default()
+    };
+    let refused = TracingConfig::from_proto(&Tracing {
+        provider: Some(otel_provider(Some(google))),
+        ..istio_tracing()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("envoy_grpc"), "{refused}");
 }
