@@ -56,12 +56,23 @@ pub struct TracingSettings {
     pub sampling_centi_percent: u32,
     /// `defaultConfig.tracing.maxPathTagLength`, when set.
     pub max_path_tag_length: Option<u32>,
-    /// The Zipkin collector service's host name (FQDN) and port.
-    pub zipkin_service: String,
+    /// Which tracer the collector speaks.
+    pub collector: Collector,
+    /// The collector service's host name (FQDN).
+    pub service: String,
     /// The collector's port.
-    pub zipkin_port: u16,
+    pub port: u16,
     /// `enable64bitTraceId` of a zipkin extension provider (default false: 128-bit ids).
     pub trace_id_64bit: bool,
+}
+
+/// The tracer of an extension provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collector {
+    /// `zipkin` (and the legacy `defaultConfig.tracing.zipkin`).
+    Zipkin,
+    /// `opentelemetry` (OTLP over gRPC).
+    OpenTelemetry,
 }
 
 impl TracingSettings {
@@ -72,7 +83,7 @@ impl TracingSettings {
 
     /// Istio's cluster name for the collector: `outbound|9411||zipkin.istio-system.svc.cluster.local`.
     pub fn collector_cluster(&self) -> String {
-        format!("outbound|{}||{}", self.zipkin_port, self.zipkin_service)
+        format!("outbound|{}||{}", self.port, self.service)
     }
 }
 
@@ -82,8 +93,9 @@ impl Default for MeshConfig {
             tracing: Some(TracingSettings {
                 sampling_centi_percent: 100,
                 max_path_tag_length: None,
-                zipkin_service: "zipkin.istio-system.svc.cluster.local".to_owned(),
-                zipkin_port: 9411,
+                collector: Collector::Zipkin,
+                service: "zipkin.istio-system.svc.cluster.local".to_owned(),
+                port: 9411,
                 trace_id_64bit: false,
             }),
             tracing_explicit: false,
@@ -127,7 +139,14 @@ struct RawZipkinAddress {
 struct RawProvider {
     name: String,
     zipkin: Option<RawZipkinProvider>,
-    opentelemetry: Option<serde_json::Value>,
+    opentelemetry: Option<RawOpenTelemetryProvider>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawOpenTelemetryProvider {
+    service: String,
+    port: u16,
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,21 +215,13 @@ impl MeshConfig {
                 let (host, port) = z.address.rsplit_once(':').ok_or_else(|| {
                     field("defaultConfig.tracing.zipkin.address", "expected HOST:PORT")
                 })?;
-                settings.zipkin_service = fqdn(host);
-                settings.zipkin_port = port.parse().map_err(|_| {
+                settings.service = fqdn(host);
+                settings.port = port.parse().map_err(|_| {
                     field(
                         "defaultConfig.tracing.zipkin.address",
                         "port is not a number",
                     )
                 })?;
-            }
-        }
-        for (i, p) in raw.extension_providers.iter().enumerate() {
-            if p.opentelemetry.is_some() {
-                return Err(field(
-                    format!("extensionProviders[{i}].opentelemetry"),
-                    "OpenTelemetry tracing is not implemented by ferry-control; use zipkin",
-                ));
             }
         }
         if let Some(defaults) = &raw.default_providers {
@@ -224,15 +235,26 @@ impl MeshConfig {
                             format!("no extensionProviders entry is named {name:?}"),
                         ));
                     };
-                    let Some(z) = &provider.zipkin else {
-                        return Err(field(
-                            "defaultProviders.tracing[0]",
-                            format!("provider {name:?} is not a zipkin provider"),
-                        ));
-                    };
-                    settings.zipkin_service = fqdn(z.service.rsplit('/').next().unwrap_or(""));
-                    settings.zipkin_port = z.port;
-                    settings.trace_id_64bit = z.enable64bit_trace_id;
+                    match (&provider.zipkin, &provider.opentelemetry) {
+                        (Some(z), None) => {
+                            settings.service = fqdn(z.service.rsplit('/').next().unwrap_or(""));
+                            settings.port = z.port;
+                            settings.trace_id_64bit = z.enable64bit_trace_id;
+                        }
+                        (None, Some(o)) => {
+                            settings.collector = Collector::OpenTelemetry;
+                            settings.service = fqdn(o.service.rsplit('/').next().unwrap_or(""));
+                            settings.port = o.port;
+                        }
+                        _ => {
+                            return Err(field(
+                                "defaultProviders.tracing[0]",
+                                format!(
+                                    "provider {name:?} must be exactly one of zipkin or opentelemetry"
+                                ),
+                            ));
+                        }
+                    }
                 }
                 _ => {
                     return Err(field(
@@ -293,8 +315,22 @@ mod tests {
         )
         .unwrap();
         let t = m.tracing.unwrap();
-        assert_eq!(t.zipkin_service, "zipkin.tracing.svc.cluster.local");
+        assert_eq!(t.service, "zipkin.tracing.svc.cluster.local");
         assert!(t.trace_id_64bit);
+    }
+
+    #[test]
+    fn opentelemetry_provider_is_read() {
+        let m = MeshConfig::from_yaml(
+            "extensionProviders:\n- name: otel\n  opentelemetry: {service: otel.observability.svc.cluster.local, port: 4317}\ndefaultProviders: {tracing: [otel]}\n",
+        )
+        .unwrap();
+        let t = m.tracing.unwrap();
+        assert_eq!(t.collector, Collector::OpenTelemetry);
+        assert_eq!(
+            t.collector_cluster(),
+            "outbound|4317||otel.observability.svc.cluster.local"
+        );
     }
 
     #[test]
@@ -304,7 +340,7 @@ mod tests {
             .to_string();
         assert!(e.contains("outboundTrafficPolicy"), "{e}");
         let e = MeshConfig::from_yaml(
-            "extensionProviders:\n- name: otel\n  opentelemetry: {service: otel.observability.svc.cluster.local, port: 4317}\n",
+            "extensionProviders:\n- name: otel\n  opentelemetry: {service: otel.observability.svc.cluster.local, port: 4317, http: {path: /v1/traces}}\n",
         )
         .unwrap_err()
         .to_string();

@@ -1,5 +1,6 @@
 //! The HCM `tracing` block istiod puts on every sidecar HTTP connection manager when tracing is
-//! enabled: sampling from MeshConfig (`client_sampling` and `overall_sampling` 100%,
+//! enabled (an OpenTelemetry extension provider gives `envoy.tracers.opentelemetry` over gRPC
+//! instead of Zipkin): sampling from MeshConfig (`client_sampling` and `overall_sampling` 100%,
 //! `random_sampling` = `defaultConfig.tracing.sampling`), Istio's service tags as literal custom
 //! tags, and the `envoy.tracers.zipkin` provider pointing at the collector's outbound cluster
 //! (`outbound|9411||zipkin.istio-system.svc.cluster.local`, v2 JSON at `/api/v2/spans`, 128-bit
@@ -11,9 +12,10 @@
 //! stay unaware of it.
 
 use xds_proto::envoy::config::cluster::v3::Cluster;
+use xds_proto::envoy::config::core::v3::{GrpcService, grpc_service};
 use xds_proto::envoy::config::listener::v3::{FilterChain, Listener, filter};
 use xds_proto::envoy::config::trace::v3::tracing::{Http as TracingHttp, http};
-use xds_proto::envoy::config::trace::v3::{ZipkinConfig, zipkin_config};
+use xds_proto::envoy::config::trace::v3::{OpenTelemetryConfig, ZipkinConfig, zipkin_config};
 use xds_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager::Tracing,
 };
@@ -24,7 +26,7 @@ use xds_proto::google::protobuf::BoolValue;
 use super::TranslateError;
 use super::envoy::{any, u32_value};
 use super::filter_chain::HCM;
-use crate::mesh_config::{MeshConfig, TracingSettings};
+use crate::mesh_config::{Collector, MeshConfig, TracingSettings};
 use crate::model::proxy::ProxyNode;
 
 /// Istio's default mesh id (the trust domain) and cluster id.
@@ -78,16 +80,35 @@ fn service_tags(proxy: &ProxyNode) -> Vec<CustomTag> {
     ]
 }
 
+/// The provider istiod generates for an OpenTelemetry extension provider: OTLP over gRPC to
+/// the collector's outbound cluster, the workload's `app.namespace` as `service_name`.
+fn opentelemetry(settings: &TracingSettings, proxy: &ProxyNode) -> TracingHttp {
+    let app = label(proxy, &["app.kubernetes.io/name", "app"]).unwrap_or(&proxy.pod);
+    let config = OpenTelemetryConfig {
+        grpc_service: Some(GrpcService {
+            target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                grpc_service::EnvoyGrpc {
+                    cluster_name: settings.collector_cluster(),
+                    authority: settings.service.clone(),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        service_name: format!("{app}.{}", proxy.namespace),
+        ..Default::default()
+    };
+    TracingHttp {
+        name: "envoy.tracers.opentelemetry".to_owned(),
+        config_type: Some(http::ConfigType::TypedConfig(any(&config))),
+    }
+}
+
 /// The `tracing` block for `proxy`'s HCMs.
 pub fn hcm_tracing(settings: &TracingSettings, proxy: &ProxyNode) -> Tracing {
-    let zipkin = ZipkinConfig {
-        collector_cluster: settings.collector_cluster(),
-        collector_endpoint: "/api/v2/spans".to_owned(),
-        collector_endpoint_version: zipkin_config::CollectorEndpointVersion::HttpJson as i32,
-        trace_id_128bit: !settings.trace_id_64bit,
-        shared_span_context: Some(BoolValue { value: false }),
-        collector_hostname: settings.zipkin_service.clone(),
-        ..Default::default()
+    let provider = match settings.collector {
+        Collector::Zipkin => zipkin(settings),
+        Collector::OpenTelemetry => opentelemetry(settings, proxy),
     };
     Tracing {
         client_sampling: Some(Percent { value: 100.0 }),
@@ -97,11 +118,24 @@ pub fn hcm_tracing(settings: &TracingSettings, proxy: &ProxyNode) -> Tracing {
         overall_sampling: Some(Percent { value: 100.0 }),
         max_path_tag_length: settings.max_path_tag_length.map(u32_value),
         custom_tags: service_tags(proxy),
-        provider: Some(TracingHttp {
-            name: "envoy.tracers.zipkin".to_owned(),
-            config_type: Some(http::ConfigType::TypedConfig(any(&zipkin))),
-        }),
+        provider: Some(provider),
         ..Default::default()
+    }
+}
+
+fn zipkin(settings: &TracingSettings) -> TracingHttp {
+    let zipkin = ZipkinConfig {
+        collector_cluster: settings.collector_cluster(),
+        collector_endpoint: "/api/v2/spans".to_owned(),
+        collector_endpoint_version: zipkin_config::CollectorEndpointVersion::HttpJson as i32,
+        trace_id_128bit: !settings.trace_id_64bit,
+        shared_span_context: Some(BoolValue { value: false }),
+        collector_hostname: settings.service.clone(),
+        ..Default::default()
+    };
+    TracingHttp {
+        name: "envoy.tracers.zipkin".to_owned(),
+        config_type: Some(http::ConfigType::TypedConfig(any(&zipkin))),
     }
 }
 
@@ -141,7 +175,7 @@ pub fn apply(
                 "defaultConfig.tracing",
                 format!(
                     "the trace collector service {}:{} is not in this proxy's view: tracing not configured",
-                    settings.zipkin_service, settings.zipkin_port
+                    settings.service, settings.port
                 ),
             ));
         }
@@ -282,5 +316,37 @@ mod tests {
                 .0
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn an_opentelemetry_provider_exports_over_grpc_to_its_cluster() {
+        let mut model = bookinfo();
+        let mut otel = with_zipkin(Model::default())
+            .services
+            .into_values()
+            .next()
+            .unwrap();
+        otel.hostname = "otel.observability.svc.cluster.local".into();
+        otel.namespace = "observability".into();
+        otel.ports[0].port = 4317;
+        otel.ports[0].protocol = Protocol::Grpc;
+        model.services.insert(otel.hostname.clone(), otel);
+        let options = Options {
+            mesh: MeshConfig::from_yaml(
+                "extensionProviders:\n- name: otel\n  opentelemetry: {service: otel.observability.svc.cluster.local, port: 4317}\ndefaultProviders: {tracing: [otel]}\n",
+            )
+            .unwrap(),
+            ..Options::default()
+        };
+        let (blocks, hcms) = tracing_blocks(&model, &options);
+        assert_eq!(blocks.len(), hcms);
+        let p = &blocks[0]["provider"];
+        assert_eq!(p["name"], "envoy.tracers.opentelemetry");
+        let grpc = &p["typed_config"]["grpc_service"]["envoy_grpc"];
+        assert_eq!(
+            grpc["cluster_name"],
+            "outbound|4317||otel.observability.svc.cluster.local"
+        );
+        assert_eq!(p["typed_config"]["service_name"], "productpage.default");
     }
 }
