@@ -132,6 +132,9 @@ pub enum StartError {
     /// The admin server could not bind.
     #[error("cannot bind admin server: {0}")]
     AdminBind(std::io::Error),
+    /// The bootstrap's `tracing` is refused.
+    #[error("bootstrap {0}")]
+    Tracing(#[from] crate::tracers::InvalidTracing),
 }
 
 /// A running proxy.
@@ -192,9 +195,15 @@ pub async fn start(bootstrap: Bootstrap) -> Result<Running, StartError> {
             cluster: Arc::from(n.cluster.as_str()),
         })
         .unwrap_or_default();
+    // Deprecated in Envoy in favour of the HCM's provider, but still honoured by it.
+    #[allow(deprecated)]
+    let default_tracer = match &bootstrap.tracing {
+        Some(t) => crate::tracers::config::bootstrap_provider(t)?,
+        None => None,
+    };
     let (tracker, client) = crate::xds::start(Arc::new(bootstrap), store.clone(), stats.clone())?;
     let lifecycle = Lifecycle::new();
-    let listeners = ListenerManager::with_node(store.clone(), stats.clone(), node);
+    let listeners = ListenerManager::with_node(store.clone(), stats.clone(), node, default_tracer);
     listeners.reconcile().await;
     let mut tasks = vec![tokio::spawn(listeners.clone().run())];
     tasks.extend(client);

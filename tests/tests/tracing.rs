@@ -81,10 +81,15 @@ fn listener(name: &str, direction: &str, cluster: &str, tracing: Value) -> Value
 }
 
 async fn sidecar(node: &str, listener: Value, clusters: &[String]) -> Running {
+    sidecar_with(node, "", listener, clusters).await
+}
+
+/// [`sidecar`] with more top-level bootstrap YAML (`extra`, e.g. a `tracing:` block).
+async fn sidecar_with(node: &str, extra: &str, listener: Value, clusters: &[String]) -> Running {
     let listener_yaml = serde_yaml_ng::to_string(&json!([listener])).expect("yaml");
     let indented: String = listener_yaml.lines().map(|l| format!("\n  {l}")).collect();
     let yaml = format!(
-        "node: {{ id: \"sidecar~127.0.0.1~{node}.default~default.svc.cluster.local\", cluster: \"{node}.default\" }}\n{}",
+        "node: {{ id: \"sidecar~127.0.0.1~{node}.default~default.svc.cluster.local\", cluster: \"{node}.default\" }}\n{extra}{}",
         bootstrap::static_resources(&[indented], clusters)
     );
     let bootstrap = xds_proto::json::from_yaml_str(&yaml).expect("bootstrap parses");
@@ -510,4 +515,44 @@ async fn opentelemetry_provider_exports_otlp_and_propagates_traceparent() {
         assert_eq!(stat(running, "tracing.opentelemetry.spans_sent"), 5);
         assert_eq!(stat(running, "tracing.opentelemetry.reports_sent"), 1);
     }
+}
+
+#[tokio::test]
+async fn hcm_tracing_without_provider_uses_the_bootstrap_tracer() {
+    let collector = ZipkinCollector::start().await.expect("collector starts");
+    let app = Upstream::echo("app").await.expect("upstream starts");
+    let mut tracing = istio_tracing("HTTP_JSON");
+    let provider = tracing
+        .as_object_mut()
+        .and_then(|t| t.remove("provider"))
+        .expect("provider");
+    let extra = format!(
+        "tracing: {{ http: {} }}\n",
+        serde_json::to_string(&provider).expect("json")
+    );
+    let proxy = sidecar_with(
+        "app",
+        &extra,
+        listener("0.0.0.0_9080", "OUTBOUND", "app", tracing),
+        &[
+            bootstrap::static_cluster("app", app.addr),
+            bootstrap::static_cluster("zipkin", collector.addr),
+        ],
+    )
+    .await;
+    let addr = proxy
+        .listeners
+        .listener_addr("0.0.0.0_9080")
+        .expect("listener bound");
+    for _ in 0..5 {
+        let reply = net::get(addr, "app:9080", "/").await.expect("request");
+        assert_eq!(reply.status, 200);
+        assert!(reply.text().contains("x-b3-traceid"), "{}", reply.text());
+    }
+    let spans = poll_until("5 spans", PATIENCE, || async {
+        let spans = collector.spans();
+        (spans.len() >= 5).then_some(spans)
+    })
+    .await;
+    assert!(spans.iter().all(|s| s["kind"] == "CLIENT"), "{spans:#?}");
 }

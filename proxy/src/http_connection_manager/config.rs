@@ -60,7 +60,8 @@ pub struct HttpConnectionManagerConfig {
     /// `drain_timeout` (Envoy's default 5s): how long a retired HTTP/1.1 connection may stay
     /// idle before it is closed.
     pub drain_timeout: std::time::Duration,
-    /// `tracing` with a provider: spans are created, propagated and reported.
+    /// `tracing`: spans are created, propagated and reported (by its provider, else the
+    /// bootstrap's).
     pub tracing: Option<Arc<crate::tracers::TracingConfig>>,
 }
 
@@ -95,9 +96,10 @@ impl HttpConnectionManagerConfig {
             }
         };
         let tracing = match &h.tracing {
-            Some(t) => crate::tracers::TracingConfig::from_proto(t)
-                .map_err(|e| Invalid::new(f(&format!("tracing.{}", e.field)), e.reason))?
-                .map(Arc::new),
+            Some(t) => Some(Arc::new(
+                crate::tracers::TracingConfig::from_proto(t)
+                    .map_err(|e| Invalid::new(f(&format!("tracing.{}", e.field)), e.reason))?,
+            )),
             None => None,
         };
         refuse_if(!h.access_log.is_empty(), "access_log")?;

@@ -280,11 +280,9 @@ async fn handle_inner(
                 force: force_trace,
                 authority: &authority,
             };
-            Some(
-                downstream
-                    .tracer
-                    .start(tracing, &stats.tracing, info, &mut parts),
-            )
+            downstream
+                .tracer
+                .start(tracing, &stats.tracing, info, &mut parts)
         }
         _ => None,
     };

@@ -78,16 +78,19 @@ impl std::fmt::Debug for ListenerManager {
 impl ListenerManager {
     /// A manager serving the listeners of `store`'s snapshots.
     pub fn new(store: Arc<ConfigStore>, stats: Arc<Store>) -> Arc<Self> {
-        Self::with_node(store, stats, crate::tracers::LocalNode::default())
+        Self::with_node(store, stats, crate::tracers::LocalNode::default(), None)
     }
 
-    /// [`Self::new`] for a proxy whose spans carry `node`'s identity.
+    /// [`Self::new`] for a proxy whose spans carry `node`'s identity, with the bootstrap's
+    /// tracer (`tracing.http`) for HCMs whose `tracing` names no provider.
     pub fn with_node(
         store: Arc<ConfigStore>,
         stats: Arc<Store>,
         node: crate::tracers::LocalNode,
+        default_tracer: Option<Arc<crate::tracers::Provider>>,
     ) -> Arc<Self> {
-        let tracer = crate::tracers::Tracer::new(node, Arc::downgrade(&store), stats.clone());
+        let tracer = crate::tracers::Tracer::new(node, Arc::downgrade(&store), stats.clone())
+            .with_default_provider(default_tracer);
         Arc::new(Self {
             tracer: Arc::new(tracer),
             store,

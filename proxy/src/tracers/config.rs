@@ -48,8 +48,9 @@ pub struct TracingConfig {
     pub max_path_tag_length: usize,
     /// `custom_tags`, resolved where possible at config time.
     pub custom_tags: Vec<CustomTag>,
-    /// The tracer.
-    pub provider: Arc<Provider>,
+    /// The tracer; absent: the bootstrap's `tracing.http` (Envoy's fallback, which Istio's
+    /// legacy bootstrap uses), else no tracing at all.
+    pub provider: Option<Arc<Provider>>,
     /// The reporter's queue, found (or started) on the first sampled span and then kept, so
     /// later spans of this config skip the tracer's registry lock.
     pub(crate) reporter: ReporterSlot,
@@ -170,11 +171,10 @@ fn percent(
 }
 
 impl TracingConfig {
-    /// Validates an HCM `tracing` block. `Ok(None)`: tracing without a provider, which in
-    /// Envoy means no tracer (no spans, no propagation).
+    /// Validates an HCM `tracing` block.
     pub fn from_proto(
         t: &hcm_pb::http_connection_manager::Tracing,
-    ) -> Result<Option<Self>, InvalidTracing> {
+    ) -> Result<Self, InvalidTracing> {
         if t.verbose {
             return Err(invalid(
                 "verbose",
@@ -193,11 +193,11 @@ impl TracingConfig {
             .enumerate()
             .filter_map(|(i, tag)| custom_tag(tag, &format!("custom_tags[{i}]")).transpose())
             .collect::<Result<Vec<_>, _>>()?;
-        let Some(provider) = &t.provider else {
-            return Ok(None);
+        let provider = match &t.provider {
+            Some(p) => Some(Arc::new(provider_config(p)?)),
+            None => None,
         };
-        let provider = Arc::new(provider_config(provider)?);
-        Ok(Some(Self {
+        Ok(Self {
             client_sampling,
             random_sampling,
             overall_sampling,
@@ -205,7 +205,17 @@ impl TracingConfig {
             custom_tags,
             provider,
             reporter: ReporterSlot::default(),
-        }))
+        })
+    }
+}
+
+/// Validates the bootstrap's `tracing.http`, the provider of HCMs whose `tracing` names none.
+pub fn bootstrap_provider(
+    t: &xds_proto::envoy::config::trace::v3::Tracing,
+) -> Result<Option<Arc<Provider>>, InvalidTracing> {
+    match &t.http {
+        Some(http) => provider_config(http).map(|p| Some(Arc::new(p))),
+        None => Ok(None),
     }
 }
 

@@ -44,6 +44,7 @@ pub struct LocalNode {
 #[derive(Debug)]
 pub struct Tracer {
     node: LocalNode,
+    default_provider: Option<Arc<Provider>>,
     store: Weak<ConfigStore>,
     stats: Arc<Store>,
     zipkin_stats: OnceLock<Arc<reporter::ReporterStats>>,
@@ -113,6 +114,7 @@ pub struct RequestInfo<'a> {
 /// A request's span between its start and its response.
 #[derive(Debug)]
 pub struct ActiveSpan {
+    provider: Arc<Provider>,
     sampled: bool,
     trace_id: TraceId,
     id: u64,
@@ -148,6 +150,7 @@ impl Tracer {
     pub fn new(node: LocalNode, store: Weak<ConfigStore>, stats: Arc<Store>) -> Self {
         Self {
             node,
+            default_provider: None,
             store,
             stats,
             zipkin_stats: OnceLock::new(),
@@ -156,16 +159,28 @@ impl Tracer {
         }
     }
 
+    /// Uses `provider` (the bootstrap's `tracing.http`) for HCMs whose `tracing` has none.
+    pub fn with_default_provider(mut self, provider: Option<Arc<Provider>>) -> Self {
+        self.default_provider = provider;
+        self
+    }
+
     /// Starts a request's span: decides sampling (counted in `stats`), creates or continues the
-    /// trace and writes its B3 context into `parts` for the upstream.
+    /// trace and writes its context into `parts` for the upstream. `None`: no provider in the
+    /// HCM nor the bootstrap, so no tracing (Envoy's null tracer).
     pub fn start(
         &self,
         config: &TracingConfig,
         stats: &TracingStats,
         info: RequestInfo<'_>,
         parts: &mut http::request::Parts,
-    ) -> ActiveSpan {
-        let w3c = matches!(*config.provider, Provider::OpenTelemetry(_));
+    ) -> Option<ActiveSpan> {
+        let provider = config
+            .provider
+            .as_ref()
+            .or(self.default_provider.as_ref())?
+            .clone();
+        let w3c = matches!(*provider, Provider::OpenTelemetry(_));
         let incoming = if w3c {
             context::extract_w3c(&parts.headers)
         } else {
@@ -178,7 +193,7 @@ impl Tracer {
         };
         let decision = sampling::decide(config, signals, &mut rand::rng());
         stats.record(decision.reason);
-        let shared = config.provider.shared_span_context() && info.kind == Kind::Server;
+        let shared = provider.shared_span_context() && info.kind == Kind::Server;
         let (trace_id, id, parent_id) = match incoming.parent {
             Some((trace, caller)) if shared => {
                 let grandparent = parts
@@ -190,7 +205,7 @@ impl Tracer {
             }
             Some((trace, caller)) => (trace, random_nonzero(), Some(caller)),
             None => {
-                let high = if config.provider.trace_id_128bit() {
+                let high = if provider.trace_id_128bit() {
                     random_nonzero()
                 } else {
                     0
@@ -212,6 +227,7 @@ impl Tracer {
             );
         }
         let mut span = ActiveSpan {
+            provider,
             sampled: decision.sampled,
             trace_id,
             id,
@@ -230,7 +246,7 @@ impl Tracer {
             span.request_tags(config, &self.node, &info, parts);
             parts.extensions.insert(span.slot.clone());
         }
-        span
+        Some(span)
     }
 
     /// Ends the span with the response and queues it for its reporter (sampled spans only).
@@ -244,13 +260,11 @@ impl Tracer {
         if !span.sampled {
             return;
         }
-        let reporter = config
-            .reporter
-            .0
-            .get_or_init(|| self.reporter(&config.provider));
+        let provider = span.provider.clone();
+        let reporter = config.reporter.0.get_or_init(|| self.reporter(&provider));
         let span = span.into_span(&self.node, status, response_flags);
         if let Err(mpsc::error::TrySendError::Full(_)) = reporter.try_send(span) {
-            self.reporter_stats(&config.provider).spans_dropped.inc();
+            self.reporter_stats(&provider).spans_dropped.inc();
         }
     }
 

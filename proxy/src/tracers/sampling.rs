@@ -82,7 +82,7 @@ mod tests {
             provider: Some(provider),
             ..Default::default()
         };
-        TracingConfig::from_proto(&t).unwrap().unwrap()
+        TracingConfig::from_proto(&t).unwrap()
     }
 
     fn rate(config: &TracingConfig, signals: Signals) -> usize {

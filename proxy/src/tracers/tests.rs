@@ -60,16 +60,15 @@ fn istio_tracing() -> Tracing {
 
 #[test]
 fn istio_tracing_block_is_accepted() {
-    let c = TracingConfig::from_proto(&istio_tracing())
-        .unwrap()
-        .unwrap();
+    let c = TracingConfig::from_proto(&istio_tracing()).unwrap();
     assert_eq!(c.random_sampling, 100.0);
     assert_eq!(c.max_path_tag_length, 256);
-    let Provider::Zipkin(z) = &*c.provider else {
+    let provider = c.provider.as_deref().unwrap();
+    let Provider::Zipkin(z) = provider else {
         panic!("zipkin expected");
     };
-    assert!(!c.provider.shared_span_context());
-    assert!(c.provider.trace_id_128bit());
+    assert!(!provider.shared_span_context());
+    assert!(provider.trace_id_128bit());
     assert_eq!(
         z.collector_hostname,
         "zipkin.istio-system.svc.cluster.local"
@@ -127,12 +126,34 @@ fn unsupported_tracing_is_refused_naming_the_field() {
 }
 
 #[test]
-fn tracing_without_provider_is_no_tracer() {
+fn tracing_without_provider_uses_the_bootstrap_tracer_or_none() {
     let t = Tracing {
         provider: None,
         ..istio_tracing()
     };
-    assert_eq!(TracingConfig::from_proto(&t).unwrap(), None);
+    let config = TracingConfig::from_proto(&t).unwrap();
+    assert_eq!(config.provider, None);
+    let stats = TracingStats::new(&Store::default(), "p");
+    let mut parts = request(&[]);
+    assert!(
+        tracer()
+            .start(&config, &stats, info(Kind::Client), &mut parts)
+            .is_none()
+    );
+    assert!(!parts.headers.contains_key("x-b3-traceid"));
+    let bootstrap = xds_proto::envoy::config::trace::v3::Tracing {
+        http: Some(zipkin_provider()),
+    };
+    let default = config::bootstrap_provider(&bootstrap).unwrap();
+    let tracer = tracer().with_default_provider(default);
+    let span = tracer
+        .start(&config, &stats, info(Kind::Client), &mut parts)
+        .unwrap();
+    assert!(span.sampled());
+    assert_eq!(
+        parts.headers["x-b3-traceid"],
+        span.trace_id().to_hex().as_str()
+    );
 }
 
 fn request(headers: &[(&'static str, &'static str)]) -> http::request::Parts {
@@ -164,13 +185,13 @@ fn tracer() -> Tracer {
 #[test]
 fn client_then_server_span_chain_over_b3() {
     let tracer = tracer();
-    let config = TracingConfig::from_proto(&istio_tracing())
-        .unwrap()
-        .unwrap();
+    let config = TracingConfig::from_proto(&istio_tracing()).unwrap();
     let store = Store::default();
     let stats = TracingStats::new(&store, "outbound_0.0.0.0_9080");
     let mut outbound = request(&[("x-request-id", "abc"), ("x-tenant", "t1")]);
-    let client = tracer.start(&config, &stats, info(Kind::Client), &mut outbound);
+    let client = tracer
+        .start(&config, &stats, info(Kind::Client), &mut outbound)
+        .unwrap();
     assert!(client.sampled());
     assert_eq!(client.trace_id().to_hex().len(), 32);
     assert_eq!(outbound.headers["x-b3-sampled"], "1");
@@ -178,7 +199,9 @@ fn client_then_server_span_chain_over_b3() {
     // The next hop's inbound sidecar continues the trace with a child span.
     let mut inbound = request(&[]);
     inbound.headers = outbound.headers.clone();
-    let server = tracer.start(&config, &stats, info(Kind::Server), &mut inbound);
+    let server = tracer
+        .start(&config, &stats, info(Kind::Server), &mut inbound)
+        .unwrap();
     assert_eq!(server.trace_id(), client.trace_id());
     assert_eq!(server.parent_id, Some(client.id));
     assert_ne!(server.id, client.id);
@@ -212,16 +235,16 @@ fn client_then_server_span_chain_over_b3() {
 #[test]
 fn incoming_unsampled_decision_propagates_and_is_not_reported() {
     let tracer = tracer();
-    let config = TracingConfig::from_proto(&istio_tracing())
-        .unwrap()
-        .unwrap();
+    let config = TracingConfig::from_proto(&istio_tracing()).unwrap();
     let stats = TracingStats::new(&Store::default(), "p");
     let mut parts = request(&[
         ("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"),
         ("x-b3-spanid", "a2fb4a1d1a96d312"),
         ("x-b3-sampled", "0"),
     ]);
-    let span = tracer.start(&config, &stats, info(Kind::Server), &mut parts);
+    let span = tracer
+        .start(&config, &stats, info(Kind::Server), &mut parts)
+        .unwrap();
     assert!(!span.sampled());
     assert_eq!(parts.headers["x-b3-sampled"], "0");
     assert_eq!(
@@ -236,10 +259,12 @@ fn max_path_tag_length_cuts_the_url() {
     let tracer = tracer();
     let mut t = istio_tracing();
     t.max_path_tag_length = Some(xds_proto::google::protobuf::UInt32Value { value: 20 });
-    let config = TracingConfig::from_proto(&t).unwrap().unwrap();
+    let config = TracingConfig::from_proto(&t).unwrap();
     let stats = TracingStats::new(&Store::default(), "p");
     let mut parts = request(&[]);
-    let span = tracer.start(&config, &stats, info(Kind::Client), &mut parts);
+    let span = tracer
+        .start(&config, &stats, info(Kind::Client), &mut parts)
+        .unwrap();
     let url = span.tags.iter().find(|(k, _)| k == "http.url").unwrap();
     assert_eq!(url.1, "http://reviews:9080/");
 }
@@ -273,8 +298,8 @@ fn opentelemetry_over_an_envoy_grpc_cluster_is_accepted_and_uses_w3c() {
         provider: Some(otel_provider(Some(grpc))),
         ..istio_tracing()
     };
-    let config = TracingConfig::from_proto(&t).unwrap().unwrap();
-    let Provider::OpenTelemetry(o) = &*config.provider else {
+    let config = TracingConfig::from_proto(&t).unwrap();
+    let Some(Provider::OpenTelemetry(o)) = config.provider.as_deref() else {
         panic!("opentelemetry expected");
     };
     assert_eq!(o.service_name, "reviews.default");
@@ -282,7 +307,9 @@ fn opentelemetry_over_an_envoy_grpc_cluster_is_accepted_and_uses_w3c() {
     let tracer = tracer();
     let stats = TracingStats::new(&Store::default(), "p");
     let mut parts = request(&[]);
-    let span = tracer.start(&config, &stats, info(Kind::Client), &mut parts);
+    let span = tracer
+        .start(&config, &stats, info(Kind::Client), &mut parts)
+        .unwrap();
     let traceparent = parts.headers["traceparent"].to_str().unwrap();
     assert!(traceparent.starts_with(&format!("00-{}-", span.trace_id().to_hex())));
     assert!(traceparent.ends_with("-01"));
