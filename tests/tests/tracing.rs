@@ -6,7 +6,11 @@
 //! - an invalid `tracing` block arriving over ADS is NACKed naming the field, and the last good
 //!   config keeps serving;
 //! - with the `envoy.tracers.opentelemetry` provider the same chain is exported over OTLP/gRPC
-//!   and the W3C `traceparent` of the caller is continued.
+//!   and the W3C `traceparent` of the caller is continued;
+//! - an HCM `tracing` without provider uses the bootstrap's `tracing.http`;
+//! - a real Envoy 1.40 as the client sidecar and ferry-proxy as the server sidecar form one
+//!   trace (Envoy's CLIENT span is the parent of ferry-proxy's SERVER span). Under `CI` a missing
+//!   Envoy fails that test; otherwise it is skipped with a message.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -555,4 +559,80 @@ async fn hcm_tracing_without_provider_uses_the_bootstrap_tracer() {
     })
     .await;
     assert!(spans.iter().all(|s| s["kind"] == "CLIENT"), "{spans:#?}");
+}
+
+fn json_cluster(name: &str, addr: SocketAddr) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "5s",
+        "load_assignment": { "cluster_name": name, "endpoints": [{ "lb_endpoints": [{ "endpoint": {
+            "address": { "socket_address": { "address": addr.ip().to_string(), "port_value": addr.port() } } } }] }] }
+    })
+}
+
+/// Interop with a real Envoy 1.40 as the client sidecar: Envoy's CLIENT span (B3 it injected)
+/// is the parent of ferry-proxy's SERVER span in one trace at the collector.
+#[tokio::test]
+async fn envoy_client_span_is_the_parent_of_the_ferry_server_span() {
+    let collector = ZipkinCollector::start().await.expect("collector starts");
+    let app = Upstream::echo("reviews-v1").await.expect("upstream starts");
+    let inbound = sidecar(
+        "reviews",
+        listener(
+            "inbound_9080",
+            "INBOUND",
+            "inbound|9080||",
+            istio_tracing("HTTP_JSON"),
+        ),
+        &[
+            bootstrap::static_cluster("inbound|9080||", app.addr),
+            bootstrap::static_cluster("zipkin", collector.addr),
+        ],
+    )
+    .await;
+    let inbound_addr = inbound
+        .listeners
+        .listener_addr("inbound_9080")
+        .expect("inbound bound");
+    let envoy_bootstrap = json!({
+        "node": { "id": "sidecar~127.0.0.1~productpage.default~default.svc.cluster.local", "cluster": "productpage.default" },
+        "static_resources": {
+            "listeners": [listener("0.0.0.0_9080", "OUTBOUND", "outbound|9080||reviews", istio_tracing("HTTP_JSON"))],
+            "clusters": [
+                json_cluster("outbound|9080||reviews", inbound_addr),
+                json_cluster("zipkin", collector.addr)
+            ]
+        }
+    });
+    let Some(envoy) = ferry_tests::envoy::Envoy::start(&envoy_bootstrap.to_string()).await else {
+        return;
+    };
+    let outbound_addr = envoy.wait_listener("0.0.0.0_9080").await;
+    for i in 0..5 {
+        let reply = net::get(outbound_addr, "reviews:9080", &format!("/reviews/{i}"))
+            .await
+            .expect("request through Envoy and ferry-proxy");
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let spans = poll_until("10 spans from Envoy and ferry-proxy", PATIENCE, || async {
+        let spans = collector.spans();
+        (spans.len() >= 10).then_some(spans)
+    })
+    .await;
+    let clients: Vec<&Value> = spans.iter().filter(|s| s["kind"] == "CLIENT").collect();
+    let servers: Vec<&Value> = spans.iter().filter(|s| s["kind"] == "SERVER").collect();
+    assert_eq!((clients.len(), servers.len()), (5, 5), "{spans:#?}");
+    for server in servers {
+        assert_eq!(server["localEndpoint"]["serviceName"], "reviews.default");
+        let client = clients
+            .iter()
+            .find(|c| c["id"] == server["parentId"])
+            .unwrap_or_else(|| panic!("no Envoy client span is the parent of {server:#}"));
+        assert_eq!(client["traceId"], server["traceId"]);
+        assert_eq!(
+            client["localEndpoint"]["serviceName"],
+            "productpage.default"
+        );
+    }
 }
