@@ -226,6 +226,9 @@ async fn two_sidecars_in_series_report_one_trace_per_request() {
             );
             assert!(!t.contains_key("error"));
             assert!(!t.contains_key("istio.authorization.dry_run.allow_policy.name"));
+            // The span ends with the response body, whose size it counts.
+            let size: u64 = t["response_size"].parse().expect("response_size");
+            assert!(size > 100, "{t:?}");
         }
         assert_eq!(ct["upstream_cluster"], "outbound|9080||reviews");
         assert_eq!(st["upstream_cluster"], "inbound|9080||");

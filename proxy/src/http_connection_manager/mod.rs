@@ -294,9 +294,19 @@ async fn handle_inner(
             .extensions()
             .get::<ResponseFlag>()
             .map_or("-", |f| f.code());
-        downstream
-            .tracer
-            .finish(tracing, span, response.status(), flag);
+        let status = response.status();
+        if span.sampled() {
+            // The span ends with the body, as Envoy's ends at stream completion.
+            let tracer = downstream.tracer.clone();
+            let tracing = tracing.clone();
+            response = response.map(|body| {
+                crate::body::boxed(crate::tracers::TracedBody::new(
+                    body, tracer, tracing, span, status, flag,
+                ))
+            });
+        } else {
+            downstream.tracer.finish(tracing, span, status, flag, None);
+        }
     }
     (response, per_request)
 }

@@ -13,6 +13,7 @@ pub mod opentelemetry;
 pub mod reporter;
 pub mod sampling;
 pub mod span;
+pub mod traced_body;
 pub mod zipkin;
 
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ pub use config::{
 pub use context::TraceId;
 pub use sampling::{Decision, Reason, Signals};
 pub use span::{Endpoint, Kind, Span};
+pub use traced_body::TracedBody;
 
 use crate::snapshot::ConfigStore;
 use crate::stats::{Counter, Store};
@@ -249,20 +251,25 @@ impl Tracer {
         Some(span)
     }
 
-    /// Ends the span with the response and queues it for its reporter (sampled spans only).
+    /// Ends the span with the response (and its body size, when known) and queues it for its
+    /// reporter (sampled spans only).
     pub fn finish(
         &self,
         config: &TracingConfig,
         span: ActiveSpan,
         status: StatusCode,
         response_flags: &str,
+        response_size: Option<u64>,
     ) {
         if !span.sampled {
             return;
         }
         let provider = span.provider.clone();
         let reporter = config.reporter.0.get_or_init(|| self.reporter(&provider));
-        let span = span.into_span(&self.node, status, response_flags);
+        let mut span = span.into_span(&self.node, status, response_flags);
+        if let Some(size) = response_size {
+            span.tags.push(("response_size".into(), size.to_string()));
+        }
         if let Err(mpsc::error::TrySendError::Full(_)) = reporter.try_send(span) {
             self.reporter_stats(&provider).spans_dropped.inc();
         }
