@@ -60,17 +60,23 @@ pub struct Downstream {
 pub struct HcmStats {
     rq_total: Arc<Counter>,
     rq_class: [Arc<Counter>; 5],
-    tracing: crate::tracers::TracingStats,
+    /// Only for HCMs that trace: the lookups cost a lock per connection.
+    tracing: Option<crate::tracers::TracingStats>,
 }
 
 impl HcmStats {
-    /// Looks the counters up (takes the store's lock; do it per connection, not per request).
-    pub fn new(store: &Store, stat_prefix: &str) -> Self {
+    /// Looks the counters up (takes the store's lock; do it per connection, not per request);
+    /// the `tracing.*` ones when the HCM traces.
+    pub fn new(store: &Store, hcm: &HttpConnectionManagerConfig) -> Self {
+        let stat_prefix = hcm.stat_prefix.as_str();
         let name = |suffix: &str| format!("http.{stat_prefix}.downstream_rq_{suffix}");
         Self {
             rq_total: store.counter(name("total")),
             rq_class: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| store.counter(name(c))),
-            tracing: crate::tracers::TracingStats::new(store, stat_prefix),
+            tracing: hcm
+                .tracing
+                .is_some()
+                .then(|| crate::tracers::TracingStats::new(store, stat_prefix)),
         }
     }
 
@@ -116,9 +122,7 @@ pub async fn serve(
         HcmSelector::ByAuthorityPort => drain::DRAIN_TIMEOUT,
     };
     let stats = match &selector {
-        HcmSelector::Fixed(hcm) => {
-            Some(Arc::new(HcmStats::new(&downstream.stats, &hcm.stat_prefix)))
-        }
+        HcmSelector::Fixed(hcm) => Some(Arc::new(HcmStats::new(&downstream.stats, hcm))),
         HcmSelector::ByAuthorityPort => None,
     };
     let downstream = Arc::new(downstream);
@@ -250,7 +254,7 @@ async fn handle_inner(
     // The connection's counters, or (HCM chosen per request) this request's own.
     let per_request = match stats {
         Some(_) => None,
-        None => Some(HcmStats::new(&downstream.stats, &hcm.stat_prefix)),
+        None => Some(HcmStats::new(&downstream.stats, &hcm)),
     };
     let stats = stats.or(per_request.as_ref());
     let table = match &hcm.route {
@@ -266,8 +270,8 @@ async fn handle_inner(
         && parts.headers.contains_key("x-envoy-force-trace")
         && is_internal_request(&hcm, downstream, &parts.headers);
     prepare_request(&hcm, &table, downstream, &mut parts);
-    let span = match (&hcm.tracing, stats) {
-        (Some(tracing), Some(stats)) => {
+    let span = match (&hcm.tracing, stats.and_then(|s| s.tracing.as_ref())) {
+        (Some(tracing), Some(tracing_stats)) => {
             let authority = authority(&parts).to_owned();
             let info = crate::tracers::RequestInfo {
                 kind: if downstream.outbound {
@@ -282,7 +286,7 @@ async fn handle_inner(
             };
             downstream
                 .tracer
-                .start(tracing, &stats.tracing, info, &mut parts)
+                .start(tracing, tracing_stats, info, &mut parts)
         }
         _ => None,
     };
