@@ -231,6 +231,8 @@ async fn two_sidecars_in_series_report_one_trace_per_request() {
             assert!(size > 100, "{t:?}");
         }
         assert_eq!(ct["upstream_cluster"], "outbound|9080||reviews");
+        assert_eq!(ct["upstream_address"], inbound_addr.to_string());
+        assert_eq!(st["upstream_address"], app.addr.to_string());
         assert_eq!(st["upstream_cluster"], "inbound|9080||");
         assert!(ct["node_id"].contains("productpage.default"));
         assert!(st["node_id"].contains("reviews.default"));

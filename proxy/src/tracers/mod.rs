@@ -96,6 +96,15 @@ pub struct SpanSlot {
     pub operation: OnceLock<String>,
     /// The cluster the router picked.
     pub upstream_cluster: OnceLock<String>,
+    /// The host of the last attempt.
+    upstream_host: Mutex<Option<SocketAddr>>,
+}
+
+impl SpanSlot {
+    /// Records the host an attempt goes to (the last one is tagged `upstream_address`).
+    pub fn set_upstream_host(&self, host: SocketAddr) {
+        *self.upstream_host.lock().unwrap_or_else(|p| p.into_inner()) = Some(host);
+    }
 }
 
 /// What a request tells the tracer when it starts.
@@ -380,6 +389,14 @@ impl ActiveSpan {
         if let Some(cluster) = cluster {
             tags.push(("upstream_cluster".into(), cluster.clone()));
             tags.push(("upstream_cluster.name".into(), cluster));
+        }
+        let host = *self
+            .slot
+            .upstream_host
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(host) = host {
+            tags.push(("upstream_address".into(), host.to_string()));
         }
         if status.is_server_error() {
             tags.push(("error".into(), "true".into()));
