@@ -9,8 +9,9 @@
 //!   and the W3C `traceparent` of the caller is continued;
 //! - an HCM `tracing` without provider uses the bootstrap's `tracing.http`;
 //! - a real Envoy 1.40 as the client sidecar and ferry-proxy as the server sidecar form one
-//!   trace (Envoy's CLIENT span is the parent of ferry-proxy's SERVER span). Under `CI` a missing
-//!   Envoy fails that test; otherwise it is skipped with a message.
+//!   trace (Envoy's CLIENT span is the parent of ferry-proxy's SERVER span), with the Zipkin
+//!   tracer (B3) and with the OpenTelemetry tracer (W3C, OTLP). Under `CI` a missing Envoy fails
+//!   those tests; otherwise they are skipped with a message.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -639,5 +640,89 @@ async fn envoy_client_span_is_the_parent_of_the_ferry_server_span() {
             client["localEndpoint"]["serviceName"],
             "productpage.default"
         );
+    }
+}
+
+fn json_h2_cluster(name: &str, addr: SocketAddr) -> Value {
+    let mut cluster = json_cluster(name, addr);
+    cluster["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": { "http2_protocol_options": {} }
+        }
+    });
+    cluster
+}
+
+/// W3C interop with a real Envoy 1.40 using the OpenTelemetry tracer as the client sidecar:
+/// ferry-proxy continues Envoy's `traceparent`, and both export to the same OTLP receiver.
+#[tokio::test]
+async fn envoy_opentelemetry_client_span_is_the_parent_of_the_ferry_server_span() {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    let receiver = OtlpReceiver::start().await.expect("receiver starts");
+    let app = Upstream::echo("reviews-v1").await.expect("upstream starts");
+    let inbound = sidecar(
+        "reviews",
+        listener(
+            "inbound_9080",
+            "INBOUND",
+            "inbound|9080||",
+            otel_tracing("reviews.default"),
+        ),
+        &[
+            bootstrap::static_cluster("inbound|9080||", app.addr),
+            otel_cluster(receiver.addr),
+        ],
+    )
+    .await;
+    let inbound_addr = inbound
+        .listeners
+        .listener_addr("inbound_9080")
+        .expect("inbound bound");
+    let envoy_bootstrap = json!({
+        "node": { "id": "sidecar~127.0.0.1~productpage.default~default.svc.cluster.local", "cluster": "productpage.default" },
+        "static_resources": {
+            "listeners": [listener("0.0.0.0_9080", "OUTBOUND", "outbound|9080||reviews", otel_tracing("productpage.default"))],
+            "clusters": [
+                json_cluster("outbound|9080||reviews", inbound_addr),
+                json_h2_cluster("otel", receiver.addr)
+            ]
+        }
+    });
+    let Some(envoy) = ferry_tests::envoy::Envoy::start(&envoy_bootstrap.to_string()).await else {
+        return;
+    };
+    let outbound_addr = envoy.wait_listener("0.0.0.0_9080").await;
+    for i in 0..5 {
+        let reply = net::get(outbound_addr, "reviews:9080", &format!("/reviews/{i}"))
+            .await
+            .expect("request through Envoy and ferry-proxy");
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let spans = poll_until(
+        "10 OTLP spans from Envoy and ferry-proxy",
+        PATIENCE,
+        || async {
+            let spans: Vec<_> = receiver
+                .resource_spans()
+                .into_iter()
+                .flat_map(|r| r.scope_spans)
+                .flat_map(|s| s.spans)
+                .collect();
+            (spans.len() >= 10).then_some(spans)
+        },
+    )
+    .await;
+    let servers: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Server as i32)
+        .collect();
+    assert_eq!(servers.len(), 5, "{spans:#?}");
+    for server in servers {
+        let client = spans
+            .iter()
+            .find(|c| c.span_id == server.parent_span_id && c.kind == SpanKind::Client as i32)
+            .unwrap_or_else(|| panic!("no Envoy client span is the parent of {server:?}"));
+        assert_eq!(client.trace_id, server.trace_id);
     }
 }
