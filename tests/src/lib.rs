@@ -7,6 +7,7 @@
 //! - [`net`]: free ports and a one-request-per-connection HTTP/1.1 and h2c client.
 //! - [`poll`]: waiting for a condition with a safety-net deadline.
 //! - [`ads`]: a scriptable ADS server (SotW and delta) that records what clients send.
+//! - [`collector`]: a Zipkin-compatible trace collector that keeps the spans it receives.
 //! - [`bootstrap`]: bootstrap YAML fragments (an HTTP listener, a static cluster).
 //! - [`upstream`]: echo, gRPC-like, upgrade and TCP upstream servers for proxy tests.
 //! - [`scenarios`]: Istio meshes for tests (ferry-control on a directory of manifests, Envoy or
@@ -15,6 +16,7 @@
 
 pub mod ads;
 pub mod bootstrap;
+pub mod collector;
 pub mod envoy;
 pub mod net;
 pub mod poll;

@@ -187,6 +187,7 @@ impl Harness {
                 quiet: Duration::from_millis(20),
                 max_delay: Duration::from_millis(200),
             },
+            mesh: Default::default(),
         };
         let running = app::start(&options, sources, Arc::new(generate))
             .await

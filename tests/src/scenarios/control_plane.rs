@@ -79,6 +79,7 @@ impl ControlPlane {
             debug_address: "127.0.0.1:0".parse().expect("address"),
             local_mode: true,
             debounce: DebounceConfig::default(),
+            mesh: Default::default(),
         };
         let running = app::serve(&options).await.expect("ferry-control starts");
         Self {
