@@ -134,6 +134,9 @@ pub enum StartError {
     /// The admin server could not bind.
     #[error("cannot bind admin server: {0}")]
     AdminBind(std::io::Error),
+    /// The bootstrap's `tracing` is refused.
+    #[error("bootstrap {0}")]
+    Tracing(#[from] crate::tracers::InvalidTracing),
 }
 
 /// A running proxy.
@@ -188,9 +191,23 @@ pub async fn start(bootstrap: Bootstrap) -> Result<Running, StartError> {
     let admin_address = crate::admin::address(&bootstrap)?;
     let stats = Arc::new(Store::default());
     let store = Arc::new(ConfigStore::new(ClusterManager::new(stats.clone())));
+    let node = bootstrap
+        .node
+        .as_ref()
+        .map(|n| crate::tracers::LocalNode {
+            id: Arc::from(n.id.as_str()),
+            cluster: Arc::from(n.cluster.as_str()),
+        })
+        .unwrap_or_default();
+    // Deprecated in Envoy in favour of the HCM's provider, but still honoured by it.
+    #[allow(deprecated)]
+    let default_tracer = match &bootstrap.tracing {
+        Some(t) => crate::tracers::config::bootstrap_provider(t)?,
+        None => None,
+    };
     let (tracker, client) = crate::xds::start(Arc::new(bootstrap), store.clone(), stats.clone())?;
     let lifecycle = Lifecycle::new();
-    let listeners = ListenerManager::new(store.clone(), stats.clone());
+    let listeners = ListenerManager::with_node(store.clone(), stats.clone(), node, default_tracer);
     listeners.reconcile().await;
     let mut tasks = vec![tokio::spawn(listeners.clone().run())];
     tasks.extend(client);

@@ -62,6 +62,7 @@ impl Drop for ConnectionGuard {
 pub struct ListenerManager {
     store: Arc<ConfigStore>,
     stats: Arc<Store>,
+    tracer: Arc<crate::tracers::Tracer>,
     active: Mutex<HashMap<String, Active>>,
     /// Every listener's generation, bound or not (by name).
     generations: Mutex<HashMap<String, Generation>>,
@@ -84,7 +85,21 @@ impl std::fmt::Debug for ListenerManager {
 impl ListenerManager {
     /// A manager serving the listeners of `store`'s snapshots.
     pub fn new(store: Arc<ConfigStore>, stats: Arc<Store>) -> Arc<Self> {
+        Self::with_node(store, stats, crate::tracers::LocalNode::default(), None)
+    }
+
+    /// [`Self::new`] for a proxy whose spans carry `node`'s identity, with the bootstrap's
+    /// tracer (`tracing.http`) for HCMs whose `tracing` names no provider.
+    pub fn with_node(
+        store: Arc<ConfigStore>,
+        stats: Arc<Store>,
+        node: crate::tracers::LocalNode,
+        default_tracer: Option<Arc<crate::tracers::Provider>>,
+    ) -> Arc<Self> {
+        let tracer = crate::tracers::Tracer::new(node, Arc::downgrade(&store), stats.clone())
+            .with_default_provider(default_tracer);
         Arc::new(Self {
+            tracer: Arc::new(tracer),
             store,
             stats,
             active: Mutex::new(HashMap::new()),
@@ -372,6 +387,8 @@ impl ListenerManager {
             original_dst,
             listener: Arc::from(listener.name.as_str()),
             stats: self.stats.clone(),
+            tracer: self.tracer.clone(),
+            outbound: listener.outbound,
             buffer_limit: listener
                 .per_connection_buffer_limit
                 .map_or(crate::retry::replay::DEFAULT_LIMIT, u64::from),

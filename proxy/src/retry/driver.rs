@@ -97,7 +97,7 @@ pub fn failure_reply(error: &UpstreamError) -> Response<Body> {
     local_reply(StatusCode::SERVICE_UNAVAILABLE, body, Some(flag))
 }
 
-fn count(counter: Option<&Arc<crate::stats::Counter>>) {
+fn count(counter: Option<&crate::stats::Counter>) {
     if let Some(c) = counter {
         c.inc();
     }
@@ -153,7 +153,7 @@ where
                 if let Some(d) = upstream.outlier {
                     d.record(host, outlier::Outcome::Timeout);
                 }
-                count(stats.map(|s| &s.timeout));
+                count(stats.map(|s| &*s.timeout));
                 return Err(timeout_reply());
             }
             () = per_try_timer => Got::PerTryTimeout,
@@ -185,7 +185,7 @@ where
                 tokio::select! {
                     biased;
                     () = &mut route => {
-                        count(stats.map(|s| &s.timeout));
+                        count(stats.map(|s| &*s.timeout));
                         return Err(timeout_reply());
                     }
                     () = tokio::time::sleep(backoff) => continue,
