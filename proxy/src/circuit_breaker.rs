@@ -503,8 +503,8 @@ mod tests {
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()["x-envoy-overloaded"], "true");
         assert_eq!(
-            r.extensions().get::<ResponseFlag>(),
-            Some(&ResponseFlag::UpstreamOverflow)
+            crate::error::ResponseFlags::of(r.extensions()).to_string(),
+            "UO"
         );
     }
 }
