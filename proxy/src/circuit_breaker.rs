@@ -44,8 +44,9 @@ pub enum Resource {
 pub struct CircuitBreaker {
     limits: [u64; 4],
     budget: Option<RetryBudget>,
-    /// Requests started within the budget's `budget_interval`, when it has one.
-    recent: Option<RecentRequests>,
+    /// Requests started within the budget's `budget_interval`, when it has one (boxed: most
+    /// clusters have none, and every cluster has a breaker per priority).
+    recent: Option<Box<RecentRequests>>,
     ratio: Option<RatioBudget>,
     counts: [AtomicU64; 4],
     /// Woken when a connection unit is given back, so requests waiting for a connection at the
@@ -78,7 +79,7 @@ impl CircuitBreaker {
         let budget = t.retry_budget;
         let recent = budget
             .filter(|b| !b.interval.is_zero())
-            .map(|b| RecentRequests::new(b.interval));
+            .map(|b| Box::new(RecentRequests::new(b.interval)));
         Self {
             limits: [
                 u64::from(t.max_connections),
@@ -202,7 +203,7 @@ impl CircuitBreaker {
             Some(b) => b.limit(
                 self.active(Resource::Requests),
                 self.active(Resource::PendingRequests),
-                self.recent.as_ref().map_or(0, RecentRequests::count),
+                self.recent.as_ref().map_or(0, |r| r.count()),
             ),
             None => self.limits[Resource::Retries as usize],
         };
