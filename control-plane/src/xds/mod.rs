@@ -71,15 +71,18 @@ where
 pub struct TranslateGenerator {
     /// Local mode: listeners bind to the proxy's own loopback address.
     pub local_mode: bool,
+    /// Istio's MeshConfig.
+    pub mesh: crate::mesh_config::MeshConfig,
 }
 
 impl Generator for TranslateGenerator {
     fn generate(&self, model: &Model, proxy: &ProxyNode) -> Result<Resources, GenerateError> {
-        let options = if self.local_mode {
+        let mut options = if self.local_mode {
             crate::translate::Options::local_mesh()
         } else {
             crate::translate::Options::default()
         };
+        options.mesh = self.mesh.clone();
         let generated = crate::translate::generate(model, proxy, &options);
         Ok(Resources {
             listeners: generated.listeners,
