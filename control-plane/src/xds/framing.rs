@@ -5,26 +5,26 @@
 //! response it was ever sent (a full CDS answer: about 130 KiB with 100 services). Here each
 //! response is encoded once into a buffer of exactly its framed size (the 5-byte gRPC prefix and
 //! the message, `prost`'s `encoded_len`), handed to h2 as `Bytes`, and freed as soon as h2 has
-//! written it: nothing of a response outlives its send. Requests are small and are decoded by
-//! tonic's own [`Streaming`] with a small initial buffer.
+//! written it: nothing of a response outlives its send. Requests ([`Requests`]) are buffered
+//! only while a message is incomplete.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{BufMut, Bytes};
+use std::marker::PhantomData;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::Frame;
+use http_body_util::BodyExt;
 use tokio::sync::mpsc;
-use tonic::Status;
-use tonic::codec::{BufferSettings, Streaming};
+use tonic::{Code, Status};
 
 /// The gRPC length prefix: a compressed flag and a big-endian `u32` length.
 pub(crate) const PREFIX_LEN: usize = 5;
 
-/// Initial (and growth step of the) buffer a request stream decodes into. Proxies' requests are
-/// small (an EDS subscription to 100 clusters is about 6 KiB), so the buffer starts small and
-/// grows only for the streams that need it.
-const DECODE_BUFFER: usize = 1024;
+/// The largest request accepted, as gRPC's default receive limit.
+const MAX_REQUEST: usize = 4 * 1024 * 1024;
 
 /// What a connection task hands to its response stream: one framed message, or the status that
 /// ends the stream.
@@ -54,14 +54,88 @@ pub(crate) fn frame(len: usize, write: impl FnOnce(&mut Vec<u8>)) -> Result<Byte
     Ok(Bytes::from(buf))
 }
 
-/// Decodes the request messages of one stream from its HTTP/2 body.
-pub(crate) fn requests<T>(body: tonic::body::Body) -> Streaming<T>
-where
-    T: prost::Message + Default + Send + 'static,
-{
-    let decoder =
-        tonic_prost::ProstDecoder::<T>::new(BufferSettings::new(DECODE_BUFFER, DECODE_BUFFER));
-    Streaming::new_request(decoder, body, None, None)
+/// The request messages of one stream, decoded from its HTTP/2 body.
+///
+/// Bytes are buffered only while a message is incomplete (split over DATA frames), and the
+/// buffer is released once it has been decoded: between requests an idle stream holds nothing.
+/// (tonic's decoder keeps its buffer, grown to the largest request, for the stream's life.)
+#[derive(Debug)]
+pub(crate) struct Requests<T> {
+    body: tonic::body::Body,
+    buf: BytesMut,
+    _message: PhantomData<fn() -> T>,
+}
+
+impl<T: prost::Message + Default> Requests<T> {
+    /// Requests read from `body`.
+    pub(crate) fn new(body: tonic::body::Body) -> Self {
+        Requests {
+            body,
+            buf: BytesMut::new(),
+            _message: PhantomData,
+        }
+    }
+
+    /// The next request; `None` when the proxy ends or cancels the stream. Cancel-safe: bytes
+    /// read are kept in `self` until their message is complete.
+    pub(crate) async fn message(&mut self) -> Result<Option<T>, Status> {
+        loop {
+            if let Some(message) = self.decode_buffered()? {
+                return Ok(Some(message));
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(status)) if status.code() == Code::Cancelled => return Ok(None),
+                Some(Err(status)) => return Err(status),
+                None if self.buf.is_empty() => return Ok(None),
+                None => {
+                    return Err(Status::internal(
+                        "the request stream ended inside a message",
+                    ));
+                }
+            }
+        }
+    }
+
+    fn decode_buffered(&mut self) -> Result<Option<T>, Status> {
+        let Some(prefix) = self.buf.get(..PREFIX_LEN) else {
+            return Ok(None);
+        };
+        match prefix[0] {
+            0 => {}
+            1 => {
+                return Err(Status::internal(
+                    "compressed request message, but the stream declared no grpc-encoding",
+                ));
+            }
+            flag => {
+                return Err(Status::internal(format!(
+                    "invalid gRPC compressed flag {flag} (0 or 1)"
+                )));
+            }
+        }
+        let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        if len > MAX_REQUEST {
+            return Err(Status::out_of_range(format!(
+                "request message of {len} bytes; the limit is {MAX_REQUEST}"
+            )));
+        }
+        let Some(encoded) = self.buf.get(PREFIX_LEN..PREFIX_LEN + len) else {
+            self.buf.reserve(PREFIX_LEN + len - self.buf.len());
+            return Ok(None);
+        };
+        let message = T::decode(encoded)
+            .map_err(|e| Status::internal(format!("decoding the request: {e}")))?;
+        self.buf.advance(PREFIX_LEN + len);
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+        Ok(Some(message))
+    }
 }
 
 /// The response body of one ADS stream: the framed messages the connection task sends, then
@@ -115,9 +189,6 @@ impl http_body::Body for ResponseBody {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Buf;
-    use http_body_util::BodyExt;
-    use tonic::Code;
     use xds_proto::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
     use xds_proto::google::protobuf::Any;
 
@@ -178,9 +249,53 @@ mod tests {
         // Split mid-prefix too: 3 bytes, then odd-sized pieces.
         let mut chunks = vec![bytes[..3].to_vec()];
         chunks.extend(bytes[3..].chunks(1000).map(<[u8]>::to_vec));
-        let mut stream = requests::<DiscoveryRequest>(body_of(chunks));
+        let mut stream = Requests::<DiscoveryRequest>::new(body_of(chunks));
         let request = stream.message().await.unwrap().unwrap();
         assert_eq!(request.resource_names.len(), 500);
+        assert!(stream.message().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_buffer_is_released_once_a_split_request_is_decoded() {
+        let bytes = framed_request(200);
+        let (head, tail) = bytes.split_at(bytes.len() / 2);
+        let mut stream = Requests::<DiscoveryRequest>::new(body_of(vec![
+            head.to_vec(),
+            tail.to_vec(),
+            framed_request(1),
+        ]));
+        assert_eq!(
+            stream
+                .message()
+                .await
+                .unwrap()
+                .unwrap()
+                .resource_names
+                .len(),
+            200
+        );
+        assert_eq!(stream.buf.capacity(), 0, "nothing kept between requests");
+        assert_eq!(
+            stream
+                .message()
+                .await
+                .unwrap()
+                .unwrap()
+                .resource_names
+                .len(),
+            1
+        );
+        assert!(stream.message().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_stream_ends_without_an_error() {
+        let frames = [Err::<Frame<Bytes>, _>(Status::cancelled(
+            "client went away",
+        ))];
+        let body =
+            tonic::body::Body::new(http_body_util::StreamBody::new(tokio_stream::iter(frames)));
+        let mut stream = Requests::<DiscoveryRequest>::new(body);
         assert!(stream.message().await.unwrap().is_none());
     }
 
@@ -188,7 +303,7 @@ mod tests {
     async fn two_requests_in_one_frame_are_both_decoded() {
         let mut both = framed_request(1);
         both.extend(framed_request(2));
-        let mut stream = requests::<DiscoveryRequest>(body_of(vec![both]));
+        let mut stream = Requests::<DiscoveryRequest>::new(body_of(vec![both]));
         assert_eq!(
             stream
                 .message()
@@ -214,22 +329,23 @@ mod tests {
     #[tokio::test]
     async fn a_malformed_prefix_is_a_grpc_error_not_a_panic() {
         // Compressed flag 7 is not a gRPC flag.
-        let mut stream = requests::<DiscoveryRequest>(body_of(vec![vec![7, 0, 0, 0, 1, 0x0a]]));
+        let mut stream =
+            Requests::<DiscoveryRequest>::new(body_of(vec![vec![7, 0, 0, 0, 1, 0x0a]]));
         let status = stream.message().await.unwrap_err();
         assert_eq!(status.code(), Code::Internal);
         // A compressed message on a stream that declared no encoding.
-        let mut stream = requests::<DiscoveryRequest>(body_of(vec![vec![1, 0, 0, 0, 0]]));
+        let mut stream = Requests::<DiscoveryRequest>::new(body_of(vec![vec![1, 0, 0, 0, 0]]));
         assert_eq!(stream.message().await.unwrap_err().code(), Code::Internal);
         // A length larger than any message the server accepts.
         let mut stream =
-            requests::<DiscoveryRequest>(body_of(vec![vec![0, 0xff, 0xff, 0xff, 0xff]]));
+            Requests::<DiscoveryRequest>::new(body_of(vec![vec![0, 0xff, 0xff, 0xff, 0xff]]));
         assert_eq!(stream.message().await.unwrap_err().code(), Code::OutOfRange);
         // A message cut short by the end of the stream.
-        let mut stream = requests::<DiscoveryRequest>(body_of(vec![vec![0, 0, 0, 0, 9, 1]]));
+        let mut stream = Requests::<DiscoveryRequest>::new(body_of(vec![vec![0, 0, 0, 0, 9, 1]]));
         assert_eq!(stream.message().await.unwrap_err().code(), Code::Internal);
         // Bytes that are not a DiscoveryRequest.
         let mut stream =
-            requests::<DiscoveryRequest>(body_of(vec![vec![0, 0, 0, 0, 2, 0xff, 0xff]]));
+            Requests::<DiscoveryRequest>::new(body_of(vec![vec![0, 0, 0, 0, 2, 0xff, 0xff]]));
         assert_eq!(stream.message().await.unwrap_err().code(), Code::Internal);
     }
 

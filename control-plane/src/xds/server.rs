@@ -27,7 +27,7 @@ use tonic::transport::server::TcpConnectInfo;
 use super::Generator;
 use super::connection::Registry;
 use super::debounce::Epochs;
-use super::framing::{self, ResponseBody};
+use super::framing::{Requests, ResponseBody};
 use super::metrics::Metrics;
 use super::stream::{self, Variant};
 use super::{delta, sotw};
@@ -162,7 +162,7 @@ impl AdsService {
             .extensions()
             .get::<TcpConnectInfo>()
             .and_then(TcpConnectInfo::remote_addr);
-        let requests = framing::requests::<V::Request>(request.into_body());
+        let requests = Requests::<V::Request>::new(request.into_body());
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         tokio::spawn(stream::run::<V>(self.shared.clone(), requests, tx, peer));
         let mut response = http::Response::new(tonic::body::Body::new(ResponseBody::new(rx)));

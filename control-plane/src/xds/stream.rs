@@ -12,12 +12,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
 use xds_proto::envoy::config::core::v3::Node;
 
 use super::cache::ResourceType;
 use super::connection::{Protocol, Session};
-use super::framing::Outgoing;
+use super::framing::{Outgoing, Requests};
 use super::server::Shared;
 
 /// The proxy went away; the connection task ends.
@@ -26,7 +26,7 @@ pub(crate) struct Closed;
 /// One ADS variant: its messages, its per-type state and its protocol rules.
 pub(crate) trait Variant: Sized + Send + 'static {
     /// What the proxy sends.
-    type Request: Send + 'static;
+    type Request: prost::Message + Default + Send + 'static;
     /// What the server answers.
     type Response: Send + 'static;
     /// What the connection tracks per resource type.
@@ -79,7 +79,7 @@ impl<V: Variant> Connection<V> {
 /// Drives one stream until the proxy or the server goes away.
 pub(crate) async fn run<V: Variant>(
     shared: Arc<Shared>,
-    mut requests: Streaming<V::Request>,
+    mut requests: Requests<V::Request>,
     tx: mpsc::Sender<Outgoing>,
     peer: Option<SocketAddr>,
 ) {
