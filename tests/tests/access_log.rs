@@ -146,3 +146,46 @@ async fn requests_are_logged_in_istio_text_format_and_json() {
     assert_eq!(nr_json["request_id"], "rid-404");
     assert_eq!(nr_json["cluster"], Value::Null);
 }
+
+/// What ferry-control generates for `accessLogFile` (Istio's text and JSON formats) and tracing
+/// is accepted by ferry-proxy, listener by listener.
+#[test]
+fn ferry_proxy_accepts_ferry_controls_access_logs_and_tracing() {
+    use ferry_control::mesh_config::MeshConfig;
+    use ferry_control::model::proxy::ProxyNode;
+    use ferry_control::translate::{Options, generate};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/local-mesh");
+    let (model, errors) = ferry_control::source::dir::model_from_dir(&dir).expect("samples");
+    assert!(errors.is_empty(), "{errors:#?}");
+    let node = ProxyNode {
+        id: "sidecar~127.0.0.10~client.default~default.svc.cluster.local".into(),
+        kind: "sidecar".into(),
+        ips: vec!["127.0.0.10".parse().expect("ip")],
+        pod: "client".into(),
+        namespace: "default".into(),
+        labels: [("app".to_owned(), "client".to_owned())].into(),
+        service_account: "client".into(),
+    };
+    for encoding in ["TEXT", "JSON"] {
+        let mesh = MeshConfig::from_yaml(&format!(
+            "accessLogFile: /dev/stdout\naccessLogEncoding: {encoding}\ndefaultConfig: {{tracing: {{sampling: 100}}}}\n"
+        ))
+        .expect("mesh config");
+        let options = Options {
+            mesh,
+            ..Options::local_mesh()
+        };
+        let out = generate(&model, &node, &options);
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        let mut logged = 0;
+        for l in &out.listeners {
+            let listener = ferry_proxy::listener::Listener::try_from(l)
+                .unwrap_or_else(|e| panic!("{encoding}: listener {} refused: {e}", l.name));
+            if let Some(hcm) = listener.http_connection_manager() {
+                logged += hcm.access_log.len();
+                assert!(hcm.tracing.is_some(), "{}", l.name);
+            }
+        }
+        assert!(logged > 0, "{encoding}: no HCM got the access log");
+    }
+}
