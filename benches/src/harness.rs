@@ -167,15 +167,35 @@ pub struct Sample {
 }
 
 /// Memory of one proxy.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Memory {
     /// After start-up and one request.
     pub idle: ProcSample,
-    /// After all rounds (its `peak_rss_kib` is the peak under load).
+    /// After all rounds (its `peak_rss_kib` is the peak under load: the highest of the
+    /// per-workload peaks and of the high-water mark at the end).
     pub end: ProcSample,
     /// Whether the peak was reset after start-up (`idle.peak_rss_kib` is then start-up's peak
     /// and `end.peak_rss_kib` the peak under load alone).
     pub peak_reset: bool,
+    /// The peak RSS (KiB) each workload reached, the highest over rounds: the high-water mark
+    /// is reset before each run of a workload and read after it. Empty when the kernel refuses
+    /// the reset.
+    pub peak_by_workload: BTreeMap<&'static str, u64>,
+}
+
+impl Memory {
+    /// Records the peak of one run of `workload` (keeps the highest over rounds).
+    pub fn record_peak(&mut self, workload: &'static str, peak_kib: u64) {
+        let peak = self.peak_by_workload.entry(workload).or_default();
+        *peak = (*peak).max(peak_kib);
+    }
+
+    /// The peak under load: the highest per-workload peak, or the end's high-water mark when
+    /// that is higher (memory grown between workloads).
+    pub fn peak_under_load(&self) -> u64 {
+        let by_workload = self.peak_by_workload.values().copied().max().unwrap_or(0);
+        by_workload.max(self.end.peak_rss_kib)
+    }
 }
 
 /// Everything a run measured.
@@ -220,6 +240,7 @@ pub async fn run(config: &Config) -> Result<Results, HarnessError> {
                     idle,
                     end: idle,
                     peak_reset: reset,
+                    peak_by_workload: BTreeMap::new(),
                 },
             );
         }
@@ -231,9 +252,36 @@ pub async fn run(config: &Config) -> Result<Results, HarnessError> {
                 if !workload.applies_to(subject.kind()) {
                     continue;
                 }
+                // Each workload's own peak: reset before, read after (single paths only, as
+                // for the overall figures; series paths run other processes).
+                let tracked = subject
+                    .pid()
+                    .filter(|_| {
+                        results
+                            .memory
+                            .get(&subject.kind())
+                            .is_some_and(|m| m.peak_reset)
+                    })
+                    .filter(|&pid| measure::reset_peak(pid));
                 let sample = measure_one(workload, subject, &mut results)?;
+                let after = tracked.and_then(measure::sample);
+                if let (Some(after), Some(memory)) =
+                    (after, results.memory.get_mut(&subject.kind()))
+                {
+                    memory.record_peak(workload.name, after.peak_rss_kib);
+                }
+                // The peak, and what is resident after the run: heap and stacks (anon) apart
+                // from the binary's pages (file).
+                let peak = after.map_or(String::new(), |a| {
+                    format!(
+                        "  peak {:.1} MiB (now anon {:.1} file {:.1})",
+                        a.peak_rss_kib as f64 / 1024.0,
+                        a.rss_anon_kib as f64 / 1024.0,
+                        a.rss_file_kib as f64 / 1024.0
+                    )
+                });
                 eprintln!(
-                    "round {} {:12} {:11} {:>10.0} req/s  errors {}",
+                    "round {} {:12} {:11} {:>10.0} req/s  errors {}{peak}",
                     round + 1,
                     workload.name,
                     subject.kind().to_string(),
@@ -256,6 +304,7 @@ pub async fn run(config: &Config) -> Result<Results, HarnessError> {
             results.memory.get_mut(&subject.kind()),
         ) {
             memory.end = end;
+            memory.end.peak_rss_kib = memory.peak_under_load();
         }
     }
     Ok(results)
@@ -380,6 +429,19 @@ mod tests {
             Some(15_000.0)
         );
         assert_eq!(base_rate(&results, "h2-small", PathKind::Ferry), None);
+    }
+
+    #[test]
+    fn the_peak_under_load_is_the_highest_workload_peak() {
+        let mut memory = Memory::default();
+        memory.end.peak_rss_kib = 9_000;
+        memory.record_peak("h1-small", 12_000);
+        memory.record_peak("h1-1m", 20_000);
+        memory.record_peak("h1-1m", 15_000);
+        assert_eq!(memory.peak_by_workload["h1-1m"], 20_000);
+        assert_eq!(memory.peak_under_load(), 20_000);
+        memory.end.peak_rss_kib = 21_000;
+        assert_eq!(memory.peak_under_load(), 21_000);
     }
 
     #[test]

@@ -11,6 +11,11 @@ pub struct ProcSample {
     pub rss_kib: u64,
     /// Peak resident set size so far, in KiB (`VmHWM`).
     pub peak_rss_kib: u64,
+    /// Anonymous resident memory (heap, stacks), in KiB (`RssAnon`): what the process
+    /// allocated, as opposed to its mapped binary.
+    pub rss_anon_kib: u64,
+    /// File-backed resident memory (code, read-only data), in KiB (`RssFile`).
+    pub rss_file_kib: u64,
     /// User plus system CPU time consumed so far.
     pub cpu: Duration,
 }
@@ -22,6 +27,9 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     Some(ProcSample {
         rss_kib: status_kib(&status, "VmRSS:")?,
         peak_rss_kib: status_kib(&status, "VmHWM:")?,
+        // Absent before Linux 4.5: then unknown (0), not a failed sample.
+        rss_anon_kib: status_kib(&status, "RssAnon:").unwrap_or(0),
+        rss_file_kib: status_kib(&status, "RssFile:").unwrap_or(0),
         cpu: stat_cpu(&stat)?,
     })
 }
@@ -44,6 +52,8 @@ pub fn sample_all(pids: &[u32]) -> Option<ProcSample> {
         let one = sample(pid)?;
         total.rss_kib += one.rss_kib;
         total.peak_rss_kib += one.peak_rss_kib;
+        total.rss_anon_kib += one.rss_anon_kib;
+        total.rss_file_kib += one.rss_file_kib;
         total.cpu += one.cpu;
     }
     Some(total)
@@ -89,6 +99,8 @@ mod tests {
     fn our_own_process_can_be_sampled() {
         let me = sample(std::process::id()).expect("/proc is readable on Linux");
         assert!(me.rss_kib > 0 && me.peak_rss_kib >= me.rss_kib);
+        assert!(me.rss_anon_kib > 0 && me.rss_file_kib > 0);
+        assert!(me.rss_anon_kib + me.rss_file_kib <= me.rss_kib);
     }
 
     #[test]

@@ -214,12 +214,13 @@ fn render_memory(out: &mut String, results: &Results) {
     if results.memory.is_empty() {
         return;
     }
+    let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
     let _ = writeln!(out, "\n### Memory\n");
     let _ = writeln!(
         out,
-        "| proxy | RSS idle | peak RSS (under load) | idle vs Envoy | peak vs Envoy | start-up peak |"
+        "| proxy | RSS idle | peak RSS (under load) | idle vs Envoy | peak vs Envoy | start-up peak | idle anon / file |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
     let envoy = results.memory.get(&PathKind::Envoy);
     for (path, memory) in &results.memory {
         let ratio = |pick: fn(&crate::harness::Memory) -> u64| {
@@ -229,18 +230,81 @@ fn render_memory(out: &mut String, results: &Results) {
         };
         let _ = writeln!(
             out,
-            "| {path} | {:.1} MiB | {:.1} MiB | {} | {} | {} |",
-            memory.idle.rss_kib as f64 / 1024.0,
-            memory.end.peak_rss_kib as f64 / 1024.0,
+            "| {path} | {} | {} | {} | {} | {} | {} / {} |",
+            mib(memory.idle.rss_kib),
+            mib(memory.end.peak_rss_kib),
             ratio(|m| m.idle.rss_kib),
             ratio(|m| m.end.peak_rss_kib),
             if memory.peak_reset {
-                format!("{:.1} MiB", memory.idle.peak_rss_kib as f64 / 1024.0)
+                mib(memory.idle.peak_rss_kib)
             } else {
                 "(included)".into()
             },
+            mib(memory.idle.rss_anon_kib),
+            mib(memory.idle.rss_file_kib),
         );
     }
+    let _ = writeln!(
+        out,
+        "\nIdle anon / file: `RssAnon` (heap, stacks) and `RssFile` (the mapped binary and \
+         libraries) of the idle RSS."
+    );
+    render_peak_by_workload(out, results);
+}
+
+/// Which workload sets the peak: each proxy's high-water mark is reset before every run of a
+/// workload and read after it; the highest over rounds is shown.
+fn render_peak_by_workload(out: &mut String, results: &Results) {
+    let paths: Vec<PathKind> = results
+        .memory
+        .iter()
+        .filter(|(_, m)| !m.peak_by_workload.is_empty())
+        .map(|(p, _)| *p)
+        .collect();
+    if paths.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n#### Peak RSS by workload\n");
+    let header: Vec<String> = paths.iter().map(ToString::to_string).collect();
+    let with_ratio = paths.contains(&PathKind::Envoy) && paths.contains(&PathKind::Ferry);
+    let _ = writeln!(
+        out,
+        "| workload | {} |{}",
+        header.join(" | "),
+        if with_ratio { " ferry / Envoy |" } else { "" }
+    );
+    let _ = writeln!(
+        out,
+        "|---|{}{}",
+        "---:|".repeat(paths.len()),
+        if with_ratio { "---:|" } else { "" }
+    );
+    for workload in &results.workloads {
+        let peak = |path: &PathKind| {
+            results
+                .memory
+                .get(path)
+                .and_then(|m| m.peak_by_workload.get(workload).copied())
+        };
+        if paths.iter().all(|p| peak(p).is_none()) {
+            continue;
+        }
+        let cells: Vec<String> = paths
+            .iter()
+            .map(|p| peak(p).map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)))
+            .collect();
+        let ratio = match (peak(&PathKind::Ferry), peak(&PathKind::Envoy)) {
+            (Some(f), Some(e)) if e > 0 => format!(" {:.2}x |", f as f64 / e as f64),
+            _ if with_ratio => " - |".into(),
+            _ => String::new(),
+        };
+        let _ = writeln!(out, "| {workload} | {} |{ratio}", cells.join(" | "));
+    }
+    let _ = writeln!(
+        out,
+        "\nEach proxy's high-water mark (`VmHWM`) is reset (`clear_refs` 5) before every run of a \
+         workload and read after it; the figure is the highest over rounds."
+    );
 }
 
 /// A latency in microseconds, `-` when absent.
@@ -305,14 +369,17 @@ mod tests {
             idle: ProcSample {
                 rss_kib: kib,
                 peak_rss_kib: kib,
+                rss_anon_kib: kib / 4,
+                rss_file_kib: kib * 3 / 4,
                 cpu: Duration::ZERO,
             },
             end: ProcSample {
                 rss_kib: kib,
                 peak_rss_kib: kib * 2,
-                cpu: Duration::ZERO,
+                ..ProcSample::default()
             },
             peak_reset: true,
+            peak_by_workload: [("h1-small", kib * 2)].into(),
         };
         results.memory.insert(PathKind::Envoy, memory(40 * 1024));
         results.memory.insert(PathKind::Ferry, memory(10 * 1024));
@@ -331,7 +398,17 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("| ferry | 10.0 MiB | 20.0 MiB | 0.25x | 0.25x |"),
+            text.contains(
+                "| ferry | 10.0 MiB | 20.0 MiB | 0.25x | 0.25x | 10.0 MiB | 2.5 MiB / 7.5 MiB |"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("| workload | envoy | ferry | ferry / Envoy |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| h1-small | 80.0 MiB | 20.0 MiB | 0.25x |"),
             "{text}"
         );
     }

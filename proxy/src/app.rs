@@ -58,7 +58,9 @@ pub struct Options {
     /// Worker threads (default: the container's CPU limit).
     #[arg(long)]
     pub concurrency: Option<usize>,
-    /// How long in-flight requests may take to finish after SIGTERM (`5s`, `500ms`, or seconds).
+    /// How long in-flight requests may take to finish after SIGTERM, and how long the
+    /// `tcp_proxy` connections of an updated or removed listener live on (`5s`, `500ms`, or
+    /// seconds).
     #[arg(long = "drain-time", alias = "drain-time-s", value_parser = parse_duration, default_value = "5s")]
     pub drain_time: Duration,
     /// Log filter (`info`, `debug`, `ferry_proxy=trace`...); `RUST_LOG` wins when set.
@@ -161,9 +163,11 @@ impl Running {
         self.listeners.listener_addr(name)
     }
 
-    /// Stops accepting, lets in-flight requests finish for up to `drain_time`, then returns.
+    /// Stops accepting, lets in-flight requests finish for up to `drain_time`, then returns;
+    /// `tcp_proxy` connections are closed when `drain_time` ends.
     pub async fn shutdown(self, drain_time: Duration) {
         self.tracker.set_draining();
+        self.listeners.set_drain_time(drain_time);
         self.listeners.drain_all();
         if tokio::time::timeout(drain_time, self.listeners.wait_idle())
             .await
@@ -251,6 +255,7 @@ pub async fn run(options: Options, bootstrap: Bootstrap) -> anyhow::Result<()> {
         .map(|n| n.id.clone())
         .unwrap_or_default();
     let running = start(bootstrap).await?;
+    running.listeners.set_drain_time(options.drain_time);
     tracing::info!(node, "ferry-proxy started");
     let mut quit = running.lifecycle.shutdown();
     tokio::select! {

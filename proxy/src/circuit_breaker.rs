@@ -24,7 +24,7 @@ use crate::cluster::{CircuitBreakers, Thresholds, UpstreamError};
 use crate::error::ResponseFlag;
 use crate::http_connection_manager::local_reply;
 use crate::retry::{RatioBudget, RecentRequests, RetryBudget};
-use crate::stats::{Gauge, Store};
+use crate::stats::{Gauge, StatGroup, StatValue, Store};
 
 /// A resource a circuit breaker counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +55,21 @@ pub struct CircuitBreaker {
     per_host_max_connections: Option<u64>,
     /// Envoy's `circuit_breakers.<priority>.{cx,rq_pending,rq,rq_retry}_open` gauges, by
     /// [`Resource`]: 1 while the resource is at its limit.
-    open: Option<[Arc<Gauge>; 4]>,
+    open: Option<Arc<OpenGauges>>,
+}
+
+/// One priority's `*_open` gauges, a [`StatGroup`] under
+/// `cluster.<stat_name>.circuit_breakers.<priority>`.
+#[derive(Debug, Default)]
+pub struct OpenGauges([Gauge; 4]);
+
+impl StatGroup for OpenGauges {
+    fn visit(&self, visit: &mut dyn FnMut(&'static str, StatValue)) {
+        let names = ["cx_open", "rq_pending_open", "rq_open", "rq_retry_open"];
+        for (name, gauge) in names.into_iter().zip(&self.0) {
+            visit(name, StatValue::Gauge(gauge.get()));
+        }
+    }
 }
 
 impl CircuitBreaker {
@@ -88,23 +102,13 @@ impl CircuitBreaker {
 
     /// Reports the `*_open` gauges as `cluster.<stat_name>.circuit_breakers.<priority>.*`.
     pub fn with_open_gauges(mut self, store: &Store, stat_name: &str, priority: &str) -> Self {
-        let gauge = |name: &str| {
-            store.gauge(format!(
-                "cluster.{stat_name}.circuit_breakers.{priority}.{name}"
-            ))
-        };
-        self.open = Some([
-            gauge("cx_open"),
-            gauge("rq_pending_open"),
-            gauge("rq_open"),
-            gauge("rq_retry_open"),
-        ]);
+        self.open = Some(store.group(format!("cluster.{stat_name}.circuit_breakers.{priority}")));
         self
     }
 
     fn set_open(&self, resource: Resource, open: bool) {
         if let Some(gauges) = &self.open {
-            gauges[resource as usize].set(i64::from(open));
+            gauges.0[resource as usize].set(i64::from(open));
         }
     }
 
@@ -479,18 +483,18 @@ mod tests {
             per_host_max_connections: None,
         };
         let set = CircuitBreakerSet::with_stats(&cb, &store, "svc");
-        let rq_open = store.gauge("cluster.svc.circuit_breakers.default.rq_open");
+        let rq_open = || store.gauge_value("cluster.svc.circuit_breakers.default.rq_open");
         let breaker = set.for_priority(false);
         let a = breaker.try_acquire(Resource::Requests).expect("first");
-        assert_eq!(rq_open.get(), 0);
+        assert_eq!(rq_open(), 0);
         let _b = breaker.try_acquire(Resource::Requests).expect("second");
-        assert_eq!(rq_open.get(), 1, "at the limit");
+        assert_eq!(rq_open(), 1, "at the limit");
         assert!(breaker.try_acquire(Resource::Requests).is_err());
-        assert_eq!(rq_open.get(), 1);
+        assert_eq!(rq_open(), 1);
         drop(a);
-        assert_eq!(rq_open.get(), 0, "below the limit again");
-        let high = store.gauge("cluster.svc.circuit_breakers.high.rq_open");
-        assert_eq!(high.get(), 0);
+        assert_eq!(rq_open(), 0, "below the limit again");
+        let high = store.gauge_value("cluster.svc.circuit_breakers.high.rq_open");
+        assert_eq!(high, 0);
     }
 
     #[test]
@@ -499,8 +503,8 @@ mod tests {
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()["x-envoy-overloaded"], "true");
         assert_eq!(
-            r.extensions().get::<ResponseFlag>(),
-            Some(&ResponseFlag::UpstreamOverflow)
+            crate::error::ResponseFlags::of(r.extensions()).to_string(),
+            "UO"
         );
     }
 }

@@ -428,6 +428,7 @@ fn edited_service() -> ferry_control::model::Service {
         ports: vec![],
         resolution: ferry_control::model::Resolution::Static,
         mesh_external: false,
+        export_to: vec![],
         endpoints: vec![],
     }
 }

@@ -216,6 +216,7 @@ mod tests {
             resolution: Resolution::Static,
             mesh_external: false,
             endpoints: vec![],
+            export_to: vec![],
         };
         model.services.insert(zipkin.hostname.clone(), zipkin);
         model

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod connection;
 pub mod debounce;
 pub mod delta;
+mod framing;
 pub mod metrics;
 pub mod server;
 pub mod sotw;
@@ -23,7 +24,7 @@ use xds_proto::envoy::config::route::v3::RouteConfiguration;
 use crate::model::Model;
 use crate::model::proxy::ProxyNode;
 
-pub use server::{XdsServer, XdsService};
+pub use server::{AdsService, XdsServer};
 
 /// The resources generated for one proxy, typed; the server packs and versions them.
 #[derive(Debug, Clone, Default, PartialEq)]

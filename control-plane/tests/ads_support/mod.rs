@@ -69,6 +69,7 @@ pub fn service(name: &str, ns: &str, endpoints: &[&str]) -> Service {
         }],
         resolution: Resolution::Static,
         mesh_external: false,
+        export_to: Vec::new(),
         endpoints: endpoints
             .iter()
             .map(|ip| Endpoint {

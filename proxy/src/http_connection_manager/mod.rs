@@ -225,11 +225,8 @@ pub async fn handle(
         (None, None) => {}
     }
     if let Some((method, path)) = logged {
-        let flag = response
-            .extensions()
-            .get::<ResponseFlag>()
-            .map_or("-", |f| f.code());
-        tracing::debug!(%method, path, status = response.status().as_u16(), response_flags = flag, "request done");
+        let flags = crate::error::ResponseFlags::of(response.extensions());
+        tracing::debug!(%method, path, status = response.status().as_u16(), response_flags = %flags, "request done");
     }
     response
 }

@@ -15,8 +15,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
@@ -68,7 +69,12 @@ pub struct ListenerManager {
     connections: Arc<Connections>,
     /// Turns true to drain every connection (shutdown, `/drain_listeners`).
     drain: watch::Sender<bool>,
+    /// How long a drained `tcp_proxy` connection lives on, in milliseconds (`--drain-time`).
+    drain_time_ms: AtomicU64,
 }
+
+/// ferry-proxy's default `--drain-time`.
+pub const DEFAULT_DRAIN_TIME: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for ListenerManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -101,7 +107,21 @@ impl ListenerManager {
             generations: Mutex::new(HashMap::new()),
             connections: Arc::default(),
             drain: watch::Sender::new(false),
+            drain_time_ms: AtomicU64::new(DEFAULT_DRAIN_TIME.as_millis() as u64),
         })
+    }
+
+    /// Sets the drain time (Envoy's `--drain-time-s`): how long the `tcp_proxy` connections of
+    /// an updated or removed listener, or of a draining proxy, live on before they are closed.
+    /// Read when a connection's drain starts.
+    pub fn set_drain_time(&self, drain_time: Duration) {
+        let ms = u64::try_from(drain_time.as_millis()).unwrap_or(u64::MAX);
+        self.drain_time_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The drain time in force.
+    pub fn drain_time(&self) -> Duration {
+        Duration::from_millis(self.drain_time_ms.load(Ordering::Relaxed))
     }
 
     fn active(&self) -> std::sync::MutexGuard<'_, HashMap<String, Active>> {
@@ -394,7 +414,9 @@ impl ListenerManager {
             }
             Some(NetworkFilter::Tcp(config)) => {
                 let config = config.clone();
-                crate::tcp_proxy::proxy(&config, snapshot, stream, peer, original_dst).await;
+                let deadline = crate::tcp_proxy::drain_deadline(drain, || self.drain_time());
+                crate::tcp_proxy::proxy(&config, snapshot, stream, peer, original_dst, deadline)
+                    .await;
             }
             None => {
                 tracing::debug!(

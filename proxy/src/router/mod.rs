@@ -294,10 +294,8 @@ pub async fn forward(
             .insert("x-envoy-upstream-service-time", value);
     }
     table.mutate_response(selected, weighted, response.headers_mut());
-    if delayed && response.extensions().get::<ResponseFlag>().is_none() {
-        response
-            .extensions_mut()
-            .insert(ResponseFlag::DelayInjected);
+    if delayed {
+        crate::error::ResponseFlags::add_to(response.extensions_mut(), ResponseFlag::DelayInjected);
     }
     response
 }
