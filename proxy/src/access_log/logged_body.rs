@@ -32,7 +32,7 @@ pub struct Pending {
     /// Response headers.
     pub response_headers: http::HeaderMap,
     /// Response flags.
-    pub flags: &'static str,
+    pub flags: crate::error::ResponseFlags,
     /// Response code details.
     pub details: &'static str,
     /// The listener's address.
@@ -72,6 +72,7 @@ impl LoggedBody {
         };
         let cluster = p.slot.upstream_cluster.get().map(String::as_str);
         let route = p.slot.route_name.get().map(String::as_str);
+        let flags = p.flags.to_string();
         let entry = Entry {
             start: p.start.start,
             duration: p.start.started.elapsed(),
@@ -82,7 +83,7 @@ impl LoggedBody {
             request_headers: &p.start.headers,
             response_headers: &p.response_headers,
             status: p.status,
-            response_flags: p.flags,
+            response_flags: &flags,
             details: p.details,
             bytes_received: p.start.received.load(Ordering::Relaxed),
             bytes_sent: self.bytes,

@@ -255,10 +255,15 @@ impl Writers {
 /// local replies ferry-proxy makes, `via_upstream` for an upstream's answer, `direct_response`
 /// for a route's direct response or redirect.
 pub fn response_code_details(
-    flag: Option<crate::error::ResponseFlag>,
+    flags: crate::error::ResponseFlags,
     upstream_answered: bool,
 ) -> &'static str {
     use crate::error::ResponseFlag as F;
+    // The most telling flag: a failure's own flag before URX and DI, which join others.
+    let flag = flags
+        .iter()
+        .find(|f| !matches!(f, F::UpstreamRetryLimitExceeded | F::DelayInjected))
+        .or_else(|| flags.iter().next());
     match flag {
         Some(F::NoRouteFound) => "route_not_found",
         Some(F::NoClusterFound) => "cluster_not_found",

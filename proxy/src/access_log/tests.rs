@@ -82,14 +82,20 @@ fn other_loggers_filters_and_operators_are_refused() {
 #[test]
 fn details_follow_the_response_flag() {
     use crate::error::ResponseFlag as F;
-    assert_eq!(response_code_details(None, true), "via_upstream");
-    assert_eq!(response_code_details(None, false), "direct_response");
     assert_eq!(
-        response_code_details(Some(F::NoRouteFound), false),
+        response_code_details(Default::default(), true),
+        "via_upstream"
+    );
+    assert_eq!(
+        response_code_details(Default::default(), false),
+        "direct_response"
+    );
+    assert_eq!(
+        response_code_details(F::NoRouteFound.into(), false),
         "route_not_found"
     );
     assert_eq!(
-        response_code_details(Some(F::UpstreamRequestTimeout), true),
+        response_code_details(F::UpstreamRequestTimeout.into(), true),
         "upstream_response_timeout"
     );
 }

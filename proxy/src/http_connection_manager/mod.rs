@@ -320,10 +320,7 @@ async fn handle_inner(
         route_request(&snapshot, &hcm, &table, downstream, parts, body, body_bytes).await;
     finish_response(&hcm, request_id, &mut response);
     if let (Some(span), Some(tracing)) = (span, &hcm.tracing) {
-        let flag = response
-            .extensions()
-            .get::<ResponseFlag>()
-            .map_or("-", |f| f.code());
+        let flag = crate::error::ResponseFlags::of(response.extensions());
         let status = response.status();
         if span.sampled() {
             // The span ends with the body, as Envoy's ends at stream completion.
@@ -335,11 +332,13 @@ async fn handle_inner(
                 ))
             });
         } else {
-            downstream.tracer.finish(tracing, span, status, flag, None);
+            downstream
+                .tracer
+                .finish(tracing, span, status, &flag.to_string(), None);
         }
     }
     if let Some((start, slot)) = logging {
-        let flag = response.extensions().get::<ResponseFlag>().copied();
+        let flag = crate::error::ResponseFlags::of(response.extensions());
         let pending = crate::access_log::Pending {
             logs: hcm.access_log.clone(),
             writers: downstream.access_logs.clone(),
@@ -348,7 +347,7 @@ async fn handle_inner(
             slot,
             status: response.status().as_u16(),
             response_headers: response.headers().clone(),
-            flags: flag.map_or("-", |f| f.code()),
+            flags: flag,
             local: downstream.local,
             remote: downstream.peer,
         };
