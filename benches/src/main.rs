@@ -33,6 +33,10 @@ struct Args {
     /// Skip the control-plane phases (RSS by config size, push time, memory per proxy).
     #[arg(long)]
     no_control: bool,
+    /// Run only the "RSS by config size" phase (no load, no push benchmark) and print its
+    /// table; nothing is written.
+    #[arg(long, conflicts_with_all = ["no_control", "smoke", "push_only"])]
+    scale_only: bool,
     /// Run only the push benchmark (push time and ferry-control memory per proxy): the quick
     /// figure when working on ferry-control's memory.
     #[arg(long, conflicts_with_all = ["no_control", "smoke"])]
@@ -70,6 +74,17 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.scale_only {
+        let large = args.scale_services;
+        let results = harness::Results {
+            scale: Some(control::scale((large / 100).max(1), large, 5).await?),
+            ..Default::default()
+        };
+        let mut table = String::new();
+        ferry_benches::targets::render_control(&mut table, &results);
+        println!("{table}");
+        return Ok(());
+    }
     let mut paths = Vec::new();
     for name in &args.paths {
         paths.push(PathKind::parse(name).with_context(|| format!("unknown path {name:?}"))?);

@@ -59,7 +59,10 @@ fn listeners(state: &State) -> ListenersConfigDump {
                     .push(listeners_config_dump::DynamicListener {
                         name: name.clone(),
                         active_state: slot.active.as_ref().map(dynamic_state),
-                        warming_state: slot.warming.as_ref().map(|(entry, _)| dynamic_state(entry)),
+                        warming_state: slot
+                            .warming
+                            .as_ref()
+                            .map(|warming| dynamic_state(&warming.0)),
                         ..Default::default()
                     })
             }
@@ -94,7 +97,7 @@ fn clusters(state: &State) -> ClustersConfigDump {
                 dump.dynamic_active_clusters
                     .extend(slot.active.as_ref().map(dynamic));
                 dump.dynamic_warming_clusters
-                    .extend(slot.warming.as_ref().map(|(entry, _)| dynamic(entry)));
+                    .extend(slot.warming.as_ref().map(|warming| dynamic(&warming.0)));
             }
         }
     }

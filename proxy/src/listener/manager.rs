@@ -4,10 +4,11 @@
 //! were removed or moved: they stop accepting while their connections finish gracefully.
 //!
 //! Like Envoy, an updated or removed listener also drains the connections it already accepted,
-//! so clients move to the new config (see [`crate::http_connection_manager::drain`]). Each
-//! listener config in force is a *generation*; a connection holds the generation of the listener
-//! that serves it (after the original-destination hand-off) and is retired when that
-//! generation ends. Generations are compared by value, so a listener re-sent unchanged by the
+//! so clients move to the new config (see [`crate::http_connection_manager::drain`]); a
+//! `tcp_proxy` connection, which cannot be asked to move, is closed when the drain time ends
+//! (see [`crate::tcp_proxy`]). Each listener config in force is a *generation*; a connection
+//! holds the generation of the listener that serves it (after the original-destination hand-off)
+//! and is retired when that generation ends. Generations are compared by value, so a listener re-sent unchanged by the
 //! control plane drains nothing.
 //!
 //! Each connection is dispatched here: original destination recovery for capture listeners,

@@ -48,14 +48,15 @@ pub struct Slot {
     /// The entry in force, if any has warmed yet.
     pub active: Option<Entry>,
     /// A newer entry still warming, with the instant it activates anyway (`None`: never).
-    pub warming: Option<(Entry, Option<Instant>)>,
+    /// Boxed: few slots warm at any time, and a sidecar holds thousands of slots.
+    pub warming: Option<Box<(Entry, Option<Instant>)>>,
 }
 
 impl Slot {
     fn latest(&self) -> Option<&Entry> {
         self.warming
             .as_ref()
-            .map(|(entry, _)| entry)
+            .map(|warming| &warming.0)
             .or(self.active.as_ref())
     }
 }
@@ -186,8 +187,8 @@ impl State {
         }
         if slot.latest().is_some_and(|e| e.raw == resource.raw) {
             // Unchanged: keep its age and warming state; only the version label moves.
-            if let Some((entry, _)) = slot.warming.as_mut() {
-                entry.version = version;
+            if let Some(warming) = slot.warming.as_mut() {
+                warming.0.version = version;
             } else if let Some(entry) = slot.active.as_mut() {
                 entry.version = version;
             }
@@ -201,7 +202,7 @@ impl State {
             domain: resource.domain,
         };
         if matches!(kind, Kind::Listener | Kind::Cluster) {
-            slot.warming = Some((entry, deadline));
+            slot.warming = Some(Box::new((entry, deadline)));
         } else {
             slot.active = Some(entry);
             self.revision += 1;
@@ -222,17 +223,17 @@ impl State {
             let ready: Vec<String> = self.slots[kind.index()]
                 .iter()
                 .filter_map(|(name, slot)| {
-                    let (entry, deadline) = slot.warming.as_ref()?;
+                    let (entry, deadline) = &**slot.warming.as_ref()?;
                     let expired = deadline.is_some_and(|d| d <= now);
                     (expired || self.is_warm(&entry.domain)).then(|| name.clone())
                 })
                 .collect();
             for name in ready {
                 if let Some(slot) = self.slots[kind.index()].get_mut(&name)
-                    && let Some((entry, _)) = slot.warming.take()
+                    && let Some(warming) = slot.warming.take()
                 {
                     tracing::debug!(kind = kind.short_name(), %name, "warmed");
-                    slot.active = Some(entry);
+                    slot.active = Some(warming.0);
                     self.revision += 1;
                 }
             }
@@ -271,7 +272,7 @@ impl State {
             let entries = slot
                 .active
                 .iter()
-                .chain(slot.warming.iter().map(|(e, _)| e));
+                .chain(slot.warming.iter().map(|warming| &warming.0));
             for entry in entries {
                 match &entry.domain {
                     Domain::Listener(l) => names.extend(l.rds_names()),
