@@ -46,6 +46,20 @@ pub struct MeshConfig {
     /// Whether tracing was configured explicitly (a missing collector service is then an
     /// error; with Istio's defaults it only means no tracing, as in istiod).
     pub tracing_explicit: bool,
+    /// `accessLogFile` (with `accessLogFormat` and `accessLogEncoding`): every sidecar HCM logs
+    /// there. Off by default, as in Istio.
+    pub access_log: Option<AccessLogSettings>,
+}
+
+/// Istio's access log settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogSettings {
+    /// `accessLogFile` (e.g. `/dev/stdout`).
+    pub path: String,
+    /// `accessLogFormat`; Istio's default format when absent.
+    pub format: Option<String>,
+    /// `accessLogEncoding: JSON`.
+    pub json: bool,
 }
 
 /// Where and how much to trace.
@@ -99,6 +113,7 @@ impl Default for MeshConfig {
                 trace_id_64bit: false,
             }),
             tracing_explicit: false,
+            access_log: None,
         }
     }
 }
@@ -112,6 +127,11 @@ struct Raw {
     #[serde(default)]
     extension_providers: Vec<RawProvider>,
     default_providers: Option<RawDefaultProviders>,
+    #[serde(default)]
+    access_log_file: String,
+    #[serde(default)]
+    access_log_format: String,
+    access_log_encoding: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,9 +284,25 @@ impl MeshConfig {
                 }
             }
         }
+        let json = match raw.access_log_encoding.as_deref() {
+            None | Some("TEXT") => false,
+            Some("JSON") => true,
+            Some(other) => {
+                return Err(field(
+                    "accessLogEncoding",
+                    format!("{other:?} is not TEXT or JSON"),
+                ));
+            }
+        };
+        let access_log = (!raw.access_log_file.is_empty()).then(|| AccessLogSettings {
+            path: raw.access_log_file.clone(),
+            format: (!raw.access_log_format.is_empty()).then(|| raw.access_log_format.clone()),
+            json,
+        });
         Ok(Self {
             tracing: raw.enable_tracing.unwrap_or(true).then_some(settings),
             tracing_explicit: explicit,
+            access_log,
         })
     }
 }
@@ -317,6 +353,25 @@ mod tests {
         let t = m.tracing.unwrap();
         assert_eq!(t.service, "zipkin.tracing.svc.cluster.local");
         assert!(t.trace_id_64bit);
+    }
+
+    #[test]
+    fn access_log_settings_are_read() {
+        assert_eq!(MeshConfig::from_yaml("").unwrap().access_log, None);
+        let m =
+            MeshConfig::from_yaml("accessLogFile: /dev/stdout\naccessLogEncoding: JSON\n").unwrap();
+        assert_eq!(
+            m.access_log,
+            Some(AccessLogSettings {
+                path: "/dev/stdout".into(),
+                format: None,
+                json: true
+            })
+        );
+        let e = MeshConfig::from_yaml("accessLogFile: /dev/stdout\naccessLogEncoding: XML\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("accessLogEncoding"), "{e}");
     }
 
     #[test]

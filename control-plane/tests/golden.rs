@@ -2,7 +2,8 @@
 //!
 //! Each case is a directory under `testdata/golden/` holding manifests (`*.yaml`, read together
 //! with `testdata/golden/bookinfo.yaml` unless the case's `proxy.yaml` says `base: false`) and
-//! optionally `proxy.yaml` (the node to generate for; `testdata/golden/proxy-productpage.yaml`
+//! optionally `proxy.yaml` (the node to generate for, and an optional `mesh_config`: Istio
+//! MeshConfig YAML; `testdata/golden/proxy-productpage.yaml`
 //! otherwise). The expected output is `testdata/golden/CASE.json`: every generated resource as
 //! proto3 JSON, plus the errors of rules the translation refused. `UPDATE_GOLDEN=1 cargo test
 //! -p ferry-control --test golden` rewrites the files; otherwise the test compares.
@@ -39,6 +40,9 @@ struct ProxySpec {
     local_mode: bool,
     #[serde(default = "yes")]
     base: bool,
+    /// Istio MeshConfig YAML for the case (`--mesh-config`).
+    #[serde(default)]
+    mesh_config: Option<String>,
 }
 
 fn yes() -> bool {
@@ -100,11 +104,14 @@ fn run_case(dir: &Path) -> (Generated, Vec<String>) {
         labels: spec.labels,
         service_account: spec.service_account,
     };
-    let options = if spec.local_mode {
+    let mut options = if spec.local_mode {
         Options::local_mesh()
     } else {
         Options::default()
     };
+    if let Some(mesh) = &spec.mesh_config {
+        options.mesh = ferry_control::mesh_config::MeshConfig::from_yaml(mesh).unwrap();
+    }
     (generate(&model, &proxy, &options), model_errors)
 }
 

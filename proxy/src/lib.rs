@@ -6,6 +6,7 @@
 //! path (listeners, the HTTP connection manager, the router, clusters and their pools) loads that
 //! snapshot once per connection or request and never sees a protobuf.
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod body;

@@ -28,6 +28,7 @@ mod cluster;
 mod endpoint;
 mod envoy;
 mod filter_chain;
+mod hcm_access_log;
 mod hcm_tracing;
 mod http_route;
 mod listener;
@@ -130,6 +131,7 @@ pub fn generate(model: &Model, proxy: &ProxyNode, options: &Options) -> Generate
         local_inbound::redirect_endpoints(&scope, &mut endpoints);
         local_inbound::serve_on_virtual_inbound(&scope, &mut listeners);
     }
+    hcm_access_log::apply(&options.mesh, &mut listeners, &mut errors);
     hcm_tracing::apply(&options.mesh, proxy, &mut listeners, &clusters, &mut errors);
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
     clusters.dedup_by(|a, b| a.name == b.name);

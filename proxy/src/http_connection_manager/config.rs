@@ -60,6 +60,8 @@ pub struct HttpConnectionManagerConfig {
     /// `drain_timeout` (Envoy's default 5s): how long a retired HTTP/1.1 connection may stay
     /// idle before it is closed.
     pub drain_timeout: std::time::Duration,
+    /// `access_log` (file loggers): a line per request when its response ends.
+    pub access_log: Arc<Vec<crate::access_log::AccessLog>>,
     /// `tracing`: spans are created, propagated and reported (by its provider, else the
     /// bootstrap's).
     pub tracing: Option<Arc<crate::tracers::TracingConfig>>,
@@ -102,7 +104,15 @@ impl HttpConnectionManagerConfig {
             )),
             None => None,
         };
-        refuse_if(!h.access_log.is_empty(), "access_log")?;
+        let access_log = h
+            .access_log
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                crate::access_log::AccessLog::try_from(a)
+                    .map_err(|e| Invalid::new(f(&format!("access_log[{i}].{}", e.field)), e.reason))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         refuse_if(h.add_user_agent.is_some_and(|b| b.value), "add_user_agent")?;
         refuse_if(h.http3_protocol_options.is_some(), "http3_protocol_options")?;
         refuse_if(
@@ -227,6 +237,7 @@ impl HttpConnectionManagerConfig {
         Ok(Self {
             drain_timeout,
             tracing,
+            access_log: Arc::new(access_log),
             stat_prefix: h.stat_prefix.clone(),
             codec,
             route,

@@ -51,6 +51,8 @@ pub struct Downstream {
     pub buffer_limit: u64,
     /// The proxy's tracer (node identity, span reporters).
     pub tracer: Arc<crate::tracers::Tracer>,
+    /// The access log file writers.
+    pub access_logs: Arc<crate::access_log::Writers>,
     /// The listener's `traffic_direction` is OUTBOUND: spans are CLIENT spans.
     pub outbound: bool,
 }
@@ -287,14 +289,38 @@ async fn handle_inner(
         }
         _ => None,
     };
+    let logging = (!hcm.access_log.is_empty()).then(|| {
+        let slot = match parts.extensions.get::<Arc<crate::tracers::SpanSlot>>() {
+            Some(slot) => slot.clone(),
+            None => {
+                let slot = Arc::<crate::tracers::SpanSlot>::default();
+                parts.extensions.insert(slot.clone());
+                slot
+            }
+        };
+        let start = crate::access_log::Start {
+            start: std::time::SystemTime::now(),
+            started: tokio::time::Instant::now(),
+            method: parts.method.as_str().to_owned(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
+            authority: authority(&parts).to_owned(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            received: Arc::default(),
+        };
+        (start, slot)
+    });
+    let body_bytes = logging.as_ref().map(|(start, _)| start.received.clone());
     let request_id = parts.headers.get(X_REQUEST_ID).cloned();
-    let mut response = route_request(&snapshot, &hcm, &table, downstream, parts, body).await;
+    let mut response =
+        route_request(&snapshot, &hcm, &table, downstream, parts, body, body_bytes).await;
     finish_response(&hcm, request_id, &mut response);
     if let (Some(span), Some(tracing)) = (span, &hcm.tracing) {
-        let flag = response
-            .extensions()
-            .get::<ResponseFlag>()
-            .map_or("-", |f| f.code());
+        let flag = crate::error::ResponseFlags::of(response.extensions());
         let status = response.status();
         if span.sampled() {
             // The span ends with the body, as Envoy's ends at stream completion.
@@ -306,8 +332,27 @@ async fn handle_inner(
                 ))
             });
         } else {
-            downstream.tracer.finish(tracing, span, status, flag, None);
+            downstream
+                .tracer
+                .finish(tracing, span, status, &flag.to_string(), None);
         }
+    }
+    if let Some((start, slot)) = logging {
+        let flag = crate::error::ResponseFlags::of(response.extensions());
+        let pending = crate::access_log::Pending {
+            logs: hcm.access_log.clone(),
+            writers: downstream.access_logs.clone(),
+            details: crate::access_log::response_code_details(flag, slot.upstream_host().is_some()),
+            start,
+            slot,
+            status: response.status().as_u16(),
+            response_headers: response.headers().clone(),
+            flags: flag,
+            local: downstream.local,
+            remote: downstream.peer,
+        };
+        response = response
+            .map(|body| crate::body::boxed(crate::access_log::LoggedBody::new(body, pending)));
     }
     (response, per_request)
 }
@@ -319,6 +364,7 @@ async fn route_request(
     downstream: &Downstream,
     parts: http::request::Parts,
     body: Incoming,
+    body_bytes: Option<Arc<std::sync::atomic::AtomicU64>>,
 ) -> Response<Body> {
     let authority = authority(&parts).to_owned();
     let mut path_and_query = parts
@@ -344,11 +390,11 @@ async fn route_request(
         return local_reply(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NoRouteFound));
     };
     let route = selected.route;
-    if let (Some(slot), Some(operation)) = (
-        parts.extensions.get::<Arc<crate::tracers::SpanSlot>>(),
-        &route.decorator,
-    ) {
-        let _ = slot.operation.set(operation.clone());
+    if let Some(slot) = parts.extensions.get::<Arc<crate::tracers::SpanSlot>>() {
+        if let Some(operation) = &route.decorator {
+            let _ = slot.operation.set(operation.clone());
+        }
+        let _ = slot.route_name.set(route.name.clone());
     }
     let span = tracing::debug_span!(
         "req",
@@ -382,6 +428,7 @@ async fn route_request(
             let request = crate::router::UpstreamRequest {
                 parts,
                 body,
+                body_bytes,
                 authority,
                 path_and_query,
                 hash,

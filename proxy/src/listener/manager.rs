@@ -63,6 +63,7 @@ pub struct ListenerManager {
     store: Arc<ConfigStore>,
     stats: Arc<Store>,
     tracer: Arc<crate::tracers::Tracer>,
+    access_logs: Arc<crate::access_log::Writers>,
     active: Mutex<HashMap<String, Active>>,
     /// Every listener's generation, bound or not (by name).
     generations: Mutex<HashMap<String, Generation>>,
@@ -100,6 +101,7 @@ impl ListenerManager {
             .with_default_provider(default_tracer);
         Arc::new(Self {
             tracer: Arc::new(tracer),
+            access_logs: Arc::new(crate::access_log::Writers::new(&stats)),
             store,
             stats,
             active: Mutex::new(HashMap::new()),
@@ -388,6 +390,7 @@ impl ListenerManager {
             listener: Arc::from(listener.name.as_str()),
             stats: self.stats.clone(),
             tracer: self.tracer.clone(),
+            access_logs: self.access_logs.clone(),
             outbound: listener.outbound,
             buffer_limit: listener
                 .per_connection_buffer_limit

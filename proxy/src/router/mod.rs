@@ -27,6 +27,8 @@ pub struct UpstreamRequest {
     pub parts: http::request::Parts,
     /// The streaming request body.
     pub body: Incoming,
+    /// Counts the request body's bytes as it streams (`BYTES_RECEIVED`), when the HCM logs.
+    pub body_bytes: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     /// The authority the route matched on.
     pub authority: String,
     /// Path and query as received.
@@ -148,6 +150,7 @@ pub async fn forward(
         path_and_query,
         hash,
         websocket_allowed,
+        body_bytes,
     } = request;
     let upgrade = parts.version == http::Version::HTTP_11 && is_websocket_upgrade(&parts.headers);
     if upgrade && !websocket_allowed {
@@ -212,17 +215,21 @@ pub async fn forward(
         .or(selected.virtual_host.per_request_buffer_limit)
         .unwrap_or(downstream.buffer_limit);
     // Mirrors: fire-and-forget copies, the body teed as it streams to the primary.
+    let body = match body_bytes {
+        Some(counter) => body::boxed(crate::access_log::CountedBody::new(body, counter)),
+        None => body::boxed(body),
+    };
     let body = if on_upgrade.is_none() {
         crate::mirror::start(
             &snapshot.clusters,
             &forward.mirrors,
             &parts,
-            body::boxed(body),
+            body,
             buffer_limit,
             route_timeout,
         )
     } else {
-        body::boxed(body)
+        body
     };
     let tries = attempts::Tries {
         cluster,

@@ -86,16 +86,18 @@ impl TracingStats {
     }
 }
 
-/// What routing learns about a sampled request's span: the route's decorator (the span's
-/// name) and the cluster the router picked (the `upstream_cluster` tag). Only sampled requests
-/// carry one (in the request's extensions, as `Arc<SpanSlot>`), so untraced requests pay
-/// nothing.
+/// What routing learns about a request for its span and access log: the route (decorator,
+/// name), the cluster the router picked and the host of the last attempt. Only sampled or
+/// logged requests carry one (in the request's extensions, as `Arc<SpanSlot>`), so other
+/// requests pay nothing.
 #[derive(Debug, Default)]
 pub struct SpanSlot {
     /// The route's `decorator.operation`.
     pub operation: OnceLock<String>,
     /// The cluster the router picked.
     pub upstream_cluster: OnceLock<String>,
+    /// The route's name (`ROUTE_NAME` in access logs).
+    pub route_name: OnceLock<String>,
     /// The host of the last attempt.
     upstream_host: Mutex<Option<SocketAddr>>,
 }
@@ -104,6 +106,11 @@ impl SpanSlot {
     /// Records the host an attempt goes to (the last one is tagged `upstream_address`).
     pub fn set_upstream_host(&self, host: SocketAddr) {
         *self.upstream_host.lock().unwrap_or_else(|p| p.into_inner()) = Some(host);
+    }
+
+    /// The host of the last attempt.
+    pub fn upstream_host(&self) -> Option<SocketAddr> {
+        *self.upstream_host.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -390,12 +397,7 @@ impl ActiveSpan {
             tags.push(("upstream_cluster".into(), cluster.clone()));
             tags.push(("upstream_cluster.name".into(), cluster));
         }
-        let host = *self
-            .slot
-            .upstream_host
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(host) = host {
+        if let Some(host) = self.slot.upstream_host() {
             tags.push(("upstream_address".into(), host.to_string()));
         }
         if status.is_server_error() {

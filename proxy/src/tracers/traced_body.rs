@@ -19,7 +19,7 @@ struct Pending {
     config: Arc<TracingConfig>,
     span: ActiveSpan,
     status: StatusCode,
-    response_flags: &'static str,
+    response_flags: crate::error::ResponseFlags,
 }
 
 /// A response body that finishes its span at end of stream.
@@ -45,7 +45,7 @@ impl TracedBody {
         config: Arc<TracingConfig>,
         span: ActiveSpan,
         status: StatusCode,
-        response_flags: &'static str,
+        response_flags: crate::error::ResponseFlags,
     ) -> Self {
         Self {
             inner,
@@ -66,7 +66,7 @@ impl TracedBody {
                 &p.config,
                 p.span,
                 p.status,
-                p.response_flags,
+                &p.response_flags.to_string(),
                 Some(self.bytes),
             );
         }

@@ -1,0 +1,191 @@
+//! HTTP access logs through a real ferry-proxy on loopback, configured as istiod configures a
+//! sidecar with `meshConfig.accessLogFile` (Envoy's file logger with Istio's text format) plus a
+//! JSON logger: one line per request, written when the response ends, with the response code,
+//! flags (`NR`, `UF`), the upstream cluster and host, the request id and the body sizes.
+
+use std::time::Duration;
+
+use ferry_proxy::app;
+use ferry_tests::bootstrap;
+use ferry_tests::net::{self, ClosedPort};
+use ferry_tests::poll::poll_until;
+use ferry_tests::upstream::Upstream;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Istio's default text format (`meshConfig.accessLogFormat` unset).
+const ISTIO_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
+
+fn lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn requests_are_logged_in_istio_text_format_and_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text_path = dir.path().join("access.log");
+    let json_path = dir.path().join("access.json");
+    let app = Upstream::echo("app").await.expect("upstream starts");
+    let closed = ClosedPort::bind().expect("closed port");
+    let access_log = json!([
+        { "name": "envoy.access_loggers.file", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": text_path.to_string_lossy(),
+            "log_format": { "text_format_source": { "inline_string": ISTIO_FORMAT } } } },
+        { "name": "envoy.access_loggers.file", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": json_path.to_string_lossy(),
+            "log_format": { "json_format": {
+                "code": "%RESPONSE_CODE%", "flags": "%RESPONSE_FLAGS%",
+                "cluster": "%UPSTREAM_CLUSTER%", "sent": "%BYTES_SENT%",
+                "received": "%BYTES_RECEIVED%", "request_id": "%REQ(X-REQUEST-ID)%" } } } }
+    ]);
+    let listener = json!([{
+        "name": "http",
+        "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } },
+        "filter_chains": [{ "filters": [{ "name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "http",
+            "access_log": access_log,
+            "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }],
+            "route_config": { "name": "r", "virtual_hosts": [{ "name": "all", "domains": ["*"], "routes": [
+                { "name": "to-app", "match": { "prefix": "/app" }, "route": { "cluster": "app" } },
+                { "name": "to-closed", "match": { "prefix": "/closed" }, "route": { "cluster": "closed", "retry_policy": { "num_retries": 0 } } }
+            ] }] }
+        } }] }]
+    }]);
+    let listener_yaml: String = serde_yaml_ng::to_string(&listener)
+        .expect("yaml")
+        .lines()
+        .map(|l| format!("\n  {l}"))
+        .collect();
+    let yaml = bootstrap::static_resources(
+        &[listener_yaml],
+        &[
+            bootstrap::static_cluster("app", app.addr),
+            bootstrap::static_cluster("closed", net::loopback(closed.port())),
+        ],
+    );
+    let running = app::start(xds_proto::json::from_yaml_str(&yaml).expect("bootstrap"))
+        .await
+        .expect("proxy starts");
+    let addr = running.listeners.listener_addr("http").expect("bound");
+
+    let ok = net::get(addr, "app.test", "/app/1").await.expect("request");
+    assert_eq!(ok.status, 200);
+    let request = net::request(
+        http::Method::GET,
+        "app.test",
+        "/nowhere",
+        &[("x-request-id", "rid-404"), ("user-agent", "test-agent")],
+    )
+    .expect("request");
+    let nr = net::send(addr, net::Protocol::Http1, request)
+        .await
+        .expect("request");
+    assert_eq!(nr.status, 404);
+    let uf = net::get(addr, "app.test", "/closed")
+        .await
+        .expect("request");
+    assert_eq!(uf.status, 503);
+
+    let text = poll_until("three text lines", WAIT, || async {
+        let l = lines(&text_path);
+        (l.len() >= 3).then_some(l)
+    })
+    .await;
+    assert_eq!(text.len(), 3, "{text:#?}");
+    let find = |needle: &str| {
+        text.iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle}: {text:#?}"))
+            .clone()
+    };
+    let ok_line = find("/app/1");
+    assert!(ok_line.starts_with('['), "{ok_line}");
+    assert!(
+        ok_line.contains("\"GET /app/1 HTTP/1.1\" 200 - via_upstream - \"-\" 0 "),
+        "{ok_line}"
+    );
+    assert!(
+        ok_line.contains(&format!("\"{}\" app ", app.addr)),
+        "{ok_line}"
+    );
+    assert!(ok_line.ends_with(" - to-app"), "{ok_line}");
+    let nr_line = find("/nowhere");
+    assert!(nr_line.contains(" 404 NR route_not_found "), "{nr_line}");
+    assert!(
+        nr_line.contains("\"test-agent\" \"rid-404\" \"app.test\" \"-\" - "),
+        "{nr_line}"
+    );
+    let uf_line = find("/closed");
+    assert!(uf_line.contains(" 503 UF "), "{uf_line}");
+    assert!(uf_line.contains(" closed "), "{uf_line}");
+
+    let json_lines = poll_until("three JSON lines", WAIT, || async {
+        let l = lines(&json_path);
+        (l.len() >= 3).then_some(l)
+    })
+    .await;
+    let parsed: Vec<Value> = json_lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("a JSON object per line"))
+        .collect();
+    let ok_json = parsed.iter().find(|v| v["code"] == 200).expect("200 line");
+    assert_eq!(ok_json["flags"], "-");
+    assert_eq!(ok_json["cluster"], "app");
+    assert_eq!(ok_json["sent"].as_u64(), Some(ok.body.len() as u64));
+    assert_eq!(ok_json["received"], 0);
+    let nr_json = parsed.iter().find(|v| v["code"] == 404).expect("404 line");
+    assert_eq!(nr_json["request_id"], "rid-404");
+    assert_eq!(nr_json["cluster"], Value::Null);
+}
+
+/// What ferry-control generates for `accessLogFile` (Istio's text and JSON formats) and tracing
+/// is accepted by ferry-proxy, listener by listener.
+#[test]
+fn ferry_proxy_accepts_ferry_controls_access_logs_and_tracing() {
+    use ferry_control::mesh_config::MeshConfig;
+    use ferry_control::model::proxy::ProxyNode;
+    use ferry_control::translate::{Options, generate};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/local-mesh");
+    let (model, errors) = ferry_control::source::dir::model_from_dir(&dir).expect("samples");
+    assert!(errors.is_empty(), "{errors:#?}");
+    let node = ProxyNode {
+        id: "sidecar~127.0.0.10~client.default~default.svc.cluster.local".into(),
+        kind: "sidecar".into(),
+        ips: vec!["127.0.0.10".parse().expect("ip")],
+        pod: "client".into(),
+        namespace: "default".into(),
+        labels: [("app".to_owned(), "client".to_owned())].into(),
+        service_account: "client".into(),
+    };
+    for encoding in ["TEXT", "JSON"] {
+        let mesh = MeshConfig::from_yaml(&format!(
+            "accessLogFile: /dev/stdout\naccessLogEncoding: {encoding}\ndefaultConfig: {{tracing: {{sampling: 100}}}}\n"
+        ))
+        .expect("mesh config");
+        let options = Options {
+            mesh,
+            ..Options::local_mesh()
+        };
+        let out = generate(&model, &node, &options);
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        let mut logged = 0;
+        for l in &out.listeners {
+            let listener = ferry_proxy::listener::Listener::try_from(l)
+                .unwrap_or_else(|e| panic!("{encoding}: listener {} refused: {e}", l.name));
+            if let Some(hcm) = listener.http_connection_manager() {
+                logged += hcm.access_log.len();
+                assert!(hcm.tracing.is_some(), "{}", l.name);
+            }
+        }
+        assert!(logged > 0, "{encoding}: no HCM got the access log");
+    }
+}
