@@ -234,6 +234,7 @@ pub async fn run(options: Options, bootstrap: Bootstrap) -> anyhow::Result<()> {
         .map(|n| n.id.clone())
         .unwrap_or_default();
     let running = start(bootstrap).await?;
+    crate::memory::release_startup_code();
     tracing::info!(node, "ferry-proxy started");
     let mut quit = running.lifecycle.shutdown();
     tokio::select! {
