@@ -161,7 +161,7 @@ mod tests {
 
     /// Resident KiB of the mapping starting at `start`, from /proc/self/smaps.
     fn resident_kib(start: usize) -> u64 {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("/proc/self/smaps");
         let header = format!("{start:x}-");
         let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&header));
         lines

@@ -185,16 +185,18 @@ async fn echo_through(addr: SocketAddr, http2: bool, size: usize) -> Vec<u8> {
         .body(StreamBody::new(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         ))
-        .unwrap();
-    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        .expect("request");
+    let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
     let response = if http2 {
         let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
-            .unwrap();
+            .expect("h2 handshake");
         tokio::spawn(conn);
         tokio::spawn(async move { sender.send_request(request).await })
     } else {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("h1 handshake");
         tokio::spawn(conn);
         tokio::spawn(async move { sender.send_request(request).await })
     };
@@ -203,11 +205,13 @@ async fn echo_through(addr: SocketAddr, http2: bool, size: usize) -> Vec<u8> {
         while sent < size {
             let n = (size - sent).min(48 * 1024);
             let chunk: Vec<u8> = (sent..sent + n).map(pattern).collect();
-            tx.send(Ok(Frame::data(Bytes::from(chunk)))).await.unwrap();
+            tx.send(Ok(Frame::data(Bytes::from(chunk))))
+                .await
+                .expect("body sent");
             sent += n;
         }
     });
-    let response = response.await.unwrap().expect("response");
+    let response = response.await.expect("task").expect("response");
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();
     let mut received = Vec::with_capacity(size);
@@ -216,7 +220,7 @@ async fn echo_through(addr: SocketAddr, http2: bool, size: usize) -> Vec<u8> {
             received.extend_from_slice(&data);
         }
     }
-    writer.await.unwrap();
+    writer.await.expect("writer");
     assert!(received.iter().enumerate().all(|(i, b)| *b == pattern(i)));
     received
 }
