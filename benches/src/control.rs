@@ -190,6 +190,8 @@ pub struct PushResult {
     pub rss_idle_kib: u64,
     /// ferry-control's RSS with every client connected and synced (KiB).
     pub rss_connected_kib: u64,
+    /// ferry-control's RSS with every client connected, after the edits were pushed (KiB).
+    pub rss_after_edits_kib: u64,
 }
 
 impl PushResult {
@@ -268,6 +270,7 @@ pub async fn push(clients: usize, services: usize, edits: u32) -> Result<PushRes
             .wait_synced(sidecars::NODE_PREFIX, clients, PATIENCE)
             .await?;
     }
+    result.rss_after_edits_kib = rss("ferry-control")?;
     for task in tasks {
         task.abort();
     }

@@ -33,6 +33,10 @@ struct Args {
     /// Skip the control-plane phases (RSS by config size, push time, memory per proxy).
     #[arg(long)]
     no_control: bool,
+    /// Run only the push benchmark (push time and ferry-control memory per proxy): the quick
+    /// figure when working on ferry-control's memory.
+    #[arg(long, conflicts_with_all = ["no_control", "smoke"])]
+    push_only: bool,
     /// Services of the large config (5 endpoints each); the small one has 1% of them.
     #[arg(long, default_value_t = 1000)]
     scale_services: usize,
@@ -87,6 +91,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         paths,
         upstream_workers: args.upstream_workers,
     };
+    if args.push_only {
+        let push = control::push(args.push_clients, args.push_services, args.edits).await?;
+        println!(
+            "push: {} clients, all ACKed (worst) {:?}, RSS {} KiB -> {} KiB ({} KiB after the edits), {:.1} KiB per proxy",
+            push.clients,
+            push.all_acked.iter().max().copied().unwrap_or_default(),
+            push.rss_idle_kib,
+            push.rss_connected_kib,
+            push.rss_after_edits_kib,
+            push.per_proxy_kib()
+        );
+        return Ok(());
+    }
     let mut results = harness::run(&config).await?;
     if !args.no_control {
         // The smoke run proves every part works at a size a dev build serves in seconds.

@@ -279,6 +279,7 @@ mod tests {
             half_acked: vec![Duration::from_millis(300)],
             rss_idle_kib: 10_000,
             rss_connected_kib: 15_000,
+            ..PushResult::default()
         });
         results
     }

@@ -37,6 +37,8 @@ pub struct ServeOptions {
     pub local_mode: bool,
     /// Push debouncing.
     pub debounce: DebounceConfig,
+    /// Istio's MeshConfig (`--mesh-config`; Istio's defaults without it).
+    pub mesh: crate::mesh_config::MeshConfig,
 }
 
 /// Why the control plane could not start or stopped.
@@ -260,6 +262,7 @@ pub async fn serve(options: &ServeOptions) -> Result<Running, AppError> {
     let (feed, sources) = Sources::channel();
     let generator = Arc::new(TranslateGenerator {
         local_mode: options.local_mode,
+        mesh: options.mesh.clone(),
     });
     let mut running = start(options, sources, generator).await?;
     tracing::info!(xds = %running.xds_address, debug = %running.debug_address, "ferry-control listening");

@@ -9,6 +9,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod debug;
+pub mod mesh_config;
 pub mod model;
 pub mod source;
 pub mod translate;

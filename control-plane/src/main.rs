@@ -44,6 +44,9 @@ struct ServeArgs {
     /// Bind each sidecar's listeners to its own loopback instance IP (a mesh on one host).
     #[arg(long)]
     local_mode: bool,
+    /// Istio MeshConfig YAML (the `mesh` key of the `istio` ConfigMap): tracing settings.
+    #[arg(long)]
+    mesh_config: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -64,6 +67,10 @@ fn main() -> anyhow::Result<ExitCode> {
                 debug_address: args.debug_address,
                 local_mode: args.local_mode,
                 debounce: DebounceConfig::default(),
+                mesh: match &args.mesh_config {
+                    Some(path) => ferry_control::mesh_config::MeshConfig::from_file(path)?,
+                    None => ferry_control::mesh_config::MeshConfig::default(),
+                },
             };
             tokio::runtime::Runtime::new()?.block_on(app::run(options))?;
             Ok(ExitCode::SUCCESS)

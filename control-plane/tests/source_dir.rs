@@ -117,3 +117,101 @@ async fn a_missing_directory_is_an_error() {
         .expect_err("missing dir");
     assert!(matches!(err, DirError::Io { .. }), "{err}");
 }
+
+/// A Service annotated with `networking.istio.io/exportTo` and a ServiceEntry with `exportTo`,
+/// both in namespace shop.
+fn exported_yaml(service_export: &str, entry_export: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: ledger\n  namespace: shop\n  \
+         annotations: {{networking.istio.io/exportTo: {service_export:?}}}\n\
+         spec: {{clusterIP: 10.96.1.1, ports: [{{name: http, port: 8080}}]}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{name: rates, namespace: shop}}\n\
+         spec: {{hosts: [rates.example.com], exportTo: [{entry_export:?}], resolution: DNS, \
+         ports: [{{number: 443, name: tls, protocol: TLS}}]}}\n"
+    )
+}
+
+/// The outbound clusters a sidecar in namespace `web` gets from `model`.
+fn outbound_clusters_in_web(model: &Model) -> Vec<String> {
+    use ferry_control::model::proxy::ProxyNode;
+    use ferry_control::translate::{Options, generate};
+    let proxy = ProxyNode {
+        id: "sidecar~10.0.9.9~client.web~web.svc.cluster.local".into(),
+        kind: "sidecar".into(),
+        ips: vec!["10.0.9.9".parse().expect("ip")],
+        pod: "client".into(),
+        namespace: "web".into(),
+        labels: Default::default(),
+        service_account: "client".into(),
+    };
+    let out = generate(model, &proxy, &Options::default());
+    let mut names: Vec<String> = out
+        .clusters
+        .iter()
+        .map(|c| c.name.clone())
+        .filter(|n| n.starts_with("outbound|"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn export_to_of_services_and_service_entries_follows_edits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("shop.yaml");
+    std::fs::write(&file, exported_yaml(".", "web")).expect("write");
+    let handle = watch_dir(dir.path()).await.expect("watch starts");
+    let mut models = handle.models.clone();
+    assert!(
+        handle.errors.borrow().is_empty(),
+        "{:?}",
+        handle.errors.borrow()
+    );
+    assert_eq!(
+        outbound_clusters_in_web(&models.borrow_and_update()),
+        ["outbound|443||rates.example.com"],
+        "the Service is exported to its own namespace only, the entry to web"
+    );
+
+    // Swap them: the Service to web (by name), the entry to its own namespace.
+    std::fs::write(&file, exported_yaml("web", ".")).expect("write");
+    wait_for(&mut models, "ledger exported to web", |m| {
+        m.services
+            .get("ledger.shop.svc.cluster.local")
+            .is_some_and(|s| s.export_to == ["web"])
+    })
+    .await;
+    assert_eq!(
+        outbound_clusters_in_web(&models.borrow()),
+        ["outbound|8080||ledger.shop.svc.cluster.local"]
+    );
+
+    // An annotation Istio would not accept is refused with its message; the last accepted
+    // version keeps serving.
+    std::fs::write(&file, exported_yaml("~, web", ".")).expect("write");
+    timeout(Duration::from_secs(20), async {
+        let mut errors = handle.errors.clone();
+        errors
+            .wait_for(|e| !e.is_empty())
+            .await
+            .expect("source runs");
+    })
+    .await
+    .expect("the refused annotation is reported within 20s");
+    let errors = handle.errors.borrow().clone();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].name, "shop/ledger");
+    assert_eq!(
+        errors[0].field,
+        "metadata.annotations[networking.istio.io/exportTo]"
+    );
+    assert_eq!(
+        errors[0].reason,
+        "cannot export service entry to no one (~) and someone"
+    );
+    assert_eq!(
+        outbound_clusters_in_web(&models.borrow()),
+        ["outbound|8080||ledger.shop.svc.cluster.local"]
+    );
+}

@@ -58,7 +58,9 @@ pub struct Options {
     /// Worker threads (default: the container's CPU limit).
     #[arg(long)]
     pub concurrency: Option<usize>,
-    /// How long in-flight requests may take to finish after SIGTERM (`5s`, `500ms`, or seconds).
+    /// How long in-flight requests may take to finish after SIGTERM, and how long the
+    /// `tcp_proxy` connections of an updated or removed listener live on (`5s`, `500ms`, or
+    /// seconds).
     #[arg(long = "drain-time", alias = "drain-time-s", value_parser = parse_duration, default_value = "5s")]
     pub drain_time: Duration,
     /// Log filter (`info`, `debug`, `ferry_proxy=trace`...); `RUST_LOG` wins when set.
@@ -132,6 +134,9 @@ pub enum StartError {
     /// The admin server could not bind.
     #[error("cannot bind admin server: {0}")]
     AdminBind(std::io::Error),
+    /// The bootstrap's `tracing` is refused.
+    #[error("bootstrap {0}")]
+    Tracing(#[from] crate::tracers::InvalidTracing),
 }
 
 /// A running proxy.
@@ -158,9 +163,11 @@ impl Running {
         self.listeners.listener_addr(name)
     }
 
-    /// Stops accepting, lets in-flight requests finish for up to `drain_time`, then returns.
+    /// Stops accepting, lets in-flight requests finish for up to `drain_time`, then returns;
+    /// `tcp_proxy` connections are closed when `drain_time` ends.
     pub async fn shutdown(self, drain_time: Duration) {
         self.tracker.set_draining();
+        self.listeners.set_drain_time(drain_time);
         self.listeners.drain_all();
         if tokio::time::timeout(drain_time, self.listeners.wait_idle())
             .await
@@ -184,9 +191,23 @@ pub async fn start(bootstrap: Bootstrap) -> Result<Running, StartError> {
     let admin_address = crate::admin::address(&bootstrap)?;
     let stats = Arc::new(Store::default());
     let store = Arc::new(ConfigStore::new(ClusterManager::new(stats.clone())));
+    let node = bootstrap
+        .node
+        .as_ref()
+        .map(|n| crate::tracers::LocalNode {
+            id: Arc::from(n.id.as_str()),
+            cluster: Arc::from(n.cluster.as_str()),
+        })
+        .unwrap_or_default();
+    // Deprecated in Envoy in favour of the HCM's provider, but still honoured by it.
+    #[allow(deprecated)]
+    let default_tracer = match &bootstrap.tracing {
+        Some(t) => crate::tracers::config::bootstrap_provider(t)?,
+        None => None,
+    };
     let (tracker, client) = crate::xds::start(Arc::new(bootstrap), store.clone(), stats.clone())?;
     let lifecycle = Lifecycle::new();
-    let listeners = ListenerManager::new(store.clone(), stats.clone());
+    let listeners = ListenerManager::with_node(store.clone(), stats.clone(), node, default_tracer);
     listeners.reconcile().await;
     let mut tasks = vec![tokio::spawn(listeners.clone().run())];
     tasks.extend(client);
@@ -234,6 +255,7 @@ pub async fn run(options: Options, bootstrap: Bootstrap) -> anyhow::Result<()> {
         .map(|n| n.id.clone())
         .unwrap_or_default();
     let running = start(bootstrap).await?;
+    running.listeners.set_drain_time(options.drain_time);
     crate::memory::release_startup_code();
     tracing::info!(node, "ferry-proxy started");
     let mut quit = running.lifecycle.shutdown();

@@ -23,8 +23,8 @@ use crate::body::{Body, BoxError};
 use crate::cluster::{CircuitBreakers, Thresholds, UpstreamError};
 use crate::error::ResponseFlag;
 use crate::http_connection_manager::local_reply;
-use crate::retry::{RatioBudget, RetryBudget};
-use crate::stats::{Gauge, Store};
+use crate::retry::{RatioBudget, RecentRequests, RetryBudget};
+use crate::stats::{Gauge, StatGroup, StatValue, Store};
 
 /// A resource a circuit breaker counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +44,8 @@ pub enum Resource {
 pub struct CircuitBreaker {
     limits: [u64; 4],
     budget: Option<RetryBudget>,
+    /// Requests started within the budget's `budget_interval`, when it has one.
+    recent: Option<RecentRequests>,
     ratio: Option<RatioBudget>,
     counts: [AtomicU64; 4],
     /// Woken when a connection unit is given back, so requests waiting for a connection at the
@@ -53,18 +55,30 @@ pub struct CircuitBreaker {
     per_host_max_connections: Option<u64>,
     /// Envoy's `circuit_breakers.<priority>.{cx,rq_pending,rq,rq_retry}_open` gauges, by
     /// [`Resource`]: 1 while the resource is at its limit.
-    open: Option<[Arc<Gauge>; 4]>,
+    open: Option<Arc<OpenGauges>>,
+}
+
+/// One priority's `*_open` gauges, a [`StatGroup`] under
+/// `cluster.<stat_name>.circuit_breakers.<priority>`.
+#[derive(Debug, Default)]
+pub struct OpenGauges([Gauge; 4]);
+
+impl StatGroup for OpenGauges {
+    fn visit(&self, visit: &mut dyn FnMut(&'static str, StatValue)) {
+        let names = ["cx_open", "rq_pending_open", "rq_open", "rq_retry_open"];
+        for (name, gauge) in names.into_iter().zip(&self.0) {
+            visit(name, StatValue::Gauge(gauge.get()));
+        }
+    }
 }
 
 impl CircuitBreaker {
     /// A breaker for one `thresholds` entry.
     pub fn new(t: &Thresholds) -> Self {
-        let budget = t
-            .retry_budget
-            .map(|(percent, min_concurrency)| RetryBudget {
-                percent,
-                min_concurrency,
-            });
+        let budget = t.retry_budget;
+        let recent = budget
+            .filter(|b| !b.interval.is_zero())
+            .map(|b| RecentRequests::new(b.interval));
         Self {
             limits: [
                 u64::from(t.max_connections),
@@ -78,6 +92,7 @@ impl CircuitBreaker {
                 None
             },
             budget,
+            recent,
             counts: Default::default(),
             connection_released: tokio::sync::Notify::new(),
             per_host_max_connections: None,
@@ -87,23 +102,13 @@ impl CircuitBreaker {
 
     /// Reports the `*_open` gauges as `cluster.<stat_name>.circuit_breakers.<priority>.*`.
     pub fn with_open_gauges(mut self, store: &Store, stat_name: &str, priority: &str) -> Self {
-        let gauge = |name: &str| {
-            store.gauge(format!(
-                "cluster.{stat_name}.circuit_breakers.{priority}.{name}"
-            ))
-        };
-        self.open = Some([
-            gauge("cx_open"),
-            gauge("rq_pending_open"),
-            gauge("rq_open"),
-            gauge("rq_retry_open"),
-        ]);
+        self.open = Some(store.group(format!("cluster.{stat_name}.circuit_breakers.{priority}")));
         self
     }
 
     fn set_open(&self, resource: Resource, open: bool) {
         if let Some(gauges) = &self.open {
-            gauges[resource as usize].set(i64::from(open));
+            gauges.0[resource as usize].set(i64::from(open));
         }
     }
 
@@ -185,6 +190,9 @@ impl CircuitBreaker {
         if let Some(ratio) = &self.ratio {
             ratio.deposit();
         }
+        if let Some(recent) = &self.recent {
+            recent.record();
+        }
     }
 
     /// Admits one retry: by `retry_budget` when configured, else by `max_retries` and the
@@ -194,6 +202,7 @@ impl CircuitBreaker {
             Some(b) => b.limit(
                 self.active(Resource::Requests),
                 self.active(Resource::PendingRequests),
+                self.recent.as_ref().map_or(0, RecentRequests::count),
             ),
             None => self.limits[Resource::Retries as usize],
         };
@@ -344,6 +353,7 @@ pub fn overflow_reply() -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn thresholds(max_requests: u32, max_retries: u32) -> Thresholds {
         Thresholds {
@@ -385,7 +395,7 @@ mod tests {
     #[test]
     fn retry_budget_scales_with_active_requests() {
         let mut t = thresholds(1024, 3);
-        t.retry_budget = Some((20.0, 3));
+        t.retry_budget = Some(RetryBudget::default());
         let cb = Arc::new(CircuitBreaker::new(&t));
         let mut retries: Vec<Guard> = std::iter::from_fn(|| cb.try_acquire_retry()).collect();
         assert_eq!(retries.len(), 3, "floor is min_retry_concurrency");
@@ -394,6 +404,34 @@ mod tests {
             .collect();
         retries.extend(std::iter::from_fn(|| cb.try_acquire_retry()));
         assert_eq!(retries.len(), 10, "20% of 50 active requests");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_interval_counts_completed_requests_within_it() {
+        let mut t = thresholds(1024, 3);
+        t.retry_budget = Some(RetryBudget {
+            interval: Duration::from_secs(1),
+            ..RetryBudget::default()
+        });
+        let cb = Arc::new(CircuitBreaker::new(&t));
+        for _ in 0..50 {
+            cb.record_request();
+            drop(cb.try_acquire(Resource::Requests).expect("request"));
+        }
+        let retries: Vec<Guard> = std::iter::from_fn(|| cb.try_acquire_retry()).collect();
+        assert_eq!(
+            retries.len(),
+            10,
+            "20% of the 50 requests of the last second"
+        );
+        drop(retries);
+        tokio::time::advance(Duration::from_millis(1100)).await;
+        let retries: Vec<Guard> = std::iter::from_fn(|| cb.try_acquire_retry()).collect();
+        assert_eq!(
+            retries.len(),
+            3,
+            "the interval passed: only the floor is left"
+        );
     }
 
     #[test]
@@ -445,18 +483,18 @@ mod tests {
             per_host_max_connections: None,
         };
         let set = CircuitBreakerSet::with_stats(&cb, &store, "svc");
-        let rq_open = store.gauge("cluster.svc.circuit_breakers.default.rq_open");
+        let rq_open = || store.gauge_value("cluster.svc.circuit_breakers.default.rq_open");
         let breaker = set.for_priority(false);
         let a = breaker.try_acquire(Resource::Requests).expect("first");
-        assert_eq!(rq_open.get(), 0);
+        assert_eq!(rq_open(), 0);
         let _b = breaker.try_acquire(Resource::Requests).expect("second");
-        assert_eq!(rq_open.get(), 1, "at the limit");
+        assert_eq!(rq_open(), 1, "at the limit");
         assert!(breaker.try_acquire(Resource::Requests).is_err());
-        assert_eq!(rq_open.get(), 1);
+        assert_eq!(rq_open(), 1);
         drop(a);
-        assert_eq!(rq_open.get(), 0, "below the limit again");
-        let high = store.gauge("cluster.svc.circuit_breakers.high.rq_open");
-        assert_eq!(high.get(), 0);
+        assert_eq!(rq_open(), 0, "below the limit again");
+        let high = store.gauge_value("cluster.svc.circuit_breakers.high.rq_open");
+        assert_eq!(high, 0);
     }
 
     #[test]
@@ -465,8 +503,8 @@ mod tests {
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()["x-envoy-overloaded"], "true");
         assert_eq!(
-            r.extensions().get::<ResponseFlag>(),
-            Some(&ResponseFlag::UpstreamOverflow)
+            crate::error::ResponseFlags::of(r.extensions()).to_string(),
+            "UO"
         );
     }
 }

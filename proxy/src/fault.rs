@@ -17,7 +17,7 @@ use xds_proto::envoy::r#type::v3::{FractionalPercent, fractional_percent::Denomi
 use xds_proto::google::protobuf::Any;
 
 use crate::body::{self, Body};
-use crate::error::ResponseFlag;
+use crate::error::{ResponseFlag, ResponseFlags};
 
 /// The filter name Istio keys `typed_per_filter_config` with.
 pub const FILTER_NAME: &str = "envoy.filters.http.fault";
@@ -264,9 +264,7 @@ impl Fault {
                 r
             }
         };
-        response
-            .extensions_mut()
-            .insert(ResponseFlag::FaultInjected);
+        ResponseFlags::add_to(response.extensions_mut(), ResponseFlag::FaultInjected);
         response
     }
 }
@@ -318,10 +316,7 @@ mod tests {
         let reply = f.inject(injection).await.expect("aborted");
         assert_eq!(start.elapsed(), Duration::from_secs(5));
         assert_eq!(reply.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(
-            reply.extensions().get::<ResponseFlag>(),
-            Some(&ResponseFlag::FaultInjected)
-        );
+        assert_eq!(ResponseFlags::of(reply.extensions()).to_string(), "FI");
     }
 
     #[test]

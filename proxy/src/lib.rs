@@ -27,4 +27,5 @@ pub mod router;
 pub mod snapshot;
 pub mod stats;
 pub mod tcp_proxy;
+pub mod tracers;
 pub mod xds;

@@ -1,14 +1,22 @@
 //! `envoy.filters.network.tcp_proxy`: picks a cluster (single or weighted, per connection), a host
 //! from it, and copies bytes both ways until either side closes.
+//!
+//! A TCP stream has no way to ask its client to reconnect, so, as in Envoy, draining does not
+//! touch it at first: when its listener is updated or removed, or the whole proxy drains, the
+//! connection lives on for the drain time (Envoy's `--drain-time-s`, ferry-proxy's
+//! `--drain-time`) and is closed when that ends, so an old listener config does not live forever.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand::Rng;
 use tokio::net::TcpStream;
 use xds_proto::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_pb;
 
 use crate::cluster::LbContext;
+use crate::http_connection_manager::DrainSignals;
 use crate::route::Invalid;
 use crate::snapshot::Snapshot;
 
@@ -93,15 +101,60 @@ impl TcpProxyConfig {
     }
 }
 
-/// Proxies one downstream connection; returns when both directions are done.
+/// Resolves when a drained connection's time is up: the drain starts when the connection's
+/// listener is updated or removed (its generation retired) or the whole proxy drains, and ends
+/// `drain_time()` later, read when the drain starts.
+pub async fn drain_deadline(drain: DrainSignals, drain_time: impl FnOnce() -> Duration) {
+    let DrainSignals {
+        mut shutdown,
+        mut retired,
+    } = drain;
+    let shutdown = async move {
+        if shutdown.wait_for(|draining| *draining).await.is_err() {
+            // No one can ask for a drain any more.
+            std::future::pending::<()>().await;
+        }
+    };
+    // A generation that went away is retired too.
+    let retired = async move {
+        let _ = retired.wait_for(|retired| *retired).await;
+    };
+    tokio::select! {
+        () = shutdown => {}
+        () = retired => {}
+    }
+    let drain_time = drain_time();
+    tracing::debug!(
+        drain_ms = u64::try_from(drain_time.as_millis()).unwrap_or(u64::MAX),
+        "tcp proxy: draining"
+    );
+    tokio::time::sleep(drain_time).await;
+}
+
+/// Proxies one downstream connection; returns when both directions are done, or closes both
+/// sides when `deadline` (see [`drain_deadline`]) resolves first.
 pub async fn proxy(
     config: &TcpProxyConfig,
+    snapshot: Arc<Snapshot>,
+    downstream: TcpStream,
+    peer: SocketAddr,
+    original_dst: Option<SocketAddr>,
+    deadline: impl Future<Output = ()>,
+) {
+    let name = config.pick_cluster();
+    tokio::select! {
+        () = copy(name, snapshot, downstream, peer, original_dst) => {}
+        () = deadline => tracing::debug!(cluster = name, "tcp proxy: drain time over, closed"),
+    }
+}
+
+async fn copy(
+    name: &str,
     snapshot: Arc<Snapshot>,
     mut downstream: TcpStream,
     peer: SocketAddr,
     original_dst: Option<SocketAddr>,
 ) {
-    let name = config.pick_cluster();
     let Some(cluster) = snapshot.clusters.get(name).cloned() else {
         tracing::debug!(cluster = name, "tcp proxy: cluster not found");
         return;
@@ -128,5 +181,77 @@ pub async fn proxy(
             tracing::debug!(cluster = name, upstream.addr = %host.address(), sent, received, "tcp proxy: closed");
         }
         Err(error) => tracing::debug!(cluster = name, %error, "tcp proxy: connection error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use tokio::sync::watch;
+    use tokio::task::JoinHandle;
+    use tokio::time::sleep;
+
+    use super::*;
+
+    const DRAIN: Duration = Duration::from_secs(600);
+
+    /// A deadline task for drain signals whose senders the caller holds.
+    fn deadline(
+        drain_time: impl FnOnce() -> Duration + Send + 'static,
+    ) -> (watch::Sender<bool>, watch::Sender<bool>, JoinHandle<()>) {
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (retired, retired_rx) = watch::channel(false);
+        let drain = DrainSignals {
+            shutdown: shutdown_rx,
+            retired: retired_rx,
+        };
+        let task = tokio::spawn(drain_deadline(drain, drain_time));
+        (shutdown, retired, task)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retired_connection_is_closed_when_the_drain_time_ends() {
+        let (_shutdown, retired, task) = deadline(|| DRAIN);
+        sleep(DRAIN * 10).await;
+        assert!(!task.is_finished(), "no drain, no deadline");
+        retired.send_replace(true);
+        sleep(DRAIN - Duration::from_secs(1)).await;
+        assert!(!task.is_finished(), "still within the drain time");
+        sleep(Duration::from_secs(2)).await;
+        assert!(task.is_finished(), "closed when the drain time ended");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_generation_that_went_away_counts_as_retired() {
+        let (_shutdown, retired, task) = deadline(|| DRAIN);
+        drop(retired);
+        sleep(DRAIN + Duration::from_secs(1)).await;
+        assert!(task.is_finished());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_draining_proxy_closes_after_the_drain_time_and_a_gone_shutdown_never_does() {
+        let (shutdown, _retired, task) = deadline(|| DRAIN);
+        shutdown.send_replace(true);
+        sleep(DRAIN + Duration::from_secs(1)).await;
+        assert!(task.is_finished());
+
+        let (shutdown, _retired, task) = deadline(|| DRAIN);
+        drop(shutdown);
+        sleep(DRAIN * 10).await;
+        assert!(!task.is_finished());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_time_is_read_when_the_drain_starts() {
+        let setting = Arc::new(AtomicU64::new(600));
+        let read = setting.clone();
+        let (_shutdown, retired, task) =
+            deadline(move || Duration::from_secs(read.load(Ordering::Relaxed)));
+        setting.store(10, Ordering::Relaxed);
+        retired.send_replace(true);
+        sleep(Duration::from_secs(11)).await;
+        assert!(task.is_finished());
     }
 }

@@ -3,10 +3,15 @@
 
 Sends GET http://reviews:9080/ through the client's sidecar (an explicit HTTP proxy on its
 outbound port), counts which version answered, and prints one line per second, e.g.
-    reviews  v1:  80%  v2:  20%   (48 req/s, 0 errors)  x-request-id 6f1c... traceparent 00-...
+    reviews  v1:  80%  v2:  20%   (48 req/s, 0 errors)  x-request-id 6f1c...
+             trace 4bf92f35...: client.default CLIENT 2.1ms -> reviews.default SERVER 0.9ms
+                 (reviews.default.svc.cluster.local:9080/*)
 The counts are per second, so an edit of the VirtualService's weights shows within a second.
+The trace line shows one request of the previous second (its B3 trace id, as the reviews app saw
+it) with the spans the sidecars reported for it to the collector (--collector), parent first.
 With --for N it exits after N seconds: 0 when every second had answers and no errors
-(and, with --expect-versions, every listed version answered), 1 otherwise.
+(and, with --expect-versions, every listed version answered; with --expect-trace-spans K, some
+trace had at least K spans at the collector), 1 otherwise.
 """
 import argparse
 import collections
@@ -26,6 +31,9 @@ def main():
     parser.add_argument("--for", dest="duration", type=float, default=0,
                         help="exit after this many seconds (0 = run until interrupted)")
     parser.add_argument("--expect-versions", default="", help="e.g. v1,v2")
+    parser.add_argument("--collector", default="", help="Zipkin collector IP:PORT")
+    parser.add_argument("--expect-trace-spans", type=int, default=0,
+                        help="with --for: fail unless some trace had this many spans")
     args = parser.parse_args()
     host, port = args.proxy.rsplit(":", 1)
 
@@ -69,6 +77,8 @@ def main():
     threading.Thread(target=worker, daemon=True).start()
     started = time.monotonic()
     healthy = True
+    pending_trace = None
+    longest_chain = 0
     while True:
         time.sleep(1)
         with lock:
@@ -78,18 +88,63 @@ def main():
             err = sum(errors.values())
             detail = ", ".join(f"{k} x{n}" for k, n in errors.items())
             rid = last.get("x-request-id", "-")
-            trace = last.get("traceparent") or last.get("x-b3-traceid") or "-"
+            trace = last.get("x-b3-traceid")
             healthy = healthy and total > 0 and err == 0
             counts.clear()
             errors.clear()
         print(f"{args.authority.split(':')[0]:8} {split:24} ({total} req/s, {err} errors{': ' + detail if detail else ''})"
-              f"  x-request-id {rid}  trace {trace}", flush=True)
+              f"  x-request-id {rid}", flush=True)
+        if args.collector:
+            # The previous second's request: its spans have been reported by now (the sidecars
+            # send a batch every 5 spans or 5 s).
+            if pending_trace:
+                spans = fetch_trace(args.collector, pending_trace)
+                longest_chain = max(longest_chain, len(spans))
+                print(f"{'':8} trace {pending_trace}: {chain(spans)}", flush=True)
+            pending_trace = trace
         if args.duration and time.monotonic() - started >= args.duration:
             wanted = {v for v in args.expect_versions.split(",") if v}
             missing = wanted - seen_versions
             if missing:
                 print(f"versions never seen: {', '.join(sorted(missing))}", flush=True)
-            sys.exit(0 if healthy and not missing else 1)
+            traced = longest_chain >= args.expect_trace_spans
+            if not traced:
+                print(f"no trace reached {args.expect_trace_spans} spans at the collector", flush=True)
+            sys.exit(0 if healthy and not missing and traced else 1)
+
+
+def fetch_trace(collector, trace_id):
+    """The spans the collector holds for trace_id (empty when none or unreachable)."""
+    host, port = collector.rsplit(":", 1)
+    try:
+        conn = http.client.HTTPConnection(host, int(port), timeout=2)
+        conn.request("GET", f"/api/v2/trace/{trace_id}")
+        resp = conn.getresponse()
+        body = resp.read()
+        conn.close()
+        return json.loads(body) if resp.status == 200 else []
+    except (OSError, http.client.HTTPException, ValueError):
+        return []
+
+
+def chain(spans):
+    """Spans parent first: `client.default CLIENT 2.1ms -> reviews.default SERVER 0.9ms  (op)`."""
+    if not spans:
+        return "(no spans reported yet)"
+    by_parent = collections.defaultdict(list)
+    ids = {s.get("id") for s in spans}
+    for s in spans:
+        by_parent[s.get("parentId") if s.get("parentId") in ids else None].append(s)
+    ordered, queue = [], list(by_parent[None])
+    while queue:
+        span = queue.pop(0)
+        ordered.append(span)
+        queue.extend(by_parent.get(span.get("id"), []))
+    hops = " -> ".join(
+        f"{s.get('localEndpoint', {}).get('serviceName', '?')} {s.get('kind', '?')} "
+        f"{s.get('duration', 0) / 1000:.1f}ms"
+        for s in ordered)
+    return f"{hops}  ({ordered[0].get('name', '?')})" if ordered else hops
 
 
 if __name__ == "__main__":

@@ -48,6 +48,48 @@ pub fn static_cluster(name: &str, addr: SocketAddr) -> String {
     )
 }
 
+/// A STATIC cluster `name` over `endpoints` on `127.0.0.1` (HTTP/1.1 upstreams), connect
+/// timeout 1 s, with more cluster `fields` (each a YAML `key: value` line, flow style:
+/// `lb_policy: ROUND_ROBIN`, `circuit_breakers: { ... }`).
+pub fn static_cluster_over(name: &str, endpoints: &[SocketAddr], fields: &[&str]) -> String {
+    let fields: String = fields.iter().map(|f| format!("\n    {f}")).collect();
+    format!(
+        r#"
+  - name: {name}
+    type: STATIC
+    connect_timeout: 1s{fields}
+    load_assignment:
+      cluster_name: {name}
+      endpoints: [{{ lb_endpoints: [{lb_endpoints}] }}]"#,
+        lb_endpoints = lb_endpoints(endpoints)
+    )
+}
+
+/// The `lb_endpoints` items (YAML flow, comma-separated) for `endpoints` on `127.0.0.1`.
+pub fn lb_endpoints(endpoints: &[SocketAddr]) -> String {
+    endpoints
+        .iter()
+        .map(|a| {
+            format!(
+                "{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}",
+                a.port()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Starts ferry-proxy in-process on the bootstrap `yaml`; returns it and the address of its
+/// listener `http` (the listener the fragments' tests route through).
+pub async fn start_proxy(yaml: &str) -> (ferry_proxy::app::Running, SocketAddr) {
+    let bootstrap = xds_proto::json::from_yaml_str(yaml).expect("bootstrap parses");
+    let running = ferry_proxy::app::start(bootstrap)
+        .await
+        .expect("proxy starts");
+    let addr = running.listener_addr("http").expect("listener bound");
+    (running, addr)
+}
+
 /// A `static_resources` bootstrap YAML from listener and cluster fragments.
 pub fn static_resources(listeners: &[String], clusters: &[String]) -> String {
     format!(

@@ -152,16 +152,7 @@ impl Envoy {
     /// The address a listener is bound to, from `/listeners` (listeners on port 0 get their port
     /// from the OS, and this is how a test learns it).
     pub async fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        let reply = self.admin_get("/listeners?format=json").await.ok()?;
-        let json: serde_json::Value = serde_json::from_slice(&reply.body).ok()?;
-        let status = json["listener_statuses"]
-            .as_array()?
-            .iter()
-            .find(|l| l["name"].as_str() == Some(name))?;
-        let socket = &status["local_address"]["socket_address"];
-        let ip = socket["address"].as_str()?.parse().ok()?;
-        let port = u16::try_from(socket["port_value"].as_u64()?).ok()?;
-        Some(SocketAddr::new(ip, port))
+        admin_listener_addr(self.admin, name).await
     }
 
     /// Waits until listener `name` is bound and returns its address.
@@ -372,6 +363,23 @@ static_resources:
         version = pod.version,
         service_account = pod.service_account,
     )
+}
+
+/// The address listener `name` is bound to, from the admin `/listeners?format=json` at `admin`
+/// (Envoy's format, which ferry-proxy's admin serves too).
+pub async fn admin_listener_addr(admin: SocketAddr, name: &str) -> Option<SocketAddr> {
+    let reply = net::get(admin, &admin.to_string(), "/listeners?format=json")
+        .await
+        .ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&reply.body).ok()?;
+    let status = json["listener_statuses"]
+        .as_array()?
+        .iter()
+        .find(|l| l["name"].as_str() == Some(name))?;
+    let socket = &status["local_address"]["socket_address"];
+    let ip = socket["address"].as_str()?.parse().ok()?;
+    let port = u16::try_from(socket["port_value"].as_u64()?).ok()?;
+    Some(SocketAddr::new(ip, port))
 }
 
 #[cfg(test)]

@@ -6,18 +6,18 @@
 //! - [`process`]: child processes with captured logs, killed on drop, logs printed on failure.
 //! - [`net`]: free ports and a one-request-per-connection HTTP/1.1 and h2c client.
 //! - [`poll`]: waiting for a condition with a safety-net deadline.
-//! - [`istio_mesh`]: ferry-control on a directory of manifests plus one client sidecar
-//!   (ferry-proxy or Envoy), for Istio-YAML scenarios.
 //! - [`ads`]: a scriptable ADS server (SotW and delta) that records what clients send.
+//! - [`collector`]: a Zipkin-compatible trace collector that keeps the spans it receives.
 //! - [`bootstrap`]: bootstrap YAML fragments (an HTTP listener, a static cluster).
 //! - [`upstream`]: echo, gRPC-like, upgrade and TCP upstream servers for proxy tests.
-//! - [`scenarios`]: the mesh scenarios (ferry-control on a manifest directory, a sidecar over
-//!   ADS) that Envoy and ferry-proxy are held to alike.
+//! - [`scenarios`]: Istio meshes for tests (ferry-control on a directory of manifests, Envoy or
+//!   ferry-proxy sidecars over ADS behind one handle) and the Bookinfo steps both proxies are
+//!   held to alike.
 
 pub mod ads;
 pub mod bootstrap;
+pub mod collector;
 pub mod envoy;
-pub mod istio_mesh;
 pub mod net;
 pub mod poll;
 pub mod process;

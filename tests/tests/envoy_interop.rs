@@ -293,6 +293,7 @@ async fn interop(api_type: &str) {
         debug_address: "127.0.0.1:0".parse().unwrap(),
         local_mode: true,
         debounce: DebounceConfig::default(),
+        mesh: Default::default(),
     };
     let running: Running = app::start(&options, sources, Arc::new(generator))
         .await
@@ -427,6 +428,7 @@ fn edited_service() -> ferry_control::model::Service {
         ports: vec![],
         resolution: ferry_control::model::Resolution::Static,
         mesh_external: false,
+        export_to: vec![],
         endpoints: vec![],
     }
 }

@@ -258,3 +258,135 @@ async fn an_idle_retired_http1_connection_closes_after_the_drain_timeout() {
         .expect("the retired idle connection is closed");
     assert_eq!(closed.expect("clean close"), 0, "nothing more was sent");
 }
+
+/// The `tcp` listener on 127.0.0.1:0: a `tcp_proxy` to the `echo` cluster.
+fn tcp_listener_yaml(stat_prefix: &str) -> String {
+    format!(
+        r#"
+  - name: tcp
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{ '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: {stat_prefix}, cluster: echo }}"#
+    )
+}
+
+/// Removes the listener `name` from the proxy's config.
+fn remove_listener(proxy: &Running, name: &str) {
+    let mut resources: Resources = proxy.store.load().resources.clone();
+    resources.listeners.remove(name);
+    proxy.store.apply(resources);
+}
+
+/// Sends `text` through the proxied connection and reads it back from the echo upstream.
+async fn echo(stream: &mut tokio::net::TcpStream, text: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(text.as_bytes()).await.expect("send");
+    let mut back = vec![0u8; text.len()];
+    stream
+        .read_exact(&mut back)
+        .await
+        .unwrap_or_else(|e| panic!("{text:?} echoed: {e}"));
+    assert_eq!(String::from_utf8_lossy(&back), text);
+}
+
+/// Waits until the proxy closes the connection (EOF or reset).
+async fn until_closed(stream: &mut tokio::net::TcpStream, what: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(PATIENCE, stream.read(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: never closed"));
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "{what}: unexpected bytes {read:?}"
+    );
+}
+
+/// Envoy drains a `tcp_proxy` connection with its listener: an update of another listener leaves
+/// it alone, while an update or removal of its own listener closes it once the drain time
+/// (`--drain-time`) is over. Without the drain, the connection would keep the old listener's
+/// config forever.
+#[tokio::test]
+async fn tcp_proxy_connections_close_when_their_listener_drain_time_ends() {
+    use tokio::time::{Duration, Instant};
+    let echo_upstream = Upstream::tcp_echo("echo").await.expect("echo upstream");
+    let yaml = bootstrap::static_resources(
+        &[tcp_listener_yaml("v1"), listener_yaml("v1")],
+        &[bootstrap::static_cluster("echo", echo_upstream.addr)],
+    );
+    let proxy = app::start(xds_proto::json::from_yaml_str(&yaml).expect("bootstrap parses"))
+        .await
+        .expect("proxy starts");
+    let addr = proxy.listener_addr("tcp").expect("bound");
+
+    // With no drain time, a connection the next updates wrongly drained would close at once.
+    proxy.listeners.set_drain_time(Duration::ZERO);
+    let mut first = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    echo(&mut first, "one").await;
+    // Other listeners change: `http` is updated, `other` added (once it is bound, the manager
+    // has applied both updates).
+    update(&proxy, "v2");
+    replace_listener(&proxy, &bootstrap::http_listener("other", "[]"));
+    poll_until("the other listener bound", PATIENCE, || async {
+        proxy.listener_addr("other")
+    })
+    .await;
+    echo(&mut first, "two").await;
+    echo(&mut first, "three").await;
+
+    // Its own listener changes: the connection is closed when the drain time ends.
+    let drain_time = Duration::from_millis(300);
+    proxy.listeners.set_drain_time(drain_time);
+    let changed = Instant::now();
+    replace_listener(&proxy, &tcp_listener_yaml("v2"));
+    until_closed(&mut first, "the connection of the changed listener").await;
+    assert!(
+        changed.elapsed() >= drain_time,
+        "closed before the drain time"
+    );
+
+    // A connection to the new config, then the listener is removed.
+    let mut second = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    echo(&mut second, "four").await;
+    let removed = Instant::now();
+    remove_listener(&proxy, "tcp");
+    until_closed(&mut second, "the connection of the removed listener").await;
+    assert!(
+        removed.elapsed() >= drain_time,
+        "closed before the drain time"
+    );
+}
+
+/// Shutting down drains `tcp_proxy` connections too: they are closed when the shutdown's drain
+/// time ends (not the listeners' drain time set before), so the proxy goes idle and exits.
+#[tokio::test]
+async fn shutdown_closes_tcp_proxy_connections_when_its_drain_time_ends() {
+    use tokio::time::{Duration, Instant};
+    let echo_upstream = Upstream::tcp_echo("echo").await.expect("echo upstream");
+    let yaml = bootstrap::static_resources(
+        &[tcp_listener_yaml("v1")],
+        &[bootstrap::static_cluster("echo", echo_upstream.addr)],
+    );
+    let proxy = app::start(xds_proto::json::from_yaml_str(&yaml).expect("bootstrap parses"))
+        .await
+        .expect("proxy starts");
+    proxy.listeners.set_drain_time(Duration::from_secs(3600));
+    let mut stream = tokio::net::TcpStream::connect(proxy.listener_addr("tcp").expect("bound"))
+        .await
+        .expect("connect");
+    echo(&mut stream, "one").await;
+    let listeners = proxy.listeners.clone();
+    let drain_time = Duration::from_millis(300);
+    let started = Instant::now();
+    proxy.shutdown(drain_time).await;
+    until_closed(&mut stream, "the tcp_proxy connection at shutdown").await;
+    assert!(
+        started.elapsed() >= drain_time,
+        "closed before the drain time"
+    );
+    tokio::time::timeout(PATIENCE, listeners.wait_idle())
+        .await
+        .expect("no connection left");
+}

@@ -14,7 +14,10 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use ferry_proxy::app::{self, Running};
+use ferry_proxy::app::Running;
+use ferry_tests::bootstrap::{
+    http_listener_with, start_proxy as start, static_cluster_over, static_resources,
+};
 use ferry_tests::net::{self, Protocol, Reply};
 use ferry_tests::poll::{PATIENCE, poll_until};
 use ferry_tests::upstream::{Behaviour, Chaos, Upstream};
@@ -22,26 +25,7 @@ use http::{Method, StatusCode};
 
 /// A STATIC cluster `name` over `endpoints` with `extra` fields (breakers...).
 fn cluster(name: &str, endpoints: &[SocketAddr], extra: &str) -> String {
-    let lb_endpoints: Vec<String> = endpoints
-        .iter()
-        .map(|a| {
-            format!(
-                "{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}",
-                a.port()
-            )
-        })
-        .collect();
-    format!(
-        r#"
-  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
-    {extra}
-    load_assignment:
-      cluster_name: {name}
-      endpoints: [{{ lb_endpoints: [{lb_endpoints}] }}]"#,
-        lb_endpoints = lb_endpoints.join(", ")
-    )
+    static_cluster_over(name, endpoints, &[extra])
 }
 
 /// One listener `http` routing everything to cluster `svc` with `route_extra` route-action
@@ -57,22 +41,8 @@ fn bootstrap(route_extra: &str, clusters: &[String]) -> String {
 
 /// One listener `http` with `routes` (a YAML flow list's items), plus `clusters`.
 fn bootstrap_with_routes(routes: &str, clusters: &[String]) -> String {
-    format!(
-        r#"
-static_resources:
-  listeners:{listener}
-  clusters:{clusters}
-"#,
-        listener = ferry_tests::bootstrap::http_listener_with("http", "", &format!("[{routes}]")),
-        clusters = clusters.concat()
-    )
-}
-
-async fn start(yaml: &str) -> (Running, SocketAddr) {
-    let bootstrap = xds_proto::json::from_yaml_str(yaml).expect("bootstrap parses");
-    let running = app::start(bootstrap).await.expect("proxy starts");
-    let addr = running.listener_addr("http").expect("listener bound");
-    (running, addr)
+    let listener = http_listener_with("http", "", &format!("[{routes}]"));
+    static_resources(&[listener], clusters)
 }
 
 async fn send(proxy: SocketAddr, method: Method, body: Bytes) -> Reply {
@@ -98,12 +68,13 @@ fn spawn_get_path(proxy: SocketAddr, path: &'static str) -> tokio::task::JoinHan
 fn counter(proxy: &Running, cluster: &str, name: &str) -> u64 {
     proxy
         .stats
-        .counter(format!("cluster.{cluster}.{name}"))
-        .get()
+        .counter_value(&format!("cluster.{cluster}.{name}"))
 }
 
 fn gauge(proxy: &Running, cluster: &str, name: &str) -> i64 {
-    proxy.stats.gauge(format!("cluster.{cluster}.{name}")).get()
+    proxy
+        .stats
+        .gauge_value(&format!("cluster.{cluster}.{name}"))
 }
 
 fn assert_overflow(reply: &Reply) {

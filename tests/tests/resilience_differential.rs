@@ -12,39 +12,33 @@
 #![allow(clippy::unwrap_used)] // test setup: a failed unwrap is a failed test
 
 use std::collections::BTreeSet;
+use std::fmt::Debug;
 use std::net::SocketAddr;
 
-use ferry_tests::istio_mesh::{ControlPlane, Proxy, Sidecar, client_pod, service_entry};
 use ferry_tests::poll::{PATIENCE, poll_until};
+use ferry_tests::scenarios::ratings::{self, AUTHORITY, CLUSTER, HOST};
+use ferry_tests::scenarios::{ControlPlane, Sidecar, SidecarKind, service_entry};
 use ferry_tests::upstream::{Behaviour, Chaos, Upstream};
+use futures::StreamExt;
 use http::StatusCode;
 
-const HOST: &str = "ratings.mesh.test";
-const AUTHORITY: &str = "ratings.mesh.test:9080";
-const CLUSTER: &str = "outbound|9080||ratings.mesh.test";
-
-fn manifests(
-    ip: &str,
-    upstreams: &[SocketAddr],
+/// ferry-control on the ratings manifests (and `extra`), the VirtualService rule with the fields
+/// `vs` (may be empty) routing to ratings, and the client's sidecar of `kind` on `127.0.{net}.10`, ready to route to every
+/// address of `endpoints`.
+async fn mesh(
+    kind: SidecarKind,
+    net: u8,
+    endpoints: &[SocketAddr],
     vs: &str,
     dr: &str,
-) -> Vec<(&'static str, String)> {
-    vec![
-        ("client.yaml", client_pod(ip)),
-        ("ratings-se.yaml", service_entry("ratings", HOST, upstreams)),
-        (
-            "ratings-vs.yaml",
-            format!(
-                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ratings, namespace: default}}\nspec:\n  hosts: [{HOST}]\n  http:\n  - {vs}\n    route: [{{destination: {{host: {HOST}}}}}]\n"
-            ),
-        ),
-        (
-            "ratings-dr.yaml",
-            format!(
-                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: ratings, namespace: default}}\nspec:\n  host: {HOST}\n  trafficPolicy: {dr}\n"
-            ),
-        ),
-    ]
+    extra: Vec<(&'static str, String)>,
+) -> Option<(ControlPlane, Sidecar)> {
+    let route = format!("route: [{{destination: {{host: {HOST}}}}}]");
+    let rule = match vs {
+        "" => route,
+        fields => format!("{fields}\n    {route}"),
+    };
+    ratings::mesh(kind, net, endpoints, &rule, dr, extra).await
 }
 
 /// One proxy's mesh: ferry-control, the sidecar, and `n` chaos upstreams named `u0`, `u1`...
@@ -54,23 +48,37 @@ struct Run {
     upstreams: Vec<Chaos>,
 }
 
-async fn run(kind: Proxy, net: u8, n: usize, vs: &str, dr: &str) -> Option<Run> {
+async fn run(kind: SidecarKind, net: u8, n: usize, vs: &str, dr: &str) -> Option<Run> {
     let mut upstreams = Vec::new();
     for i in 0..n {
         upstreams.push(Chaos::start(&format!("u{i}"), Behaviour::Ok).await.unwrap());
     }
     let addrs: Vec<SocketAddr> = upstreams.iter().map(|u| u.addr).collect();
-    let ip = format!("127.0.{net}.10");
-    let control = ControlPlane::start(&manifests(&ip, &addrs, vs, dr)).await;
-    let sidecar = Sidecar::start(kind, &control, &ip).await?;
-    for addr in &addrs {
-        sidecar.wait_endpoint(CLUSTER, *addr).await;
-    }
+    let (control, sidecar) = mesh(kind, net, &addrs, vs, dr, Vec::new()).await?;
     Some(Run {
         _control: control,
         sidecar,
         upstreams,
     })
+}
+
+/// Runs `scenario` on Envoy in `127.0.{net}.0/24`, then on ferry-proxy in the next one: Envoy
+/// must do `expected` (the table checks itself against the reference) and ferry-proxy exactly
+/// what Envoy did. Returns at once (skipped) when Envoy is missing outside CI.
+async fn like_envoy<T, F, Fut>(what: &str, net: u8, scenario: F, expected: T)
+where
+    T: PartialEq + Debug,
+    F: Fn(SidecarKind, u8) -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let Some(envoy) = scenario(SidecarKind::Envoy, net).await else {
+        return;
+    };
+    let ferry = scenario(SidecarKind::Ferry, net + 1)
+        .await
+        .expect("ferry-proxy runs");
+    assert_eq!(envoy, expected, "{what}: Envoy, the reference");
+    assert_eq!(ferry, envoy, "{what}: ferry-proxy against Envoy");
 }
 
 /// What a proxy did in a retry scenario: final status and, per upstream (sorted, since which
@@ -96,145 +104,114 @@ fn attempts(run: &Run) -> Vec<Vec<String>> {
     all
 }
 
-/// Runs a one-request retry scenario on both proxies; `script` sets the upstreams up.
-async fn retry_scenario(
+/// One retry scenario: the VirtualService's `retries`, the DestinationRule's `trafficPolicy`,
+/// how many upstreams there are and how they misbehave, and what Envoy does with one request: the
+/// final status and the `x-envoy-attempt-count` of every request each upstream saw.
+struct RetryCase {
+    what: &'static str,
     net: u8,
-    n: usize,
-    vs: &str,
-    script: impl Fn(&[Chaos]),
-) -> Option<(Retried, Retried)> {
-    retry_scenario_with(net, n, vs, "{loadBalancer: {simple: ROUND_ROBIN}}", script).await
+    retries: &'static str,
+    traffic_policy: &'static str,
+    upstreams: usize,
+    script: fn(&[Chaos]),
+    status: u16,
+    attempts: &'static [&'static [&'static str]],
 }
 
-/// [`retry_scenario`] with the DestinationRule's `trafficPolicy` `dr`.
-async fn retry_scenario_with(
-    net: u8,
-    n: usize,
-    vs: &str,
-    dr: &str,
-    script: impl Fn(&[Chaos]),
-) -> Option<(Retried, Retried)> {
-    let mut outcomes = Vec::new();
-    for (i, kind) in [Proxy::Envoy, Proxy::Ferry].into_iter().enumerate() {
-        let run = run(kind, net + i as u8, n, vs, dr).await?;
-        script(&run.upstreams);
-        let reply = run.sidecar.get(AUTHORITY, "/").await;
-        outcomes.push(Retried {
-            status: reply.status.as_u16(),
-            attempts: attempts(&run),
-        });
-    }
-    let ferry = outcomes.pop()?;
-    let envoy = outcomes.pop()?;
-    Some((envoy, ferry))
-}
+const ROUND_ROBIN: &str = "{loadBalancer: {simple: ROUND_ROBIN}}";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fail_twice_then_succeed_like_envoy() {
-    let vs = "retries: {attempts: 3, perTryTimeout: 5s, retryOn: \"503\"}";
-    let Some((envoy, ferry)) = retry_scenario(131, 1, vs, |u| u[0].fail_times(2, 503)).await else {
-        return;
-    };
-    assert_eq!(
-        envoy,
-        Retried {
-            status: 200,
-            attempts: vec![vec!["1".into(), "2".into(), "3".into()]]
-        }
-    );
-    assert_eq!(ferry, envoy);
-}
+const RETRY_CASES: [RetryCase; 6] = [
+    RetryCase {
+        what: "fail twice, then succeed",
+        net: 131,
+        retries: "{attempts: 3, perTryTimeout: 5s, retryOn: \"503\"}",
+        traffic_policy: ROUND_ROBIN,
+        upstreams: 1,
+        script: |u| u[0].fail_times(2, 503),
+        status: 200,
+        attempts: &[&["1", "2", "3"]],
+    },
+    RetryCase {
+        what: "always 503: one attempt on each endpoint (previous_hosts)",
+        net: 133,
+        retries: "{attempts: 1, perTryTimeout: 5s, retryOn: \"5xx\"}",
+        traffic_policy: ROUND_ROBIN,
+        upstreams: 2,
+        script: |u| u.iter().for_each(|up| up.set(Behaviour::Status(503))),
+        status: 503,
+        attempts: &[&["1"], &["2"]],
+    },
+    RetryCase {
+        what: "a reset is retried",
+        net: 135,
+        retries: "{attempts: 2, perTryTimeout: 5s, retryOn: \"reset,connect-failure\"}",
+        traffic_policy: ROUND_ROBIN,
+        upstreams: 1,
+        script: |u| u[0].script([Behaviour::Reset]),
+        status: 200,
+        attempts: &[&["1", "2"]],
+    },
+    RetryCase {
+        what: "a status not in retryOn is returned at once",
+        net: 137,
+        retries: "{attempts: 3, perTryTimeout: 5s, retryOn: \"503\"}",
+        traffic_policy: ROUND_ROBIN,
+        upstreams: 1,
+        script: |u| u[0].fail_times(1, 500),
+        status: 500,
+        attempts: &[&["1"]],
+    },
+    RetryCase {
+        what: "connectionPool maxRetries 0: the circuit breaker admits no retry",
+        net: 141,
+        retries: "{attempts: 3, perTryTimeout: 5s, retryOn: \"503\"}",
+        traffic_policy: "{connectionPool: {http: {maxRetries: 0}}}",
+        upstreams: 1,
+        script: |u| u[0].set(Behaviour::Status(503)),
+        status: 503,
+        attempts: &[&["1"]],
+    },
+    RetryCase {
+        what: "a retry budget of 0%: minRetryConcurrency 0 is Istio's default 3, which admits the retries",
+        net: 153,
+        retries: "{attempts: 3, perTryTimeout: 5s, retryOn: \"503\"}",
+        traffic_policy: "{retryBudget: {percent: 0, minRetryConcurrency: 0}}",
+        upstreams: 1,
+        script: |u| u[0].set(Behaviour::Status(503)),
+        status: 503,
+        attempts: &[&["1", "2", "3", "4"]],
+    },
+];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn always_503_retries_on_the_other_endpoint_like_envoy() {
-    let vs = "retries: {attempts: 1, perTryTimeout: 5s, retryOn: \"5xx\"}";
-    let Some((envoy, ferry)) = retry_scenario(133, 2, vs, |u| {
-        for up in u {
-            up.set(Behaviour::Status(503));
-        }
+/// One request through a proxy of `kind` in `case`'s mesh.
+async fn retried(kind: SidecarKind, net: u8, case: &RetryCase) -> Option<Retried> {
+    let vs = format!("retries: {}", case.retries);
+    let run = run(kind, net, case.upstreams, &vs, case.traffic_policy).await?;
+    (case.script)(&run.upstreams);
+    let reply = run.sidecar.get(AUTHORITY, "/").await;
+    Some(Retried {
+        status: reply.status.as_u16(),
+        attempts: attempts(&run),
     })
-    .await
-    else {
-        return;
-    };
-    assert_eq!(
-        envoy,
-        Retried {
-            status: 503,
-            attempts: vec![vec!["1".into()], vec!["2".into()]]
-        },
-        "one attempt on each endpoint (previous_hosts)"
-    );
-    assert_eq!(ferry, envoy);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reset_is_retried_like_envoy() {
-    let vs = "retries: {attempts: 2, perTryTimeout: 5s, retryOn: \"reset,connect-failure\"}";
-    let Some((envoy, ferry)) =
-        retry_scenario(135, 1, vs, |u| u[0].script([Behaviour::Reset])).await
-    else {
-        return;
-    };
-    assert_eq!(envoy.status, 200, "{envoy:?}");
-    assert_eq!(envoy.attempts, vec![vec!["1".to_owned(), "2".to_owned()]]);
-    assert_eq!(ferry, envoy);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_non_retriable_status_is_returned_at_once_like_envoy() {
-    let vs = "retries: {attempts: 3, perTryTimeout: 5s, retryOn: \"503\"}";
-    let Some((envoy, ferry)) = retry_scenario(137, 1, vs, |u| u[0].fail_times(1, 500)).await else {
-        return;
-    };
-    assert_eq!(
-        envoy,
-        Retried {
-            status: 500,
-            attempts: vec![vec!["1".into()]]
-        }
-    );
-    assert_eq!(ferry, envoy);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connection_pool_max_retries_zero_refuses_retries_like_envoy() {
-    let vs = "retries: {attempts: 3, perTryTimeout: 5s, retryOn: \"503\"}";
-    let dr = "{connectionPool: {http: {maxRetries: 0}}}";
-    let Some((envoy, ferry)) =
-        retry_scenario_with(141, 1, vs, dr, |u| u[0].set(Behaviour::Status(503))).await
-    else {
-        return;
-    };
-    assert_eq!(
-        envoy,
-        Retried {
-            status: 503,
-            attempts: vec![vec!["1".into()]]
-        },
-        "the circuit breaker admits no retry"
-    );
-    assert_eq!(ferry, envoy);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_empty_retry_budget_refuses_retries_like_envoy() {
-    let vs = "retries: {attempts: 3, perTryTimeout: 5s, retryOn: \"503\"}";
-    let dr = "{retryBudget: {percent: 0, minRetryConcurrency: 0}}";
-    let Some((envoy, ferry)) =
-        retry_scenario_with(153, 1, vs, dr, |u| u[0].set(Behaviour::Status(503))).await
-    else {
-        return;
-    };
-    assert_eq!(
-        envoy,
-        Retried {
-            status: 503,
-            attempts: vec![vec!["1".into()]]
-        },
-        "a budget of 0% with no minimum admits no retry"
-    );
-    assert_eq!(ferry, envoy);
+async fn retries_like_envoy() {
+    // The rows are independent (each its own meshes and upstreams): three at a time.
+    futures::stream::iter(&RETRY_CASES)
+        .for_each_concurrent(3, |case| async move {
+            let expected = Retried {
+                status: case.status,
+                attempts: case
+                    .attempts
+                    .iter()
+                    .map(|seen| seen.iter().map(|a| a.to_string()).collect())
+                    .collect(),
+            };
+            let scenario = |kind, net| retried(kind, net, case);
+            like_envoy(case.what, case.net, scenario, expected).await;
+        })
+        .await;
 }
 
 /// What a proxy did in the ejection scenario.
@@ -248,9 +225,9 @@ struct Ejected {
     statuses: BTreeSet<u16>,
 }
 
-async fn ejection(kind: Proxy, net: u8) -> Option<Ejected> {
+async fn ejection(kind: SidecarKind, net: u8) -> Option<Ejected> {
     let dr = "{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 300s, maxEjectionPercent: 50}}";
-    let run = run(kind, net, 3, "{}", dr).await?;
+    let run = run(kind, net, 3, "", dr).await?;
     let failing = &run.upstreams[1];
     failing.set(Behaviour::Status(503));
     let mut errors = 0;
@@ -295,19 +272,17 @@ async fn ejection(kind: Proxy, net: u8) -> Option<Ejected> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_failing_endpoint_is_ejected_like_envoy() {
-    let Some(envoy) = ejection(Proxy::Envoy, 139).await else {
-        return;
-    };
-    let ferry = ejection(Proxy::Ferry, 140).await.expect("ferry-proxy runs");
-    assert_eq!(
-        envoy,
+    like_envoy(
+        "the failing endpoint is ejected",
+        139,
+        ejection,
         Ejected {
             errors_seen: true,
             excluded: BTreeSet::from(["u1".to_owned()]),
             statuses: BTreeSet::from([200]),
-        }
-    );
-    assert_eq!(ferry, envoy);
+        },
+    )
+    .await;
 }
 
 /// What a proxy did with requests beyond `maxConnections: 1` and `http1MaxPendingRequests: 1`.
@@ -323,13 +298,11 @@ struct Overflowed {
     open: (Option<i64>, Option<i64>),
 }
 
-async fn overflow(kind: Proxy, net: u8) -> Option<Overflowed> {
+async fn overflow(kind: SidecarKind, net: u8) -> Option<Overflowed> {
     let (up, gate) = Upstream::gated("slow").await.unwrap();
-    let ip = format!("127.0.{net}.10");
     let dr = "{connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}}";
-    let control = ControlPlane::start(&manifests(&ip, &[up.addr], "{}", dr)).await;
-    let sidecar = std::sync::Arc::new(Sidecar::start(kind, &control, &ip).await?);
-    sidecar.wait_endpoint(CLUSTER, up.addr).await;
+    let (_control, sidecar) = mesh(kind, net, &[up.addr], "", dr, Vec::new()).await?;
+    let sidecar = std::sync::Arc::new(sidecar);
     let spawn = || {
         let s = sidecar.clone();
         tokio::spawn(async move { s.get(AUTHORITY, "/").await.status.as_u16() })
@@ -368,20 +341,18 @@ async fn overflow(kind: Proxy, net: u8) -> Option<Overflowed> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_pool_overflow_like_envoy() {
-    let Some(envoy) = overflow(Proxy::Envoy, 143).await else {
-        return;
-    };
-    let ferry = overflow(Proxy::Ferry, 144).await.expect("ferry-proxy runs");
-    assert_eq!(
-        envoy,
+    like_envoy(
+        "connection pool overflow",
+        143,
+        overflow,
         Overflowed {
             overflow: vec![(503, Some("true".into())); 3],
             held: vec![200, 200],
             arrived: 2,
             open: (Some(1), Some(1)),
-        }
-    );
-    assert_eq!(ferry, envoy);
+        },
+    )
+    .await;
 }
 
 /// What a proxy answered to aborted requests: status, `grpc-status`, and upstream hits.
@@ -392,7 +363,7 @@ struct Aborted {
     hits: usize,
 }
 
-async fn aborted(kind: Proxy, net: u8) -> Option<Aborted> {
+async fn aborted(kind: SidecarKind, net: u8) -> Option<Aborted> {
     let vs = "match: [{uri: {prefix: /grpc}}]\n    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}\n    route: [{destination: {host: ratings.mesh.test}}]\n  - fault: {abort: {httpStatus: 418, percentage: {value: 100}}}";
     let run = run(kind, net, 1, vs, "{}").await?;
     let http = run.sidecar.get(AUTHORITY, "/").await.status.as_u16();
@@ -419,30 +390,28 @@ async fn aborted(kind: Proxy, net: u8) -> Option<Aborted> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_aborts_like_envoy() {
-    let Some(envoy) = aborted(Proxy::Envoy, 145).await else {
-        return;
-    };
-    let ferry = aborted(Proxy::Ferry, 146).await.expect("ferry-proxy runs");
-    assert_eq!(
-        envoy,
+    like_envoy(
+        "fault aborts",
+        145,
+        aborted,
         Aborted {
             http: 418,
             grpc: (200, Some("14".into())),
             hits: 0,
-        }
-    );
-    assert_eq!(ferry, envoy);
+        },
+    )
+    .await;
 }
 
 /// Upstream connections a proxy opened for five sequential requests with
 /// `maxRequestsPerConnection: 1`.
 /// `None` when the proxy is not available (Envoy outside CI).
-async fn connections_for_five(kind: Proxy, net: u8) -> Option<Option<i64>> {
+async fn connections_for_five(kind: SidecarKind, net: u8) -> Option<Option<i64>> {
     let run = run(
         kind,
         net,
         1,
-        "{}",
+        "",
         "{connectionPool: {http: {maxRequestsPerConnection: 1}}}",
     )
     .await?;
@@ -458,14 +427,8 @@ async fn connections_for_five(kind: Proxy, net: u8) -> Option<Option<i64>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_requests_per_connection_like_envoy() {
-    let Some(envoy) = connections_for_five(Proxy::Envoy, 147).await else {
-        return;
-    };
-    let ferry = connections_for_five(Proxy::Ferry, 148)
-        .await
-        .expect("ferry-proxy runs");
-    assert_eq!(envoy, Some(5));
-    assert_eq!(ferry, envoy);
+    let what = "maxRequestsPerConnection 1: a connection per request";
+    like_envoy(what, 147, connections_for_five, Some(5)).await;
 }
 
 /// What the shadow of a mirrored POST saw: method, Host, body; and the original's status.
@@ -475,19 +438,13 @@ struct Mirrored {
     shadow: Vec<(String, Option<String>, bytes::Bytes)>,
 }
 
-async fn mirrored(kind: Proxy, net: u8) -> Option<Mirrored> {
+async fn mirrored(kind: SidecarKind, net: u8) -> Option<Mirrored> {
     let primary = Chaos::start("primary", Behaviour::Ok).await.unwrap();
     let shadow = Chaos::start("shadow", Behaviour::Hang).await.unwrap();
-    let ip = format!("127.0.{net}.10");
     let vs = "mirror: {host: shadow.mesh.test}\n    mirrorPercentage: {value: 100}";
-    let mut manifests = manifests(&ip, &[primary.addr], vs, "{}");
-    manifests.push((
-        "shadow-se.yaml",
-        service_entry("shadow", "shadow.mesh.test", &[shadow.addr]),
-    ));
-    let control = ControlPlane::start(&manifests).await;
-    let sidecar = Sidecar::start(kind, &control, &ip).await?;
-    sidecar.wait_endpoint(CLUSTER, primary.addr).await;
+    let shadow_se = service_entry("shadow", "shadow.mesh.test", &[shadow.addr]);
+    let extra = vec![("shadow-se.yaml", shadow_se)];
+    let (_control, sidecar) = mesh(kind, net, &[primary.addr], vs, "{}", extra).await?;
     sidecar
         .wait_endpoint("outbound|9080||shadow.mesh.test", shadow.addr)
         .await;
@@ -520,22 +477,20 @@ async fn mirrored(kind: Proxy, net: u8) -> Option<Mirrored> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirroring_to_a_hanging_shadow_like_envoy() {
-    let Some(envoy) = mirrored(Proxy::Envoy, 149).await else {
-        return;
-    };
-    let ferry = mirrored(Proxy::Ferry, 150).await.expect("ferry-proxy runs");
-    assert_eq!(
-        envoy,
+    like_envoy(
+        "mirroring to a hanging shadow",
+        149,
+        mirrored,
         Mirrored {
             status: 200,
             shadow: vec![(
                 "POST".into(),
                 Some("ratings.mesh.test-shadow:9080".into()),
-                bytes::Bytes::from_static(b"stars=5")
+                bytes::Bytes::from_static(b"stars=5"),
             )],
-        }
-    );
-    assert_eq!(ferry, envoy);
+        },
+    )
+    .await;
 }
 
 /// A listener that never accepts, with its accept queue full: the kernel drops further SYNs, so
@@ -559,14 +514,11 @@ async fn unresponsive() -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>)
 
 /// The status and `upstream_cx_connect_timeout` after one request to an endpoint that never
 /// completes the TCP handshake, with `connectTimeout: 0.2s`.
-async fn connect_timeout(kind: Proxy, net: u8) -> Option<(u16, Option<i64>)> {
+async fn connect_timeout(kind: SidecarKind, net: u8) -> Option<(u16, Option<i64>)> {
     let (listener, _held) = unresponsive().await;
     let addr = listener.local_addr().unwrap();
-    let ip = format!("127.0.{net}.10");
     let dr = "{connectionPool: {tcp: {connectTimeout: 0.2s}}}";
-    let control = ControlPlane::start(&manifests(&ip, &[addr], "{}", dr)).await;
-    let sidecar = Sidecar::start(kind, &control, &ip).await?;
-    sidecar.wait_endpoint(CLUSTER, addr).await;
+    let (_control, sidecar) = mesh(kind, net, &[addr], "", dr, Vec::new()).await?;
     let status = sidecar.get(AUTHORITY, "/").await.status.as_u16();
     let timeouts = sidecar
         .stat(&format!("cluster.{CLUSTER}.upstream_cx_connect_timeout"))
@@ -576,16 +528,11 @@ async fn connect_timeout(kind: Proxy, net: u8) -> Option<(u16, Option<i64>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_timeout_like_envoy() {
-    let Some(envoy) = connect_timeout(Proxy::Envoy, 151).await else {
-        return;
-    };
-    let ferry = connect_timeout(Proxy::Ferry, 152)
-        .await
-        .expect("ferry-proxy runs");
-    assert_eq!(
-        envoy,
+    like_envoy(
+        "503 UF, counted as a connect timeout",
+        151,
+        connect_timeout,
         (503, Some(1)),
-        "503 UF, counted as a connect timeout"
-    );
-    assert_eq!(ferry, envoy);
+    )
+    .await;
 }

@@ -16,39 +16,11 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use ferry_tests::istio_mesh::{ControlPlane, Proxy, Sidecar, client_pod, service_entry};
 use ferry_tests::poll::{PATIENCE, poll_until};
+use ferry_tests::scenarios::ratings::{self, AUTHORITY, CLUSTER};
+use ferry_tests::scenarios::{ControlPlane, Sidecar, SidecarKind, service_entry};
 use ferry_tests::upstream::{Behaviour, Chaos, Upstream};
 use http::{Method, StatusCode};
-
-const HOST: &str = "ratings.mesh.test";
-const AUTHORITY: &str = "ratings.mesh.test:9080";
-const CLUSTER: &str = "outbound|9080||ratings.mesh.test";
-
-fn virtual_service(http: &str) -> String {
-    format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: ratings, namespace: default}}
-spec:
-  hosts: [{HOST}]
-  http:
-  - {http}
-"#
-    )
-}
-
-fn destination_rule(traffic_policy: &str) -> String {
-    format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: ratings, namespace: default}}
-spec:
-  host: {HOST}
-  trafficPolicy: {traffic_policy}
-"#
-    )
-}
 
 /// ferry-control on the manifests plus the client's ferry-proxy sidecar on `127.0.{net}.10`,
 /// ready to route to every address of `upstreams`.
@@ -57,26 +29,11 @@ async fn mesh(
     upstreams: &[SocketAddr],
     vs: &str,
     dr: &str,
-    extra: &[(&str, String)],
+    extra: &[(&'static str, String)],
 ) -> (ControlPlane, Sidecar) {
-    let ip = format!("127.0.{net}.10");
-    let mut manifests = vec![
-        ("client.yaml", client_pod(&ip)),
-        ("ratings-se.yaml", service_entry("ratings", HOST, upstreams)),
-        ("ratings-vs.yaml", virtual_service(vs)),
-        ("ratings-dr.yaml", destination_rule(dr)),
-    ];
-    manifests.extend(extra.iter().cloned());
-    let control = ControlPlane::start(&manifests).await;
-    let sidecar = Sidecar::start(Proxy::Ferry, &control, &ip)
+    ratings::mesh(SidecarKind::Ferry, net, upstreams, vs, dr, extra.to_vec())
         .await
-        .expect("ferry-proxy is always available");
-    for addr in upstreams {
-        sidecar.wait_endpoint(CLUSTER, *addr).await;
-    }
-    let errors = control.errors().await;
-    assert_eq!(errors.trim(), "[]", "the manifests are valid: {errors}");
-    (control, sidecar)
+        .expect("ferry-proxy is always available")
 }
 
 async fn stat(sidecar: &Sidecar, name: &str) -> i64 {

@@ -15,60 +15,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_proxy::app::{self, Running};
 use ferry_proxy::cluster::{ClusterConfig, ClusterManager, LbContext, LoadAssignment};
+use ferry_tests::bootstrap::{
+    http_listener_with, lb_endpoints, start_proxy as start, static_cluster_over, static_resources,
+};
 use ferry_tests::net::{self, Protocol};
 use ferry_tests::upstream::{Behaviour, Chaos};
 use http::{Method, StatusCode};
 
-fn endpoints(addrs: &[SocketAddr]) -> String {
-    addrs
-        .iter()
-        .map(|a| {
-            format!(
-                "{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}",
-                a.port()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// A listener `http` to a ROUND_ROBIN cluster `svc` over `addrs` with `outlier_detection`.
 fn bootstrap(addrs: &[SocketAddr], outlier: &str, panic_threshold: u32) -> String {
-    format!(
-        r#"
-static_resources:
-  listeners:{listener}
-  clusters:
-  - name: svc
-    type: STATIC
-    connect_timeout: 1s
-    lb_policy: ROUND_ROBIN
-    common_lb_config: {{ healthy_panic_threshold: {{ value: {panic_threshold} }} }}
-    outlier_detection: {{ {outlier} }}
-    load_assignment:
-      cluster_name: svc
-      endpoints: [{{ lb_endpoints: [{endpoints}] }}]
-"#,
-        listener = ferry_tests::bootstrap::http_listener_with(
-            "http",
-            "",
-            r#"[{ match: { prefix: "/" }, route: { cluster: svc, timeout: 0s } }]"#
-        ),
-        endpoints = endpoints(addrs)
-    )
+    let routes = r#"[{ match: { prefix: "/" }, route: { cluster: svc, timeout: 0s } }]"#;
+    let listener = http_listener_with("http", "", routes);
+    let panic =
+        format!("common_lb_config: {{ healthy_panic_threshold: {{ value: {panic_threshold} }} }}");
+    let outlier = format!("outlier_detection: {{ {outlier} }}");
+    let cluster = static_cluster_over("svc", addrs, &["lb_policy: ROUND_ROBIN", &panic, &outlier]);
+    static_resources(&[listener], &[cluster])
 }
 
 const OUTLIER: &str =
     "consecutive_5xx: 3, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 50";
-
-async fn start(yaml: &str) -> (Running, SocketAddr) {
-    let bootstrap = xds_proto::json::from_yaml_str(yaml).expect("bootstrap parses");
-    let running = app::start(bootstrap).await.expect("proxy starts");
-    let addr = running.listener_addr("http").expect("listener bound");
-    (running, addr)
-}
 
 /// Sends `n` requests; returns how many each upstream served (by its name) and the 5xx count.
 async fn traffic(proxy: SocketAddr, n: usize) -> (BTreeMap<String, usize>, usize) {
@@ -231,7 +198,7 @@ fn eds_cluster() -> Arc<ClusterConfig> {
 fn eds(addrs: &[SocketAddr]) -> BTreeMap<String, Arc<LoadAssignment>> {
     let yaml = format!(
         "cluster_name: svc\nendpoints: [{{ lb_endpoints: [{}] }}]",
-        endpoints(addrs)
+        lb_endpoints(addrs)
     );
     let proto: xds_proto::envoy::config::endpoint::v3::ClusterLoadAssignment =
         xds_proto::json::from_yaml_str(&yaml).expect("assignment parses");

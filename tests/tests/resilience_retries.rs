@@ -12,7 +12,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_proxy::app::{self, Running};
+use ferry_proxy::app::Running;
+use ferry_tests::bootstrap::{
+    http_listener_with, start_proxy as start, static_cluster_over, static_resources,
+};
 use ferry_tests::net::{self, ClosedPort, Protocol, Reply};
 use ferry_tests::upstream::{Behaviour, Chaos};
 use futures::StreamExt;
@@ -30,43 +33,13 @@ fn route(prefix: &str, extra: &str) -> String {
 /// One listener `http` whose virtual host counts attempts both ways, and a ROUND_ROBIN STATIC
 /// cluster `svc` over `endpoints` (`cluster_extra`: more cluster fields, e.g. breakers).
 fn bootstrap(routes: &[String], endpoints: &[SocketAddr], cluster_extra: &str) -> String {
-    let lb_endpoints: Vec<String> = endpoints
-        .iter()
-        .map(|a| {
-            format!(
-                "{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}",
-                a.port()
-            )
-        })
-        .collect();
-    format!(
-        r#"
-static_resources:
-  listeners:{listener}
-  clusters:
-  - name: svc
-    type: STATIC
-    connect_timeout: 1s
-    lb_policy: ROUND_ROBIN
-    {cluster_extra}
-    load_assignment:
-      cluster_name: svc
-      endpoints: [{{ lb_endpoints: [{lb_endpoints}] }}]
-"#,
-        listener = ferry_tests::bootstrap::http_listener_with(
-            "http",
-            "include_request_attempt_count: true, include_attempt_count_in_response: true, ",
-            &format!("[{}]", routes.join(", "))
-        ),
-        lb_endpoints = lb_endpoints.join(", "),
-    )
-}
-
-async fn start(yaml: &str) -> (Running, SocketAddr) {
-    let bootstrap = xds_proto::json::from_yaml_str(yaml).expect("bootstrap parses");
-    let running = app::start(bootstrap).await.expect("proxy starts");
-    let addr = running.listener_addr("http").expect("listener bound");
-    (running, addr)
+    let listener = http_listener_with(
+        "http",
+        "include_request_attempt_count: true, include_attempt_count_in_response: true, ",
+        &format!("[{}]", routes.join(", ")),
+    );
+    let cluster = static_cluster_over("svc", endpoints, &["lb_policy: ROUND_ROBIN", cluster_extra]);
+    static_resources(&[listener], &[cluster])
 }
 
 async fn send(
@@ -89,7 +62,7 @@ async fn get(proxy: SocketAddr, path: &str) -> Reply {
 
 /// A counter of cluster `svc`.
 fn stat(proxy: &Running, name: &str) -> u64 {
-    proxy.stats.counter(format!("cluster.svc.{name}")).get()
+    proxy.stats.counter_value(&format!("cluster.svc.{name}"))
 }
 
 fn attempt_counts(up: &Chaos) -> Vec<String> {

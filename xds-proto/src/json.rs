@@ -2,20 +2,32 @@
 //! and the control plane's golden files.
 //!
 //! `envoy-types` ships Envoy's descriptor set (checked in under `descriptors/`, refreshed by
-//! `descriptors/update.sh`); a `prost-reflect` pool built from it maps JSON to and from protobuf,
-//! including `@type` inside `Any`, without a hand-written parser. The pool is built on first use
-//! and is big (about 33 MiB of heap for every Envoy message), so whether it stays is the
-//! caller's choice: the control plane and tests keep it (the default), while a sidecar, which
-//! needs it only to read its bootstrap and to answer an occasional `/config_dump`, calls
-//! [`retain_pool`]`(false)` once started so the memory goes back to the allocator; the xDS path
-//! decodes protobuf directly and never needs it.
+//! `descriptors/update.sh`, embedded by `build.rs` without source info and custom options, 0.6
+//! of 3.3 MB); a `prost-reflect` pool built from it maps JSON to and from protobuf, including
+//! `@type` inside `Any`, without a hand-written parser. A pool of every Envoy message is still
+//! several MiB of heap, so where it comes from is the caller's choice. While retention is on
+//! (the default: the control plane and tests, which map many documents) the full pool is decoded
+//! on first use and kept. With retention off (a sidecar, which maps its bootstrap and an
+//! occasional `/config_dump`) each document gets a pool of only the files it needs, found
+//! through a [`DescriptorIndex`]: the root message and every `@type` in the document, with their
+//! imports. That keeps the sidecar's start-up peak near its idle size; the xDS path decodes
+//! protobuf directly and never needs a pool.
 
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use bytes::Bytes;
 use prost::{Message, Name};
-use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
+use prost_reflect::{
+    DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, ReflectMessage,
+    SerializeOptions, Value,
+};
 
-static DESCRIPTORS: &[u8] = include_bytes!("../descriptors/envoy-types-0.7.7.bin");
+use crate::descriptor_index::{DescriptorIndex, IndexError};
+
+/// Envoy's descriptor set as `build.rs` leaves it: without source info and custom options.
+static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy-descriptors.bin"));
 
 /// A JSON or YAML document that is not a valid instance of the expected message.
 #[derive(Debug, thiserror::Error)]
@@ -39,9 +51,12 @@ pub enum JsonError {
     /// The descriptor pool has no such message.
     #[error("unknown message type {0}")]
     UnknownMessage(String),
+    /// The embedded descriptor set could not be indexed or a pool built from it.
+    #[error("descriptor set: {0}")]
+    Descriptors(#[from] IndexError),
 }
 
-/// The embedded descriptor set (a serialized `FileDescriptorSet`, about 3.3 MB), for callers
+/// The embedded descriptor set (a serialized `FileDescriptorSet`), for callers
 /// that manage its pages (ferry-proxy hands them back to the OS once its bootstrap is read).
 pub fn descriptor_set() -> &'static [u8] {
     DESCRIPTORS
@@ -65,6 +80,15 @@ fn lock_pool() -> std::sync::MutexGuard<'static, PoolCache> {
     POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// How many times the full pool has been decoded in this process.
+static FULL_DECODES: AtomicUsize = AtomicUsize::new(0);
+
+/// How many times this process has decoded the full pool (every Envoy message): a sidecar that
+/// turned retention off before reading its bootstrap never does unless [`pool`] is called.
+pub fn full_pool_decodes() -> usize {
+    FULL_DECODES.load(Ordering::Relaxed)
+}
+
 /// Envoy's descriptor pool: decoded on first use, then shared while anyone holds it and, while
 /// retention is on (the default), kept for the life of the process.
 pub fn pool() -> Arc<DescriptorPool> {
@@ -72,6 +96,7 @@ pub fn pool() -> Arc<DescriptorPool> {
     if let Some(pool) = cache.shared.upgrade() {
         return pool;
     }
+    FULL_DECODES.fetch_add(1, Ordering::Relaxed);
     let pool = Arc::new(
         DescriptorPool::decode(DESCRIPTORS).expect("the checked-in descriptor set decodes"),
     );
@@ -82,9 +107,11 @@ pub fn pool() -> Arc<DescriptorPool> {
     pool
 }
 
-/// Whether the pool stays decoded between uses. Turning retention off drops the kept pool now
-/// (it is freed once the last caller lets go) and makes every later use decode a fresh one,
-/// trading a few tens of milliseconds per use for about 33 MiB of resident memory.
+/// Whether the full pool is decoded and kept for mapping documents (the default). Turning
+/// retention off drops the kept pool now (it is freed once the last caller lets go) and makes
+/// every later mapping build a pool of only the files its document needs, a few milliseconds
+/// per document instead of the full pool resident. A sidecar turns it off before it reads its
+/// bootstrap, so the full pool is never decoded at all.
 pub fn retain_pool(retain: bool) {
     let dropped = {
         let mut cache = lock_pool();
@@ -105,12 +132,81 @@ pub fn pool_is_alive() -> bool {
     lock_pool().shared.strong_count() > 0
 }
 
+/// The full pool, if one is to be used: while retention is on (decoded now if need be), or while
+/// some caller holds one anyway. `None` means: build a minimal pool for the document.
+fn full_pool_in_use() -> Option<Arc<DescriptorPool>> {
+    let retain = {
+        let cache = lock_pool();
+        if let Some(pool) = cache.shared.upgrade() {
+            return Some(pool);
+        }
+        cache.retain
+    };
+    retain.then(pool)
+}
+
+/// The index of the embedded set, built per use: it is cheap (a walk over 0.6 MB, message
+/// names only) next to the pool it saves, and keeping it would cost the sidecar its size.
+fn embedded_index() -> Result<DescriptorIndex, JsonError> {
+    Ok(DescriptorIndex::new(Bytes::from_static(DESCRIPTORS))?)
+}
+
+/// The message names a JSON document refers to through `@type` (`Any` payloads, nested too).
+fn type_urls_in(value: &serde_json::Value) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut pending = vec![value];
+    while let Some(value) = pending.pop() {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(name) = map
+                    .get("@type")
+                    .and_then(serde_json::Value::as_str)
+                    .and_then(|url| url.rsplit_once('/'))
+                    .map(|(_, name)| name)
+                {
+                    names.insert(name.to_owned());
+                }
+                pending.extend(map.values());
+            }
+            serde_json::Value::Array(items) => pending.extend(items),
+            _ => {}
+        }
+    }
+    names
+}
+
+/// A pool of just the files a document needs: the root message's and those of every `@type`.
+fn minimal_pool_for_value(
+    root: &str,
+    value: &serde_json::Value,
+) -> Result<DescriptorPool, JsonError> {
+    let mut names = type_urls_in(value);
+    names.insert(root.to_owned());
+    Ok(embedded_index()?.pool_for(names.iter().map(String::as_str))?)
+}
+
 /// Reads a message from a proto3-JSON value (field names in `snake_case` or `lowerCamelCase`).
 pub fn from_value<M: Message + Name + Default>(value: serde_json::Value) -> Result<M, JsonError> {
+    match full_pool_in_use() {
+        Some(pool) => from_value_in(&pool, value),
+        None => {
+            let pool = minimal_pool_for_value(&M::full_name(), &value)?;
+            from_value_in(&pool, value)
+        }
+    }
+}
+
+fn message_in(pool: &DescriptorPool, name: &str) -> Result<MessageDescriptor, JsonError> {
+    pool.get_message_by_name(name)
+        .ok_or_else(|| JsonError::UnknownMessage(name.to_owned()))
+}
+
+fn from_value_in<M: Message + Name + Default>(
+    pool: &DescriptorPool,
+    value: serde_json::Value,
+) -> Result<M, JsonError> {
     let name = M::full_name();
-    let descriptor = pool()
-        .get_message_by_name(&name)
-        .ok_or_else(|| JsonError::UnknownMessage(name.clone()))?;
+    let descriptor = message_in(pool, &name)?;
     let options = DeserializeOptions::new().deny_unknown_fields(true);
     let dynamic =
         DynamicMessage::deserialize_with_options(descriptor, value, &options).map_err(|e| {
@@ -148,23 +244,102 @@ pub fn from_yaml_str<M: Message + Name + Default>(text: &str) -> Result<M, JsonE
 /// default values omitted, `Any` expanded with `@type`.
 pub fn to_value<M: Message + Name>(message: &M) -> Result<serde_json::Value, JsonError> {
     let name = M::full_name();
-    let descriptor = pool()
-        .get_message_by_name(&name)
-        .ok_or_else(|| JsonError::UnknownMessage(name.clone()))?;
-    let dynamic =
-        DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice()).map_err(|e| {
-            JsonError::Schema {
-                message: name.clone(),
-                reason: e.to_string(),
+    let bytes = message.encode_to_vec();
+    match full_pool_in_use() {
+        Some(pool) => to_value_in(&pool, &name, &bytes),
+        None => to_value_minimal(&name, &bytes),
+    }
+}
+
+/// Serializes through pools of only the files needed. The `Any`s inside a message are known only
+/// once it is decoded, and their payloads may hold more, so the pool grows until it covers every
+/// `Any` the set can describe: one round per level of nesting (a config dump has three).
+fn to_value_minimal(name: &str, bytes: &[u8]) -> Result<serde_json::Value, JsonError> {
+    let index = embedded_index()?;
+    let mut needed = BTreeSet::from([name.to_owned()]);
+    loop {
+        let pool = index.pool_for(needed.iter().map(String::as_str))?;
+        let dynamic = decode_in(&pool, name, bytes)?;
+        let mut missing = BTreeSet::new();
+        any_types_missing(&dynamic, &pool, &mut missing);
+        let before = needed.len();
+        needed.extend(missing.into_iter().filter(|name| index.contains(name)));
+        if needed.len() == before {
+            // What is still missing the set does not define: serializing names it.
+            return serialize(name, &dynamic);
+        }
+    }
+}
+
+/// Adds to `missing` the type of every `Any` in `message` (payloads decoded and searched too)
+/// that `pool` lacks.
+fn any_types_missing(
+    message: &DynamicMessage,
+    pool: &DescriptorPool,
+    missing: &mut BTreeSet<String>,
+) {
+    if message.descriptor().full_name() == "google.protobuf.Any" {
+        let Ok(any) = message.transcode_to::<prost_types::Any>() else {
+            return;
+        };
+        let name = any.type_url.rsplit_once('/').map_or("", |(_, name)| name);
+        match pool.get_message_by_name(name) {
+            Some(descriptor) => {
+                if let Ok(payload) = DynamicMessage::decode(descriptor, any.value.as_slice()) {
+                    any_types_missing(&payload, pool, missing);
+                }
             }
-        })?;
+            None => {
+                missing.insert(name.to_owned());
+            }
+        }
+        return;
+    }
+    for (_, value) in message.fields() {
+        any_types_in_value(value, pool, missing);
+    }
+}
+
+fn any_types_in_value(value: &Value, pool: &DescriptorPool, missing: &mut BTreeSet<String>) {
+    match value {
+        Value::Message(message) => any_types_missing(message, pool, missing),
+        Value::List(items) => {
+            for item in items {
+                any_types_in_value(item, pool, missing);
+            }
+        }
+        Value::Map(entries) => {
+            for item in entries.values() {
+                any_types_in_value(item, pool, missing);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn decode_in(pool: &DescriptorPool, name: &str, bytes: &[u8]) -> Result<DynamicMessage, JsonError> {
+    DynamicMessage::decode(message_in(pool, name)?, bytes).map_err(|e| JsonError::Schema {
+        message: name.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn serialize(name: &str, dynamic: &DynamicMessage) -> Result<serde_json::Value, JsonError> {
     let options = SerializeOptions::new().use_proto_field_name(true);
     dynamic
         .serialize_with_options(serde_json::value::Serializer, &options)
         .map_err(|e| JsonError::Schema {
-            message: name,
+            message: name.to_owned(),
             reason: e.to_string(),
         })
+}
+
+fn to_value_in(
+    pool: &DescriptorPool,
+    name: &str,
+    bytes: &[u8],
+) -> Result<serde_json::Value, JsonError> {
+    serialize(name, &decode_in(pool, name, bytes)?)
 }
 
 /// Writes an `Any` (an xDS resource) as proto3 JSON with its `@type`.
@@ -173,52 +348,5 @@ pub fn any_to_value(any: &crate::google::protobuf::Any) -> Result<serde_json::Va
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::envoy::config::bootstrap::v3::Bootstrap;
-
-    const BOOTSTRAP: &str = r#"
-node: { id: "sidecar~10.0.0.1~app.default~default.svc.cluster.local", cluster: app }
-admin:
-  address: { socket_address: { address: 127.0.0.1, port_value: 15000 } }
-static_resources:
-  listeners:
-  - name: ingress
-    address: { socket_address: { address: 0.0.0.0, port_value: 8080 } }
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          route_config: { name: local, virtual_hosts: [ { name: all, domains: ["*"] } ] }
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
-  clusters:
-  - name: backend
-    connect_timeout: 0.25s
-    type: STATIC
-"#;
-
-    #[test]
-    fn yaml_bootstrap_with_any_round_trips() {
-        let bootstrap: Bootstrap = from_yaml_str(BOOTSTRAP).unwrap();
-        let static_resources = bootstrap.static_resources.as_ref().unwrap();
-        assert_eq!(static_resources.listeners[0].name, "ingress");
-        assert_eq!(
-            static_resources.clusters[0].connect_timeout.unwrap().nanos,
-            250_000_000
-        );
-        let json = to_value(&bootstrap).unwrap();
-        let hcm = &json["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0];
-        assert_eq!(hcm["typed_config"]["stat_prefix"], "ingress");
-        assert_eq!(from_value::<Bootstrap>(json).unwrap(), bootstrap);
-    }
-
-    #[test]
-    fn unknown_field_is_an_error_that_names_it() {
-        let err = from_yaml_str::<Bootstrap>("node: { id: x, colour: blue }").unwrap_err();
-        assert!(err.to_string().contains("colour"), "{err}");
-    }
-}
+#[path = "json_tests.rs"]
+mod tests;

@@ -6,6 +6,7 @@
 //! the proto3 JSON mapping (bootstrap files, `/config_dump`, golden files) and Istio's CA service.
 
 pub mod any;
+pub mod descriptor_index;
 pub mod json;
 pub mod type_url;
 

@@ -2,6 +2,7 @@
 //! come from the EndpointSlices of a service (`kubernetes.io/service-name` label); a service
 //! with a selector but no slice gets the endpoints Kubernetes' endpoints controller would derive
 //! from the Pods it selects, which is what a directory of manifests (no controller) needs.
+//! The annotation `networking.istio.io/exportTo` limits where a service is visible, as in Istio.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -12,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::host::service_fqdn;
 use super::service_entry::workload_endpoint;
+use super::visibility::{self, EXPORT_TO_ANNOTATION, Exporter};
 use super::{Config, Endpoint, ModelError, Protocol, Resolution, Service, ServicePort};
 use crate::api::{Manifest, WorkloadEntry};
 use crate::source::object::{Kind, Object, ObjectKey};
@@ -63,6 +65,25 @@ pub(super) fn service(
         });
     }
 
+    let export_to = match svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(EXPORT_TO_ANNOTATION))
+    {
+        Some(value) => {
+            let export_to = visibility::from_annotation(value);
+            let reasons = visibility::check(namespace, &export_to, Exporter::Service);
+            if !reasons.is_empty() {
+                return Err(error(
+                    &format!("metadata.annotations[{EXPORT_TO_ANNOTATION}]"),
+                    reasons.join("; "),
+                ));
+            }
+            export_to
+        }
+        None => Vec::new(),
+    };
     let mut service = Service {
         hostname: service_fqdn(name, namespace),
         name: name.clone(),
@@ -72,6 +93,7 @@ pub(super) fn service(
         resolution: Resolution::Static,
         mesh_external: false,
         endpoints: Vec::new(),
+        export_to,
     };
 
     if spec.type_.as_deref() == Some("ExternalName") {

@@ -10,6 +10,7 @@ mod protocol;
 pub mod proxy;
 mod rules;
 mod service_entry;
+pub mod visibility;
 mod warning;
 
 pub use build::build;
@@ -100,6 +101,9 @@ pub struct Service {
     pub mesh_external: bool,
     /// The endpoints.
     pub endpoints: Vec<Endpoint>,
+    /// Where the service is visible (ServiceEntry `exportTo`, or the Service annotation
+    /// `networking.istio.io/exportTo`), validated; empty is everywhere. See [`visibility`].
+    pub export_to: Vec<String>,
 }
 
 /// One endpoint of a service.

@@ -141,6 +141,7 @@ pub(super) fn services(
                 resolution,
                 mesh_external: spec.location != Some(Location::MeshInternal),
                 endpoints,
+                export_to: spec.export_to.clone(),
             }
         })
         .collect();

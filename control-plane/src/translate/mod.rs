@@ -28,8 +28,10 @@ mod cluster;
 mod endpoint;
 mod envoy;
 mod filter_chain;
+mod hcm_tracing;
 mod http_route;
 mod listener;
+mod local_inbound;
 pub mod names;
 mod route;
 mod scope;
@@ -57,6 +59,8 @@ pub struct Options {
     /// no retry policy instead of Istio's default (2 retries on connect failures and refused
     /// streams). Off by default, as in Istio.
     pub disable_default_retries: bool,
+    /// Istio's MeshConfig (tracing).
+    pub mesh: crate::mesh_config::MeshConfig,
 }
 
 impl Options {
@@ -68,6 +72,7 @@ impl Options {
         Self {
             local_mode: true,
             disable_default_retries: true,
+            mesh: crate::mesh_config::MeshConfig::default(),
         }
     }
 }
@@ -121,6 +126,11 @@ pub fn generate(model: &Model, proxy: &ProxyNode, options: &Options) -> Generate
     let (mut clusters, mut endpoints) = cluster::build(&scope);
     let mut routes = route::build(&scope, &mut errors);
     let mut listeners = listener::build(&scope, &routes, &mut errors);
+    if options.local_mode {
+        local_inbound::redirect_endpoints(&scope, &mut endpoints);
+        local_inbound::serve_on_virtual_inbound(&scope, &mut listeners);
+    }
+    hcm_tracing::apply(&options.mesh, proxy, &mut listeners, &clusters, &mut errors);
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
     clusters.dedup_by(|a, b| a.name == b.name);
     endpoints.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));

@@ -136,6 +136,7 @@ mod tests {
             ports: vec![],
             resolution: Resolution::Static,
             mesh_external: false,
+            export_to: vec![],
             endpoints: vec![],
         }
     }

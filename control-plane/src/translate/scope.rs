@@ -1,5 +1,5 @@
-//! What one proxy may see: the services its `Sidecar` egress hosts select (all of them when no
-//! `Sidecar` applies), the VirtualServices and DestinationRules that apply to those services,
+//! What one proxy may see: the services exported to its namespace (`exportTo`) that its
+//! `Sidecar` egress hosts select (all of them when no `Sidecar` applies), the VirtualServices and DestinationRules that apply to those services,
 //! and the workload ports it serves itself. Scoping is what keeps a sidecar's config (and memory)
 //! proportional to what it talks to rather than to the size of the mesh.
 
@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 use crate::api::{DestinationRule, Sidecar, VirtualService};
 use crate::model::proxy::ProxyNode;
+use crate::model::visibility::is_visible;
 use crate::model::{Config, Endpoint, Model, Service, ServicePort};
 
 use super::{Options, TranslateError, names, traffic_policy};
@@ -59,13 +60,6 @@ fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, S
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-fn exported_to(export_to: &[String], owner_namespace: &str, proxy_namespace: &str) -> bool {
-    export_to.is_empty()
-        || export_to.iter().any(|e| {
-            e == "*" || (e == "." && owner_namespace == proxy_namespace) || e == proxy_namespace
-        })
-}
-
 impl<'a> Scope<'a> {
     /// Computes the scope of `proxy`.
     pub fn new(model: &'a Model, proxy: &'a ProxyNode, options: &'a Options) -> Self {
@@ -87,6 +81,7 @@ impl<'a> Scope<'a> {
         let services = model
             .services
             .values()
+            .filter(|s| is_visible(&s.export_to, &s.namespace, &proxy.namespace))
             .filter(|s| match &egress {
                 None => true,
                 Some(hosts) => hosts.iter().any(|(ns, host)| {
@@ -102,7 +97,7 @@ impl<'a> Scope<'a> {
             {
                 continue;
             }
-            if !exported_to(&rule.spec.export_to, &rule.namespace, &proxy.namespace) {
+            if !is_visible(&rule.spec.export_to, &rule.namespace, &proxy.namespace) {
                 continue;
             }
             match traffic_policy::unsupported(rule) {
@@ -195,7 +190,7 @@ impl<'a> Scope<'a> {
 
     fn virtual_service_visible(&self, vs: &Config<VirtualService>) -> bool {
         let mesh = vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh");
-        if !mesh || !exported_to(&vs.spec.export_to, &vs.namespace, &self.proxy.namespace) {
+        if !mesh || !is_visible(&vs.spec.export_to, &vs.namespace, &self.proxy.namespace) {
             return false;
         }
         match &self.egress {

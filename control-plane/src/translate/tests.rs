@@ -46,6 +46,7 @@ fn http_service(name: &str, vip: &str, endpoints: Vec<Endpoint>) -> Service {
         }],
         resolution: Resolution::Static,
         mesh_external: false,
+        export_to: Vec::new(),
         endpoints,
     }
 }
@@ -102,6 +103,15 @@ pub(crate) fn productpage() -> ProxyNode {
         namespace: "default".into(),
         labels: labels(&[("app", "productpage"), ("version", "v1")]),
         service_account: "bookinfo-productpage".into(),
+    }
+}
+
+/// The productpage proxy, as if its pod ran in `namespace`.
+fn productpage_in(namespace: &str) -> ProxyNode {
+    ProxyNode {
+        id: format!("sidecar~10.1.0.10~productpage-v1.{namespace}~{namespace}.svc.cluster.local"),
+        namespace: namespace.into(),
+        ..productpage()
     }
 }
 
@@ -424,9 +434,7 @@ fn rules_not_exported_to_the_proxy_namespace_do_not_apply_to_it() {
         "host: reviews\nexportTo: [\".\"]\ntrafficPolicy:\n  loadBalancer: {simple: RANDOM}\n",
     ));
     let in_default = productpage();
-    let mut elsewhere = productpage();
-    elsewhere.namespace = "web".into();
-    elsewhere.id = "sidecar~10.1.0.10~productpage-v1.web~web.svc.cluster.local".into();
+    let elsewhere = productpage_in("web");
 
     let lb_and_timeout = |proxy: &ProxyNode| {
         let out = generate(&model, proxy, &Options::default());
@@ -450,4 +458,83 @@ fn rules_not_exported_to_the_proxy_namespace_do_not_apply_to_it() {
     let (lb, timeout) = lb_and_timeout(&elsewhere);
     assert_eq!(lb, json!("LEAST_REQUEST"));
     assert_ne!(timeout, json!("7s"));
+}
+
+#[test]
+fn services_not_exported_to_the_proxy_namespace_are_invisible_to_it() {
+    let mut model = bookinfo();
+    let mut export = |host: &str, to: &[&str]| {
+        let service = model
+            .services
+            .get_mut(&format!("{host}.default.svc.cluster.local"))
+            .unwrap();
+        service.export_to = to.iter().map(|e| e.to_string()).collect();
+    };
+    export("reviews", &["."]);
+    export("ratings", &["web"]);
+    export("productpage", &["~"]);
+    let in_default = productpage();
+    let in_web = productpage_in("web");
+
+    let clusters = |proxy: &ProxyNode| {
+        let out = generate(&model, proxy, &Options::default());
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        let mut names: Vec<String> = out
+            .clusters
+            .iter()
+            .map(|c| c.name.clone())
+            .chain(
+                out.endpoints
+                    .iter()
+                    .map(|e| format!("eds {}", e.cluster_name)),
+            )
+            .filter(|n| n.contains("|9080|"))
+            .collect();
+        names.sort();
+        names
+    };
+    // `.`: its own namespace only; `web`: that namespace only (not even its own); `~`: nobody,
+    // though the workload behind it still gets its inbound cluster.
+    assert_eq!(
+        clusters(&in_default),
+        [
+            "eds outbound|9080||reviews.default.svc.cluster.local",
+            "inbound|9080||",
+            "outbound|9080||reviews.default.svc.cluster.local",
+        ]
+    );
+    assert_eq!(
+        clusters(&in_web),
+        [
+            "eds outbound|9080||ratings.default.svc.cluster.local",
+            "inbound|9080||",
+            "outbound|9080||ratings.default.svc.cluster.local",
+        ]
+    );
+}
+
+#[test]
+fn retry_budget_follows_istio_apply_retry_budget() {
+    let mut model = bookinfo();
+    model.destination_rules.push(config(
+        "reviews",
+        "host: reviews\ntrafficPolicy:\n  retryBudget: {percent: 5, minRetryConcurrency: 0, budgetInterval: 10s}\n",
+    ));
+    let out = generate(&model, &productpage(), &Options::default());
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    let clusters = json_of(&out.clusters);
+    let cluster = find(
+        &clusters,
+        "name",
+        "outbound|9080||reviews.default.svc.cluster.local",
+    );
+    // 0 is proto3's unset: Istio's default 3; the interval passes through.
+    assert_eq!(
+        cluster["circuit_breakers"]["thresholds"][0]["retry_budget"],
+        json!({
+            "budget_percent": {"value": 5.0},
+            "min_retry_concurrency": 3,
+            "budget_interval": "10s",
+        })
+    );
 }

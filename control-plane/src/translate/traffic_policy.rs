@@ -202,12 +202,18 @@ pub fn apply(
         }
     }
     if let Some(budget) = &policy.retry_budget {
+        // As Istio's `applyRetryBudget`: a `minRetryConcurrency` of 0 is proto3's "unset", so
+        // Istio's default 3; `budgetInterval` goes to Envoy as is, without a default (Envoy's
+        // 0s: only in-flight requests count). The percent defaults to the 20 the API documents
+        // (istiod's code sends 0.2, which Envoy reads as 0.2%).
         thresholds.retry_budget = Some(EnvoyRetryBudget {
             budget_percent: Some(Percent {
                 value: budget.percent.unwrap_or(20.0),
             }),
-            min_retry_concurrency: Some(u32_value(budget.min_retry_concurrency.unwrap_or(3))),
-            ..Default::default()
+            min_retry_concurrency: Some(u32_value(
+                budget.min_retry_concurrency.filter(|n| *n > 0).unwrap_or(3),
+            )),
+            budget_interval: budget.budget_interval.map(|d| duration(d.get())),
         });
     }
     cluster.circuit_breakers = Some(CircuitBreakers {

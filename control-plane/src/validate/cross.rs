@@ -176,14 +176,9 @@ struct Visibility<'a> {
 }
 
 impl Visibility<'_> {
-    /// Whether the rule is visible in `namespace`: `*`, `.` (its own namespace), the namespace
-    /// by name; `~` exports it nowhere.
+    /// Whether the rule is visible in `namespace` (Istio's `exportTo`).
     fn exported_to(&self, namespace: &str) -> bool {
-        self.export_to.is_empty()
-            || self
-                .export_to
-                .iter()
-                .any(|e| e == "*" || e == namespace || (e == "." && self.namespace == namespace))
+        crate::model::visibility::is_visible(self.export_to, self.namespace, namespace)
     }
 }
 

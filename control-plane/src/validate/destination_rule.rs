@@ -16,7 +16,6 @@ use super::rules::{Report, is_dns1123_label};
 /// Checks a DestinationRule spec.
 pub(crate) fn check(r: &mut Report, dr: &DestinationRule) {
     r.host("spec.host", &dr.host);
-    r.export_to("spec.exportTo", &dr.export_to);
     r.workload_selector("spec.workloadSelector", &dr.workload_selector);
     if let Some(tp) = &dr.traffic_policy {
         traffic_policy(r, "spec.trafficPolicy", tp);

@@ -15,6 +15,9 @@ mod sidecar;
 mod virtual_service;
 
 pub use cross::{cross_check, resolve_host};
+pub(crate) use rules::is_dns1123_label;
+
+use crate::model::visibility::Exporter;
 
 use crate::api::{Document, Manifest, ManifestError};
 
@@ -33,9 +36,22 @@ pub struct FieldError {
 pub fn check_manifest(manifest: &Manifest) -> Vec<FieldError> {
     let mut r = rules::Report::default();
     match manifest {
-        Manifest::VirtualService(o) => virtual_service::check(&mut r, &o.spec),
-        Manifest::DestinationRule(o) => destination_rule::check(&mut r, &o.spec),
-        Manifest::ServiceEntry(o) => service_entry::check_service_entry(&mut r, &o.spec),
+        Manifest::VirtualService(o) => {
+            virtual_service::check(&mut r, &o.spec);
+            r.export_to(o.namespace(), &o.spec.export_to, Exporter::Rule);
+        }
+        Manifest::DestinationRule(o) => {
+            destination_rule::check(&mut r, &o.spec);
+            let exporter = match o.spec.workload_selector {
+                Some(_) => Exporter::RuleWithSelector,
+                None => Exporter::Rule,
+            };
+            r.export_to(o.namespace(), &o.spec.export_to, exporter);
+        }
+        Manifest::ServiceEntry(o) => {
+            service_entry::check_service_entry(&mut r, &o.spec);
+            r.export_to(o.namespace(), &o.spec.export_to, Exporter::Service);
+        }
         Manifest::WorkloadEntry(o) => service_entry::check_workload_entry(&mut r, &o.spec),
         Manifest::Sidecar(o) => sidecar::check(&mut r, &o.spec),
         Manifest::PeerAuthentication(o) => security::check_peer_authentication(&mut r, &o.spec),

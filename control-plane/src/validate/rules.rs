@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use crate::api::{Duration, StringMatch, WorkloadLabelSelector, WorkloadSelector};
+use crate::model::visibility::{self, Exporter};
 
 use super::FieldError;
 
@@ -134,21 +135,10 @@ impl Report {
         }
     }
 
-    /// `exportTo`: `.`, `*`, `~` or namespace names.
-    pub(crate) fn export_to(&mut self, field: &str, export: &[String]) {
-        for (i, ns) in export.iter().enumerate() {
-            let ok = matches!(ns.as_str(), "." | "*" | "~") || is_dns1123_label(ns);
-            self.check(
-                !ok,
-                format!("{field}[{i}]"),
-                format!("{ns:?} is not '.', '*', '~' or a namespace name"),
-            );
-        }
-        if export.len() > 1 && export.iter().any(|ns| ns == "~") {
-            self.push(
-                field,
-                "'~' (export to nobody) cannot be combined with other values",
-            );
+    /// `exportTo` of an object in `namespace`, with Istio's rules and messages.
+    pub(crate) fn export_to(&mut self, namespace: &str, export: &[String], exporter: Exporter) {
+        for reason in visibility::check(namespace, export, exporter) {
+            self.push("spec.exportTo", reason);
         }
     }
 }

@@ -56,7 +56,6 @@ pub(crate) fn check_service_entry(r: &mut Report, se: &ServiceEntry) {
             "CIDR addresses are allowed only with NONE or STATIC resolution",
         );
     }
-    r.export_to("spec.exportTo", &se.export_to);
     let mut names = BTreeSet::new();
     let mut numbers = BTreeSet::new();
     for (i, p) in se.ports.iter().enumerate() {

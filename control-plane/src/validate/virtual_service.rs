@@ -57,7 +57,6 @@ pub(crate) fn check(r: &mut Report, vs: &VirtualService) {
             "gateway name must not be empty",
         );
     }
-    r.export_to("spec.exportTo", &vs.export_to);
     if vs.http.is_empty() && vs.tcp.is_empty() && vs.tls.is_empty() {
         r.push(
             "spec",

@@ -2,18 +2,21 @@
 //! what it has sent.
 //!
 //! A resource's version is a hash of its encoded bytes. Encoding is not canonical for map fields
-//! (`Struct`, metadata), so a rebuilt snapshot keeps the previous version of every resource that
-//! compares equal as a typed message: an unchanged resource is never re-pushed.
+//! (`Struct`, metadata), so a rebuilt snapshot keeps the previous version of every resource whose
+//! bytes are equal or decode to an equal message: an unchanged resource is never re-pushed.
+//! Entries keep only the packed bytes: the typed message is several times larger, and was the
+//! largest part of the server's memory once proxies connect.
 //!
 //! Entries are interned by kind, name and content: the sidecars of a namespace get the same
 //! outbound clusters, endpoints and routes, and the server keeps each such resource once, shared by
 //! every snapshot that holds it, instead of once per connected proxy (benches/ measures the
 //! memory per connected proxy).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 
+use prost::Message;
 use xds_proto::envoy::config::cluster::v3::Cluster;
 use xds_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use xds_proto::envoy::config::listener::v3::Listener;
@@ -80,13 +83,49 @@ impl ResourceType {
     }
 }
 
-/// The typed message behind an entry, kept to recognise unchanged resources.
+/// A generated resource before it is packed: compared with existing entries to recognise
+/// unchanged resources, then dropped (entries keep only the packed bytes).
 #[derive(Debug, Clone, PartialEq)]
 enum Typed {
     Cluster(Box<Cluster>),
     Endpoint(Box<ClusterLoadAssignment>),
     Listener(Box<Listener>),
     Route(Box<RouteConfiguration>),
+}
+
+impl Typed {
+    fn kind(&self) -> ResourceType {
+        match self {
+            Typed::Cluster(_) => ResourceType::Cluster,
+            Typed::Endpoint(_) => ResourceType::Endpoint,
+            Typed::Listener(_) => ResourceType::Listener,
+            Typed::Route(_) => ResourceType::Route,
+        }
+    }
+
+    fn pack(&self) -> Any {
+        match self {
+            Typed::Cluster(m) => xds_proto::any::pack(&**m),
+            Typed::Endpoint(m) => xds_proto::any::pack(&**m),
+            Typed::Listener(m) => xds_proto::any::pack(&**m),
+            Typed::Route(m) => xds_proto::any::pack(&**m),
+        }
+    }
+
+    /// Whether `packed` holds this same message: equal bytes, or (encoding is not canonical
+    /// for map fields) bytes that decode to an equal message.
+    fn same_as(&self, mine: &[u8], packed: &[u8]) -> bool {
+        fn decodes_to<M: Message + Default + PartialEq>(m: &M, packed: &[u8]) -> bool {
+            M::decode(packed).is_ok_and(|decoded| decoded == *m)
+        }
+        mine == packed
+            || match self {
+                Typed::Cluster(m) => decodes_to(&**m, packed),
+                Typed::Endpoint(m) => decodes_to(&**m, packed),
+                Typed::Listener(m) => decodes_to(&**m, packed),
+                Typed::Route(m) => decodes_to(&**m, packed),
+            }
+    }
 }
 
 /// One packed, versioned resource.
@@ -98,13 +137,73 @@ pub struct Entry {
     pub version: String,
     /// The packed resource.
     pub resource: Any,
-    typed: Typed,
+}
+
+/// The entries of one kind in a snapshot, sorted by name: a vector of shared entries rather
+/// than a map keyed by a copy of each name, since every connected proxy keeps one snapshot.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Entries(Vec<Arc<Entry>>);
+
+impl Entries {
+    /// The entry named `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Entry>> {
+        self.0
+            .binary_search_by(|e| e.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.0[i])
+    }
+
+    /// Every entry, by name.
+    pub fn values(&self) -> std::slice::Iter<'_, Arc<Entry>> {
+        self.0.iter()
+    }
+
+    /// How many entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// No entries.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Sorts by name and keeps the last of each name, as a map would.
+    fn seal(&mut self, ty: ResourceType) {
+        self.0.sort_by(|a, b| a.name.cmp(&b.name));
+        let before = self.0.len();
+        self.0.dedup_by(|later, kept| {
+            let same = later.name == kept.name;
+            if same {
+                std::mem::swap(later, kept);
+            }
+            same
+        });
+        if self.0.len() != before {
+            tracing::warn!(
+                kind = ty.label(),
+                "generator produced a duplicate resource name"
+            );
+        }
+        self.0.shrink_to_fit();
+    }
+}
+
+impl std::ops::Index<&str> for Entries {
+    type Output = Arc<Entry>;
+
+    fn index(&self, name: &str) -> &Arc<Entry> {
+        match self.get(name) {
+            Some(entry) => entry,
+            None => panic!("no entry named {name:?}"),
+        }
+    }
 }
 
 /// All of one proxy's resources at one model epoch.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    types: [BTreeMap<String, Arc<Entry>>; 4],
+    types: [Entries; 4],
 }
 
 impl Snapshot {
@@ -134,31 +233,25 @@ impl Snapshot {
         for r in routes {
             snapshot.insert(previous, r.name.clone(), Typed::Route(Box::new(r)));
         }
+        for ty in ResourceType::PUSH_ORDER {
+            snapshot.types[ty.index()].seal(ty);
+        }
         snapshot
     }
 
     fn insert(&mut self, previous: Option<&Snapshot>, name: String, typed: Typed) {
-        let ty = match typed {
-            Typed::Cluster(_) => ResourceType::Cluster,
-            Typed::Endpoint(_) => ResourceType::Endpoint,
-            Typed::Listener(_) => ResourceType::Listener,
-            Typed::Route(_) => ResourceType::Route,
-        };
+        let ty = typed.kind();
+        let packed = typed.pack();
         let unchanged = previous
             .and_then(|p| p.resources(ty).get(&name))
-            .filter(|old| old.typed == typed)
+            .filter(|old| typed.same_as(&packed.value, &old.resource.value))
             .cloned();
-        let entry = unchanged.unwrap_or_else(|| intern(ty, &name, typed));
-        if self.types[ty.index()].insert(name, entry).is_some() {
-            tracing::warn!(
-                kind = ty.label(),
-                "generator produced a duplicate resource name"
-            );
-        }
+        let entry = unchanged.unwrap_or_else(|| intern(ty, &name, &typed, packed));
+        self.types[ty.index()].0.push(entry);
     }
 
     /// The resources of one kind, by name.
-    pub fn resources(&self, ty: ResourceType) -> &BTreeMap<String, Arc<Entry>> {
+    pub fn resources(&self, ty: ResourceType) -> &Entries {
         &self.types[ty.index()]
     }
 
@@ -187,29 +280,22 @@ static INTERNER: LazyLock<Mutex<Interner>> = LazyLock::new(|| {
 
 /// The shared entry for this resource: an existing equal one if any snapshot still holds it,
 /// else a new one.
-fn intern(ty: ResourceType, name: &str, typed: Typed) -> Arc<Entry> {
+fn intern(ty: ResourceType, name: &str, typed: &Typed, packed: Any) -> Arc<Entry> {
     let key = (ty, name.to_owned());
     let mut interner = INTERNER.lock().unwrap_or_else(PoisonError::into_inner);
     let existing = interner.entries.get(&key).and_then(|versions| {
         versions
             .iter()
             .filter_map(Weak::upgrade)
-            .find(|e| e.typed == typed)
+            .find(|e| typed.same_as(&packed.value, &e.resource.value))
     });
     if let Some(existing) = existing {
         return existing;
     }
-    let resource = match &typed {
-        Typed::Cluster(m) => xds_proto::any::pack(&**m),
-        Typed::Endpoint(m) => xds_proto::any::pack(&**m),
-        Typed::Listener(m) => xds_proto::any::pack(&**m),
-        Typed::Route(m) => xds_proto::any::pack(&**m),
-    };
     let entry = Arc::new(Entry {
-        version: hash_bytes(&resource.value),
+        version: hash_bytes(&packed.value),
         name: name.to_owned(),
-        resource,
-        typed,
+        resource: packed,
     });
     interner
         .entries
@@ -341,6 +427,39 @@ mod tests {
             &a.resources(ResourceType::Cluster)["with-metadata"],
             &b.resources(ResourceType::Cluster)["with-metadata"]
         ));
+    }
+
+    #[test]
+    fn entries_are_found_by_name_and_the_last_of_a_duplicate_wins() {
+        let snapshot = Snapshot::build(
+            Resources {
+                clusters: vec![
+                    cluster("b", 1),
+                    cluster("a", 1),
+                    cluster("b", 2),
+                    cluster("c", 1),
+                ],
+                ..Default::default()
+            },
+            None,
+        );
+        let clusters = snapshot.resources(ResourceType::Cluster);
+        let names: Vec<&str> = clusters.values().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(clusters.len(), 3);
+        let b = Snapshot::build(
+            Resources {
+                clusters: vec![cluster("b", 2)],
+                ..Default::default()
+            },
+            None,
+        );
+        assert!(Arc::ptr_eq(
+            &clusters["b"],
+            &b.resources(ResourceType::Cluster)["b"]
+        ));
+        assert!(clusters.get("d").is_none());
+        assert!(snapshot.resources(ResourceType::Route).is_empty());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use super::GenerateError;
 use super::cache::{ResourceType, Snapshot};
 use super::debounce::{Epoch, Epochs};
 use super::server::Shared;
+use super::sotw::Subscription;
 use crate::model::proxy::ProxyNode;
 
 /// Which flavour of ADS a connection speaks.
@@ -46,8 +47,8 @@ pub struct Nack {
 /// What one proxy has been sent, ACKed and NACKed for one type.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TypeStatus {
-    /// Subscribed names; `["*"]` for a wildcard subscription.
-    pub subscribed: Vec<String>,
+    /// What the proxy subscribes to (listed as `["*", names...]`).
+    pub subscribed: Subscription,
     /// The version of the last response sent.
     pub sent_version: String,
     /// The nonce of the last response sent, until the proxy answers it.
@@ -108,7 +109,7 @@ impl ConnectionStatus {
                 };
                 let view = json!({
                     "status": status,
-                    "subscribed": t.subscribed,
+                    "subscribed": t.subscribed.describe(),
                     "sent_version": t.sent_version,
                     "pending_nonce": t.pending_nonce,
                     "acked_version": t.acked_version,
@@ -318,8 +319,8 @@ impl Session {
     }
 
     /// Records the subscription, for the debug view.
-    pub(crate) fn subscribed(&self, ty: ResourceType, names: Vec<String>) {
-        lock(&self.status).types.entry(ty).or_default().subscribed = names;
+    pub(crate) fn subscribed(&self, ty: ResourceType, subscription: Subscription) {
+        lock(&self.status).types.entry(ty).or_default().subscribed = subscription;
     }
 
     /// Records an ACK of the response with `nonce`.

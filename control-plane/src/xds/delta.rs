@@ -9,6 +9,7 @@
 //! does not exist is reported in `removed_resources` so the proxy does not wait for it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use xds_proto::envoy::config::core::v3::Node;
 use xds_proto::envoy::service::discovery::v3::{
@@ -17,6 +18,7 @@ use xds_proto::envoy::service::discovery::v3::{
 
 use super::cache::{ResourceType, set_version};
 use super::connection::{Nack, Protocol};
+use super::framing;
 use super::sotw::Subscription;
 use super::stream::{Closed, Connection, Variant};
 
@@ -91,7 +93,7 @@ impl Variant for Delta {
         for name in request.resource_names_subscribe {
             if name == "*" {
                 state.subscription.wildcard = true;
-            } else if state.subscription.names.insert(name.clone()) {
+            } else if Arc::make_mut(&mut state.subscription.names).insert(name.clone()) {
                 state.new_names.insert(name);
                 state.must_answer = true;
             }
@@ -100,7 +102,7 @@ impl Variant for Delta {
             if name == "*" {
                 state.subscription.wildcard = false;
             } else {
-                state.subscription.names.remove(&name);
+                Arc::make_mut(&mut state.subscription.names).remove(&name);
                 state.new_names.remove(&name);
                 state.known.remove(&name);
             }
@@ -110,7 +112,7 @@ impl Variant for Delta {
             let names = &state.subscription.names;
             state.known.retain(|name, _| names.contains(name));
         }
-        conn.session.subscribed(ty, state.subscription.describe());
+        conn.session.subscribed(ty, state.subscription.clone());
         Self::respond(conn, ty).await
     }
 
@@ -166,6 +168,6 @@ impl Variant for Delta {
             nonce,
             ..Default::default()
         };
-        conn.tx.send(Ok(response)).await.map_err(|_| Closed)
+        conn.send(framing::encode(&response)).await
     }
 }

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod connection;
 pub mod debounce;
 pub mod delta;
+mod framing;
 pub mod metrics;
 pub mod server;
 pub mod sotw;
@@ -23,7 +24,7 @@ use xds_proto::envoy::config::route::v3::RouteConfiguration;
 use crate::model::Model;
 use crate::model::proxy::ProxyNode;
 
-pub use server::{XdsServer, XdsService};
+pub use server::{AdsService, XdsServer};
 
 /// The resources generated for one proxy, typed; the server packs and versions them.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -70,15 +71,18 @@ where
 pub struct TranslateGenerator {
     /// Local mode: listeners bind to the proxy's own loopback address.
     pub local_mode: bool,
+    /// Istio's MeshConfig.
+    pub mesh: crate::mesh_config::MeshConfig,
 }
 
 impl Generator for TranslateGenerator {
     fn generate(&self, model: &Model, proxy: &ProxyNode) -> Result<Resources, GenerateError> {
-        let options = if self.local_mode {
+        let mut options = if self.local_mode {
             crate::translate::Options::local_mesh()
         } else {
             crate::translate::Options::default()
         };
+        options.mesh = self.mesh.clone();
         let generated = crate::translate::generate(model, proxy, &options);
         Ok(Resources {
             listeners: generated.listeners,

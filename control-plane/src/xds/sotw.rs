@@ -11,29 +11,33 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use tonic::Status;
 use xds_proto::envoy::config::core::v3::Node;
 use xds_proto::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
 use super::cache::{Entry, ResourceType, Snapshot, set_version};
 use super::connection::{Nack, Protocol};
+use super::framing;
 use super::stream::{Closed, Connection, Variant};
 
-/// What a proxy asked for of one type.
+/// What a proxy asked for of one type. The names are shared with the debug view
+/// ([`super::connection::TypeStatus::subscribed`]) rather than copied into it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Subscription {
+pub struct Subscription {
     /// Everything of the type.
-    pub(crate) wildcard: bool,
+    pub wildcard: bool,
     /// The names asked for, when not a wildcard.
-    pub(crate) names: BTreeSet<String>,
+    pub names: Arc<BTreeSet<String>>,
 }
 
 impl Subscription {
-    fn from_request(ty: ResourceType, names: &[String]) -> Self {
+    fn from_request(ty: ResourceType, names: Vec<String>) -> Self {
         let wildcard =
             names.iter().any(|n| n == "*") || (ty.is_wildcard_kind() && names.is_empty());
         Subscription {
             wildcard,
-            names: names.iter().filter(|n| *n != "*").cloned().collect(),
+            names: Arc::new(names.into_iter().filter(|n| n != "*").collect()),
         }
     }
 
@@ -50,11 +54,65 @@ impl Subscription {
         }
     }
 
-    /// The debug view: `*` first for a wildcard.
-    pub(crate) fn describe(&self) -> Vec<String> {
-        let star = self.wildcard.then(|| "*".to_owned());
-        star.into_iter().chain(self.names.iter().cloned()).collect()
+    /// The debug view: `*` first for a wildcard, then the names.
+    pub fn describe(&self) -> Vec<String> {
+        self.listed().map(str::to_owned).collect()
     }
+
+    fn listed(&self) -> impl Iterator<Item = &str> {
+        let star = self.wildcard.then_some("*");
+        star.into_iter()
+            .chain(self.names.iter().map(String::as_str))
+    }
+}
+
+/// Compares with the debug view's list (`*` first for a wildcard, then the names).
+impl<S: AsRef<str>> PartialEq<Vec<S>> for Subscription {
+    fn eq(&self, other: &Vec<S>) -> bool {
+        self.listed().eq(other.iter().map(AsRef::as_ref))
+    }
+}
+
+/// Frames the `DiscoveryResponse` of `entries` straight from the shared packed resources:
+/// building the message would copy every resource (a full CDS answer) once more per proxy.
+/// Field numbers and order are `DiscoveryResponse`'s (`version_info` 1, `resources` 2,
+/// `type_url` 4, `nonce` 5); the unit test compares the bytes with prost's own encoding.
+fn encode_response(
+    version: &str,
+    entries: &[Arc<Entry>],
+    type_url: &str,
+    nonce: &str,
+) -> Result<Bytes, Status> {
+    use prost::encoding::{encoded_len_varint, key_len, message};
+    let string_len = |tag: u32, s: &str| {
+        if s.is_empty() {
+            0
+        } else {
+            key_len(tag) + encoded_len_varint(s.len() as u64) + s.len()
+        }
+    };
+    let len = entries
+        .iter()
+        .map(|e| message::encoded_len(2, &e.resource))
+        .sum::<usize>()
+        + string_len(1, version)
+        + string_len(4, type_url)
+        + string_len(5, nonce);
+    framing::frame(len, |buf| {
+        let put = |buf: &mut Vec<u8>, tag: u32, s: &str| {
+            if !s.is_empty() {
+                prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, buf);
+                prost::encoding::encode_varint(s.len() as u64, buf);
+                buf.extend_from_slice(s.as_bytes());
+            }
+        };
+        put(buf, 1, version);
+        for e in entries {
+            message::encode(2, &e.resource, buf);
+        }
+        put(buf, 4, type_url);
+        put(buf, 5, nonce);
+    })
 }
 
 /// What one stream tracks of one resource type.
@@ -111,9 +169,9 @@ impl Variant for Sotw {
             }
             conn.session.ack(ty, &request.version_info);
         }
-        let subscription = Subscription::from_request(ty, &request.resource_names);
+        let subscription = Subscription::from_request(ty, request.resource_names);
         if nonce.is_empty() || subscription != state.subscription {
-            conn.session.subscribed(ty, subscription.describe());
+            conn.session.subscribed(ty, subscription.clone());
             state.subscription = subscription;
             state.must_answer = true;
             Self::respond(conn, ty).await?;
@@ -140,13 +198,55 @@ impl Variant for Sotw {
         conn.session.sent(ty, &version, &nonce);
         state.sent = Some((version.clone(), nonce.clone()));
         state.must_answer = false;
-        let response = DiscoveryResponse {
-            version_info: version,
-            resources: entries.iter().map(|e| e.resource.clone()).collect(),
-            type_url: ty.type_url().to_owned(),
-            nonce,
-            ..Default::default()
-        };
-        conn.tx.send(Ok(response)).await.map_err(|_| Closed)
+        let framed = encode_response(&version, &entries, ty.type_url(), &nonce);
+        conn.send(framed).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+    use crate::xds::Resources;
+    use crate::xds::cache::Snapshot;
+    use xds_proto::envoy::config::cluster::v3::Cluster;
+
+    #[test]
+    fn responses_are_encoded_as_prost_encodes_them() {
+        let clusters = (0..40)
+            .map(|i| Cluster {
+                name: format!("outbound|80||service-{i}.default.svc.cluster.local"),
+                alt_stat_name: "x".repeat(i * 20),
+                ..Default::default()
+            })
+            .collect();
+        let snapshot = Snapshot::build(
+            Resources {
+                clusters,
+                ..Default::default()
+            },
+            None,
+        );
+        let entries: Vec<_> = snapshot
+            .resources(ResourceType::Cluster)
+            .values()
+            .cloned()
+            .collect();
+        for (version, nonce) in [("0123456789abcdef", "3-17"), ("", "")] {
+            let expected = DiscoveryResponse {
+                version_info: version.into(),
+                resources: entries.iter().map(|e| e.resource.clone()).collect(),
+                type_url: ResourceType::Cluster.type_url().into(),
+                nonce: nonce.into(),
+                ..Default::default()
+            };
+            let framed =
+                encode_response(version, &entries, ResourceType::Cluster.type_url(), nonce)
+                    .unwrap();
+            assert_eq!(framed, framing::encode(&expected).unwrap());
+            let decoded = DiscoveryResponse::decode(&framed[framing::PREFIX_LEN..]).unwrap();
+            assert_eq!(decoded, expected);
+        }
     }
 }

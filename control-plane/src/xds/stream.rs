@@ -10,12 +10,14 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 use xds_proto::envoy::config::core::v3::Node;
 
 use super::cache::ResourceType;
 use super::connection::{Protocol, Session};
+use super::framing::Outgoing;
 use super::server::Shared;
 
 /// The proxy went away; the connection task ends.
@@ -55,15 +57,30 @@ pub(crate) struct Connection<V: Variant> {
     pub(crate) session: Session,
     /// Per type the proxy asked for.
     pub(crate) types: BTreeMap<ResourceType, V::TypeState>,
-    /// The response stream.
-    pub(crate) tx: mpsc::Sender<Result<V::Response, Status>>,
+    /// The response stream: framed messages.
+    pub(crate) tx: mpsc::Sender<Outgoing>,
+}
+
+impl<V: Variant> Connection<V> {
+    /// Queues a framed response on the response stream; a response that could not be framed
+    /// ends the stream with its status.
+    pub(crate) async fn send(&self, framed: Result<Bytes, Status>) -> Result<(), Closed> {
+        match framed {
+            Ok(message) => self.tx.send(Ok(message)).await.map_err(|_| Closed),
+            Err(status) => {
+                tracing::error!(connection = self.session.id(), error = %status, "response cannot be encoded; stream ended");
+                let _ = self.tx.send(Err(status)).await;
+                Err(Closed)
+            }
+        }
+    }
 }
 
 /// Drives one stream until the proxy or the server goes away.
 pub(crate) async fn run<V: Variant>(
     shared: Arc<Shared>,
     mut requests: Streaming<V::Request>,
-    tx: mpsc::Sender<Result<V::Response, Status>>,
+    tx: mpsc::Sender<Outgoing>,
     peer: Option<SocketAddr>,
 ) {
     let first = match requests.message().await {

@@ -69,6 +69,7 @@ pub fn service(name: &str, ns: &str, endpoints: &[&str]) -> Service {
         }],
         resolution: Resolution::Static,
         mesh_external: false,
+        export_to: Vec::new(),
         endpoints: endpoints
             .iter()
             .map(|ip| Endpoint {
@@ -186,6 +187,7 @@ impl Harness {
                 quiet: Duration::from_millis(20),
                 max_delay: Duration::from_millis(200),
             },
+            mesh: Default::default(),
         };
         let running = app::start(&options, sources, Arc::new(generate))
             .await

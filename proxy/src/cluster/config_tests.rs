@@ -339,3 +339,21 @@ fn out_of_range_durations_from_the_wire_are_refused() {
     let err = ClusterConfig::try_from(&proto).unwrap_err();
     assert_eq!(err.field, "connect_timeout");
 }
+
+#[test]
+fn retry_budget_interval_is_accepted_as_istio_sends_it() {
+    let c = parse(
+        "name: a\ntype: STATIC\ncircuit_breakers: { thresholds: [{ retry_budget: { budget_percent: { value: 25 }, min_retry_concurrency: 5, budget_interval: 0.5s } }] }",
+    )
+    .unwrap();
+    let budget = c.circuit_breakers.thresholds[0].retry_budget.unwrap();
+    assert_eq!(budget.percent, 25.0);
+    assert_eq!(budget.min_concurrency, 5);
+    assert_eq!(budget.interval, Duration::from_millis(500));
+    assert_eq!(
+        refused_field(
+            "name: a\ntype: STATIC\ncircuit_breakers: { thresholds: [{ retry_budget: { budget_interval: -1s } }] }"
+        ),
+        "circuit_breakers.thresholds[0].retry_budget.budget_interval"
+    );
+}

@@ -3,9 +3,13 @@
 //! A `Host` is identity plus long-lived state; what an EDS update may change without
 //! disturbing that state (weight, health, locality, priority) lives beside it in the cluster's
 //! host set, so a host that stays across updates keeps its warm connections and counters.
+//!
+//! The connection pool is made on the host's first request: a sidecar learns every endpoint of
+//! the mesh but talks to few of them, and an unused pool per endpoint would cost more memory
+//! than the rest of the host.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::net::TcpStream;
 
@@ -25,11 +29,12 @@ pub struct Host {
     settings: Arc<PoolSettings>,
     stats: Arc<HostStats>,
     cluster_stats: Arc<ClusterStats>,
-    pool: Pool,
+    /// Made on first use (see the module doc).
+    pool: OnceLock<Pool>,
 }
 
 impl Host {
-    /// A host at `address`; connections are opened on first use.
+    /// A host at `address`; its pool and connections are made on first use.
     pub fn new(
         address: SocketAddr,
         hostname: String,
@@ -37,24 +42,28 @@ impl Host {
         settings: Arc<PoolSettings>,
         cluster_stats: Arc<ClusterStats>,
     ) -> Self {
-        let stats = Arc::new(HostStats::default());
-        let pool = Pool::new(
-            address,
-            settings.clone(),
-            PoolStats {
-                cluster: cluster_stats.clone(),
-                host: stats.clone(),
-            },
-        );
         Self {
             address,
             hostname,
             transport,
             settings,
-            stats,
+            stats: Arc::new(HostStats::default()),
             cluster_stats,
-            pool,
+            pool: OnceLock::new(),
         }
+    }
+
+    fn pool(&self) -> &Pool {
+        self.pool.get_or_init(|| {
+            Pool::new(
+                self.address,
+                self.settings.clone(),
+                PoolStats {
+                    cluster: self.cluster_stats.clone(),
+                    host: self.stats.clone(),
+                },
+            )
+        })
     }
 
     /// The host's address.
@@ -89,7 +98,7 @@ impl Host {
 
     /// Idle HTTP/1.1 and open HTTP/2 connections.
     pub fn connections(&self) -> (usize, usize) {
-        self.pool.connections()
+        self.pool.get().map_or((0, 0), Pool::connections)
     }
 
     /// Sends a request over this host's pool (HTTP/1.1 or HTTP/2 per the cluster's protocol
@@ -117,7 +126,7 @@ impl Host {
         self.check_transport()?;
         self.stats.rq_total.inc();
         self.cluster_stats.upstream_rq_total.inc();
-        let result = self.pool.send(request, breaker).await;
+        let result = self.pool().send(request, breaker).await;
         if result.is_err() {
             self.stats.rq_error.inc();
         }
@@ -161,5 +170,33 @@ impl ActiveRequest {
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
         self.0.rq_active.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Store;
+
+    #[tokio::test]
+    async fn the_pool_is_made_on_the_first_request() {
+        // Nothing listens on port 9 of 127.0.0.1 (discard): the request fails fast, and only
+        // whether the pool exists matters here.
+        let host = Host::new(
+            SocketAddr::from(([127, 0, 0, 1], 9)),
+            String::new(),
+            TransportSocket::Plaintext,
+            Arc::new(PoolSettings::default()),
+            ClusterStats::new(&Store::default(), "lazy"),
+        );
+        assert!(host.pool.get().is_none(), "no pool before any request");
+        assert_eq!(host.connections(), (0, 0));
+        let request = http::Request::builder()
+            .uri("http://lazy/")
+            .body(crate::body::empty())
+            .unwrap();
+        let _ = host.send(request).await;
+        assert!(host.pool.get().is_some(), "the first request made the pool");
+        assert_eq!(host.stats().rq_total.get(), 1);
     }
 }

@@ -403,7 +403,7 @@ async fn in_flight_requests_finish_when_their_cluster_is_removed() {
         String::new(),
         crate::cluster::TransportSocket::Plaintext,
         Arc::default(),
-        Arc::new(ClusterStats::new(&Store::default(), "other")),
+        ClusterStats::new(&Store::default(), "other"),
     );
     assert_eq!(other.send(wait()).await.unwrap().status(), 200);
     assert_eq!(in_flight.await.unwrap().unwrap(), 200);

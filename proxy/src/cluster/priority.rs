@@ -85,9 +85,12 @@ impl HostSet {
         locality_weighted: bool,
     ) -> Self {
         entries.sort_by_key(|e| e.priority);
-        let mut levels = Vec::new();
-        let mut health = Vec::new();
-        let mut counts = Vec::new();
+        // Kept for the set's lifetime, one set per cluster: sized exactly, not by growth.
+        entries.shrink_to_fit();
+        let level_count = entries.chunk_by(|a, b| a.priority == b.priority).count();
+        let mut levels = Vec::with_capacity(level_count);
+        let mut health = Vec::with_capacity(level_count);
+        let mut counts = Vec::with_capacity(level_count);
         for group in entries.chunk_by(|a, b| a.priority == b.priority) {
             let total = group.len() as u64;
             let healthy_count = group.iter().filter(|e| e.health.is_healthy()).count() as u64;

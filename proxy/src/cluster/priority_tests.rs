@@ -10,7 +10,7 @@ use crate::cluster::transport::TransportSocket;
 use crate::stats::Store;
 
 fn entry(ip: u8, priority: u32, health: HealthStatus) -> HostEntry {
-    let stats = Arc::new(ClusterStats::new(&Store::default(), "t"));
+    let stats = ClusterStats::new(&Store::default(), "t");
     HostEntry {
         host: Arc::new(Host::new(
             SocketAddr::from(([10, 0, 0, ip], 80)),

@@ -19,6 +19,7 @@ use xds_proto::google::protobuf::UInt32Value;
 
 use super::InvalidCluster;
 use super::config::duration;
+use crate::retry::RetryBudget;
 
 /// `circuit_breakers`, all of it enforced (see the module doc).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -42,8 +43,9 @@ pub struct Thresholds {
     pub max_requests: u32,
     /// `max_retries` (default 3).
     pub max_retries: u32,
-    /// `retry_budget`: (budget percent, default 20; min retry concurrency, default 3).
-    pub retry_budget: Option<(f64, u32)>,
+    /// `retry_budget` (budget percent, default 20; min retry concurrency, default 3; budget
+    /// interval, default 0).
+    pub retry_budget: Option<RetryBudget>,
 }
 
 impl Thresholds {
@@ -84,15 +86,17 @@ impl CircuitBreakers {
                             "must be between 0 and 100",
                         ));
                     }
-                    if b.budget_interval.is_some() {
-                        return Err(InvalidCluster::not_implemented(
-                            name,
-                            format!(
-                                "circuit_breakers.thresholds[{i}].retry_budget.budget_interval"
-                            ),
-                        ));
-                    }
-                    Some((percent, or(b.min_retry_concurrency, 3)))
+                    let field =
+                        format!("circuit_breakers.thresholds[{i}].retry_budget.budget_interval");
+                    let interval = match &b.budget_interval {
+                        None => Duration::ZERO,
+                        Some(d) => duration(name, &field, d)?,
+                    };
+                    Some(RetryBudget {
+                        percent,
+                        min_concurrency: or(b.min_retry_concurrency, 3),
+                        interval,
+                    })
                 }
             };
             let default = Thresholds::envoy_default(t.priority == 1);

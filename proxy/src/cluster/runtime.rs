@@ -78,7 +78,7 @@ impl Cluster {
         donors: Vec<Arc<Host>>,
     ) -> Self {
         let settings = Arc::new(config.pool.clone());
-        let stats = Arc::new(ClusterStats::new(store, &config.stat_name));
+        let stats = ClusterStats::new(store, &config.stat_name);
         let original_dst = matches!(config.discovery, Discovery::OriginalDst { .. }).then(|| {
             let transport = config.transport.for_endpoint(&BTreeMap::new());
             OriginalDstHosts::new(settings.clone(), transport, stats.clone())

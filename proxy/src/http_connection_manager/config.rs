@@ -60,6 +60,9 @@ pub struct HttpConnectionManagerConfig {
     /// `drain_timeout` (Envoy's default 5s): how long a retired HTTP/1.1 connection may stay
     /// idle before it is closed.
     pub drain_timeout: std::time::Duration,
+    /// `tracing`: spans are created, propagated and reported (by its provider, else the
+    /// bootstrap's).
+    pub tracing: Option<Arc<crate::tracers::TracingConfig>>,
 }
 
 /// Envoy's `server_header_transformation`.
@@ -92,7 +95,13 @@ impl HttpConnectionManagerConfig {
                 Ok(())
             }
         };
-        refuse_if(h.tracing.is_some(), "tracing")?;
+        let tracing = match &h.tracing {
+            Some(t) => Some(Arc::new(
+                crate::tracers::TracingConfig::from_proto(t)
+                    .map_err(|e| Invalid::new(f(&format!("tracing.{}", e.field)), e.reason))?,
+            )),
+            None => None,
+        };
         refuse_if(!h.access_log.is_empty(), "access_log")?;
         refuse_if(h.add_user_agent.is_some_and(|b| b.value), "add_user_agent")?;
         refuse_if(h.http3_protocol_options.is_some(), "http3_protocol_options")?;
@@ -217,6 +226,7 @@ impl HttpConnectionManagerConfig {
         };
         Ok(Self {
             drain_timeout,
+            tracing,
             stat_prefix: h.stat_prefix.clone(),
             codec,
             route,

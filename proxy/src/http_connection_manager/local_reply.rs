@@ -20,7 +20,7 @@ pub fn local_reply(
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
     if let Some(flag) = flag {
-        response.extensions_mut().insert(flag);
+        crate::error::ResponseFlags::add_to(response.extensions_mut(), flag);
     }
     response
 }

@@ -49,6 +49,10 @@ pub struct Downstream {
     /// The listener's `per_connection_buffer_limit_bytes` (default 1 MiB): the request body
     /// replay limit for routes that set none.
     pub buffer_limit: u64,
+    /// The proxy's tracer (node identity, span reporters).
+    pub tracer: Arc<crate::tracers::Tracer>,
+    /// The listener's `traffic_direction` is OUTBOUND: spans are CLIENT spans.
+    pub outbound: bool,
 }
 
 /// Envoy's HTTP connection manager counters (`http.<stat_prefix>.downstream_rq_*`).
@@ -56,15 +60,23 @@ pub struct Downstream {
 pub struct HcmStats {
     rq_total: Arc<Counter>,
     rq_class: [Arc<Counter>; 5],
+    /// Only for HCMs that trace: the lookups cost a lock per connection.
+    tracing: Option<crate::tracers::TracingStats>,
 }
 
 impl HcmStats {
-    /// Looks the counters up (takes the store's lock; do it per connection, not per request).
-    pub fn new(store: &Store, stat_prefix: &str) -> Self {
+    /// Looks the counters up (takes the store's lock; do it per connection, not per request);
+    /// the `tracing.*` ones when the HCM traces.
+    pub fn new(store: &Store, hcm: &HttpConnectionManagerConfig) -> Self {
+        let stat_prefix = hcm.stat_prefix.as_str();
         let name = |suffix: &str| format!("http.{stat_prefix}.downstream_rq_{suffix}");
         Self {
             rq_total: store.counter(name("total")),
             rq_class: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| store.counter(name(c))),
+            tracing: hcm
+                .tracing
+                .is_some()
+                .then(|| crate::tracers::TracingStats::new(store, stat_prefix)),
         }
     }
 
@@ -113,9 +125,7 @@ pub async fn serve(
         HcmSelector::ByAuthorityPort => drain::DRAIN_TIMEOUT,
     };
     let stats = match &selector {
-        HcmSelector::Fixed(hcm) => {
-            Some(Arc::new(HcmStats::new(&downstream.stats, &hcm.stat_prefix)))
-        }
+        HcmSelector::Fixed(hcm) => Some(Arc::new(HcmStats::new(&downstream.stats, hcm))),
         HcmSelector::ByAuthorityPort => None,
     };
     let downstream = Arc::new(downstream);
@@ -209,20 +219,15 @@ pub async fn handle(
     // Kept for the debug line only; not copied per request when it is off.
     let logged = tracing::enabled!(tracing::Level::DEBUG)
         .then(|| (req.method().clone(), req.uri().path().to_owned()));
-    let (response, hcm) = handle_inner(req, downstream, selector, store).await;
-    match (stats, &hcm) {
+    let (response, per_request) = handle_inner(req, downstream, selector, store, stats).await;
+    match (stats, per_request) {
         (Some(stats), _) => stats.record(response.status()),
-        (None, Some(hcm)) => {
-            HcmStats::new(&downstream.stats, &hcm.stat_prefix).record(response.status());
-        }
+        (None, Some(stats)) => stats.record(response.status()),
         (None, None) => {}
     }
     if let Some((method, path)) = logged {
-        let flag = response
-            .extensions()
-            .get::<ResponseFlag>()
-            .map_or("-", |f| f.code());
-        tracing::debug!(%method, path, status = response.status().as_u16(), response_flags = flag, "request done");
+        let flags = crate::error::ResponseFlags::of(response.extensions());
+        tracing::debug!(%method, path, status = response.status().as_u16(), response_flags = %flags, "request done");
     }
     response
 }
@@ -232,7 +237,8 @@ async fn handle_inner(
     downstream: &Downstream,
     selector: &HcmSelector,
     store: &ConfigStore,
-) -> (Response<Body>, Option<Arc<HttpConnectionManagerConfig>>) {
+    stats: Option<&HcmStats>,
+) -> (Response<Body>, Option<HcmStats>) {
     let no_route = || local_reply(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NoRouteFound));
     let snapshot = store.load();
     if req.method() == http::Method::CONNECT {
@@ -245,19 +251,68 @@ async fn handle_inner(
             None => return (no_route(), None),
         },
     };
+    // The connection's counters, or (HCM chosen per request) this request's own.
+    let per_request = match stats {
+        Some(_) => None,
+        None => Some(HcmStats::new(&downstream.stats, &hcm)),
+    };
+    let stats = stats.or(per_request.as_ref());
     let table = match &hcm.route {
         RouteSource::Static(table) => table.clone(),
         RouteSource::Rds(name) => match snapshot.resources.routes.get(name) {
             Some(table) => table.clone(),
-            None => return (no_route(), Some(hcm)),
+            None => return (no_route(), per_request),
         },
     };
     let (mut parts, body) = req.into_parts();
+    // Read before `prepare_request` strips `x-envoy-*` headers.
+    let force_trace = hcm.tracing.is_some()
+        && parts.headers.contains_key("x-envoy-force-trace")
+        && is_internal_request(&hcm, downstream, &parts.headers);
     prepare_request(&hcm, &table, downstream, &mut parts);
+    let span = match (&hcm.tracing, stats.and_then(|s| s.tracing.as_ref())) {
+        (Some(tracing), Some(tracing_stats)) => {
+            let authority = authority(&parts).to_owned();
+            let info = crate::tracers::RequestInfo {
+                kind: if downstream.outbound {
+                    crate::tracers::Kind::Client
+                } else {
+                    crate::tracers::Kind::Server
+                },
+                peer: downstream.peer,
+                local: downstream.local,
+                force: force_trace,
+                authority: &authority,
+            };
+            downstream
+                .tracer
+                .start(tracing, tracing_stats, info, &mut parts)
+        }
+        _ => None,
+    };
     let request_id = parts.headers.get(X_REQUEST_ID).cloned();
     let mut response = route_request(&snapshot, &hcm, &table, downstream, parts, body).await;
     finish_response(&hcm, request_id, &mut response);
-    (response, Some(hcm))
+    if let (Some(span), Some(tracing)) = (span, &hcm.tracing) {
+        let flag = response
+            .extensions()
+            .get::<ResponseFlag>()
+            .map_or("-", |f| f.code());
+        let status = response.status();
+        if span.sampled() {
+            // The span ends with the body, as Envoy's ends at stream completion.
+            let tracer = downstream.tracer.clone();
+            let tracing = tracing.clone();
+            response = response.map(|body| {
+                crate::body::boxed(crate::tracers::TracedBody::new(
+                    body, tracer, tracing, span, status, flag,
+                ))
+            });
+        } else {
+            downstream.tracer.finish(tracing, span, status, flag, None);
+        }
+    }
+    (response, per_request)
 }
 
 async fn route_request(
@@ -292,6 +347,12 @@ async fn route_request(
         return local_reply(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NoRouteFound));
     };
     let route = selected.route;
+    if let (Some(slot), Some(operation)) = (
+        parts.extensions.get::<Arc<crate::tracers::SpanSlot>>(),
+        &route.decorator,
+    ) {
+        let _ = slot.operation.set(operation.clone());
+    }
     let span = tracing::debug_span!(
         "req",
         route = route.name.as_str(),

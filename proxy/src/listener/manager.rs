@@ -4,10 +4,11 @@
 //! were removed or moved: they stop accepting while their connections finish gracefully.
 //!
 //! Like Envoy, an updated or removed listener also drains the connections it already accepted,
-//! so clients move to the new config (see [`crate::http_connection_manager::drain`]). Each
-//! listener config in force is a *generation*; a connection holds the generation of the listener
-//! that serves it (after the original-destination hand-off) and is retired when that
-//! generation ends. Generations are compared by value, so a listener re-sent unchanged by the
+//! so clients move to the new config (see [`crate::http_connection_manager::drain`]); a
+//! `tcp_proxy` connection, which cannot be asked to move, is closed when the drain time ends
+//! (see [`crate::tcp_proxy`]). Each listener config in force is a *generation*; a connection
+//! holds the generation of the listener that serves it (after the original-destination hand-off)
+//! and is retired when that generation ends. Generations are compared by value, so a listener re-sent unchanged by the
 //! control plane drains nothing.
 //!
 //! Each connection is dispatched here: original destination recovery for capture listeners,
@@ -15,8 +16,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
@@ -60,13 +62,19 @@ impl Drop for ConnectionGuard {
 pub struct ListenerManager {
     store: Arc<ConfigStore>,
     stats: Arc<Store>,
+    tracer: Arc<crate::tracers::Tracer>,
     active: Mutex<HashMap<String, Active>>,
     /// Every listener's generation, bound or not (by name).
     generations: Mutex<HashMap<String, Generation>>,
     connections: Arc<Connections>,
     /// Turns true to drain every connection (shutdown, `/drain_listeners`).
     drain: watch::Sender<bool>,
+    /// How long a drained `tcp_proxy` connection lives on, in milliseconds (`--drain-time`).
+    drain_time_ms: AtomicU64,
 }
+
+/// ferry-proxy's default `--drain-time`.
+pub const DEFAULT_DRAIN_TIME: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for ListenerManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -77,14 +85,42 @@ impl std::fmt::Debug for ListenerManager {
 impl ListenerManager {
     /// A manager serving the listeners of `store`'s snapshots.
     pub fn new(store: Arc<ConfigStore>, stats: Arc<Store>) -> Arc<Self> {
+        Self::with_node(store, stats, crate::tracers::LocalNode::default(), None)
+    }
+
+    /// [`Self::new`] for a proxy whose spans carry `node`'s identity, with the bootstrap's
+    /// tracer (`tracing.http`) for HCMs whose `tracing` names no provider.
+    pub fn with_node(
+        store: Arc<ConfigStore>,
+        stats: Arc<Store>,
+        node: crate::tracers::LocalNode,
+        default_tracer: Option<Arc<crate::tracers::Provider>>,
+    ) -> Arc<Self> {
+        let tracer = crate::tracers::Tracer::new(node, Arc::downgrade(&store), stats.clone())
+            .with_default_provider(default_tracer);
         Arc::new(Self {
+            tracer: Arc::new(tracer),
             store,
             stats,
             active: Mutex::new(HashMap::new()),
             generations: Mutex::new(HashMap::new()),
             connections: Arc::default(),
             drain: watch::Sender::new(false),
+            drain_time_ms: AtomicU64::new(DEFAULT_DRAIN_TIME.as_millis() as u64),
         })
+    }
+
+    /// Sets the drain time (Envoy's `--drain-time-s`): how long the `tcp_proxy` connections of
+    /// an updated or removed listener, or of a draining proxy, live on before they are closed.
+    /// Read when a connection's drain starts.
+    pub fn set_drain_time(&self, drain_time: Duration) {
+        let ms = u64::try_from(drain_time.as_millis()).unwrap_or(u64::MAX);
+        self.drain_time_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The drain time in force.
+    pub fn drain_time(&self) -> Duration {
+        Duration::from_millis(self.drain_time_ms.load(Ordering::Relaxed))
     }
 
     fn active(&self) -> std::sync::MutexGuard<'_, HashMap<String, Active>> {
@@ -351,6 +387,8 @@ impl ListenerManager {
             original_dst,
             listener: Arc::from(listener.name.as_str()),
             stats: self.stats.clone(),
+            tracer: self.tracer.clone(),
+            outbound: listener.outbound,
             buffer_limit: listener
                 .per_connection_buffer_limit
                 .map_or(crate::retry::replay::DEFAULT_LIMIT, u64::from),
@@ -374,7 +412,9 @@ impl ListenerManager {
             }
             Some(NetworkFilter::Tcp(config)) => {
                 let config = config.clone();
-                crate::tcp_proxy::proxy(&config, snapshot, stream, peer, original_dst).await;
+                let deadline = crate::tcp_proxy::drain_deadline(drain, || self.drain_time());
+                crate::tcp_proxy::proxy(&config, snapshot, stream, peer, original_dst, deadline)
+                    .await;
             }
             None => {
                 tracing::debug!(

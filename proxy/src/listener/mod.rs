@@ -57,6 +57,9 @@ pub struct Listener {
     /// `per_connection_buffer_limit_bytes` (Envoy default 1 MiB): bounds how much of a request
     /// body the router keeps for retries when the route sets no limit of its own.
     pub per_connection_buffer_limit: Option<u32>,
+    /// `traffic_direction == OUTBOUND`: its HTTP spans are CLIENT spans (egress), else SERVER
+    /// spans (ingress), as Envoy decides.
+    pub outbound: bool,
 }
 
 impl Listener {
@@ -241,6 +244,7 @@ fn build(l: &listener_pb::Listener) -> Result<Listener, Invalid> {
         tls_inspector,
         http_inspector,
         per_connection_buffer_limit: l.per_connection_buffer_limit_bytes.map(|v| v.value),
+        outbound: l.traffic_direction == 2,
     })
 }
 

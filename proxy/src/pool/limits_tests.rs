@@ -231,7 +231,7 @@ async fn upstream_connections_carry_the_configured_tcp_keepalive() {
         ..PoolSettings::default()
     };
     let stats = PoolStats {
-        cluster: Arc::new(ClusterStats::new(&Store::default(), "ka")),
+        cluster: ClusterStats::new(&Store::default(), "ka"),
         host: Arc::default(),
     };
     let (stream, _accepted) = tokio::join!(connect(addr, &settings, &stats), listener.accept());

@@ -115,7 +115,7 @@ async fn handle(
 }
 
 fn host(addr: SocketAddr, settings: PoolSettings) -> (Host, Arc<ClusterStats>) {
-    let stats = Arc::new(ClusterStats::new(&Store::default(), "test"));
+    let stats = ClusterStats::new(&Store::default(), "test");
     let host = Host::new(
         addr,
         String::new(),
@@ -428,7 +428,7 @@ async fn upgrades_pass_through() {
 #[tokio::test]
 async fn tls_endpoints_fail_clearly_without_connecting() {
     let up = upstream(false, 1).await;
-    let stats = Arc::new(ClusterStats::new(&Store::default(), "tls"));
+    let stats = ClusterStats::new(&Store::default(), "tls");
     let host = Host::new(
         up.addr,
         String::new(),

@@ -23,7 +23,7 @@ use crate::body::Body;
 use crate::circuit_breaker::CircuitBreaker;
 use crate::cluster::UpstreamError;
 use crate::cluster::stats::RetryStats;
-use crate::error::ResponseFlag;
+use crate::error::{ResponseFlag, ResponseFlags};
 use crate::http_connection_manager::local_reply;
 use crate::outlier;
 
@@ -97,7 +97,7 @@ pub fn failure_reply(error: &UpstreamError) -> Response<Body> {
     local_reply(StatusCode::SERVICE_UNAVAILABLE, body, Some(flag))
 }
 
-fn count(counter: Option<&Arc<crate::stats::Counter>>) {
+fn count(counter: Option<&crate::stats::Counter>) {
     if let Some(c) = counter {
         c.inc();
     }
@@ -153,7 +153,7 @@ where
                 if let Some(d) = upstream.outlier {
                     d.record(host, outlier::Outcome::Timeout);
                 }
-                count(stats.map(|s| &s.timeout));
+                count(stats.map(|s| &*s.timeout));
                 return Err(timeout_reply());
             }
             () = per_try_timer => Got::PerTryTimeout,
@@ -185,7 +185,7 @@ where
                 tokio::select! {
                     biased;
                     () = &mut route => {
-                        count(stats.map(|s| &s.timeout));
+                        count(stats.map(|s| &*s.timeout));
                         return Err(timeout_reply());
                     }
                     () = tokio::time::sleep(backoff) => continue,
@@ -201,11 +201,11 @@ where
             Got::Error(error) => Err(failure_reply(&error)),
             Got::PerTryTimeout => Err(timeout_reply()),
         };
-        // A response keeps one flag: the retry verdict (URX/UO) wins over UF/UC/UT, which the
-        // verdict implies.
+        // The retry verdict (URX/UO) joins the last attempt's flag (UF/UC/UT): Envoy logs
+        // `UF,URX`, `UT,URX`.
         if let Some(flag) = decision.response_flag() {
             let (Ok(r) | Err(r)) = &mut reply;
-            r.extensions_mut().insert(flag);
+            ResponseFlags::add_to(r.extensions_mut(), flag);
         }
         return reply;
     }

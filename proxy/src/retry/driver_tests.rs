@@ -101,8 +101,9 @@ fn previous_hosts(p: &mut route_pb::RetryPolicy) {
     p.host_selection_retry_max_attempts = 5;
 }
 
-fn flag(r: &Response<Body>) -> Option<ResponseFlag> {
-    r.extensions().get::<ResponseFlag>().copied()
+/// The response's flags as Envoy prints them (`-`, `UF`, `UF,URX`).
+fn flag(r: &Response<Body>) -> String {
+    ResponseFlags::of(r.extensions()).to_string()
 }
 
 async fn request(
@@ -141,7 +142,7 @@ async fn retries_move_to_other_hosts_until_one_succeeds() {
     let p = policy("5xx", 2, previous_hosts);
     let r = request(&up, Some(&p), None, None, None).await;
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(flag(&r), None);
+    assert_eq!(flag(&r), "-");
     assert_eq!(
         up.attempts(),
         vec![(1, up.addr(0)), (2, up.addr(1)), (3, up.addr(2))]
@@ -154,7 +155,7 @@ async fn always_503_exhausts_retries_with_urx() {
     let p = policy("gateway-error", 2, |_| {});
     let r = request(&up, Some(&p), None, None, None).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(flag(&r), Some(ResponseFlag::UpstreamRetryLimitExceeded));
+    assert_eq!(flag(&r), "URX");
     assert_eq!(up.attempts().len(), 3);
 }
 
@@ -163,13 +164,13 @@ async fn no_policy_passes_the_first_answer_through() {
     let up = Upstreams::new(&[Behaviour::Status(503), Behaviour::Status(200)]);
     let r = request(&up, None, None, None, None).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(flag(&r), None);
+    assert_eq!(flag(&r), "-");
     assert_eq!(up.attempts().len(), 1);
 
     let up = Upstreams::new(&[Behaviour::Refuse]);
     let r = request(&up, None, None, None, None).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(flag(&r), Some(ResponseFlag::UpstreamConnectionFailure));
+    assert_eq!(flag(&r), "UF");
 }
 
 #[tokio::test(start_paused = true)]
@@ -197,7 +198,7 @@ async fn route_timeout_ends_a_hanging_request_with_ut() {
     let start = Instant::now();
     let r = request(&up, Some(&p), Some(Duration::from_secs(3)), None, None).await;
     assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(flag(&r), Some(ResponseFlag::UpstreamRequestTimeout));
+    assert_eq!(flag(&r), "UT");
     assert_eq!(start.elapsed(), Duration::from_secs(3));
     assert_eq!(up.attempts().len(), 1, "the route timeout is not retried");
 }
@@ -208,7 +209,7 @@ async fn resets_follow_the_conditions() {
     let p = policy("connect-failure", 3, previous_hosts);
     let r = request(&up, Some(&p), None, None, None).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(flag(&r), Some(ResponseFlag::UpstreamConnectionTermination));
+    assert_eq!(flag(&r), "UC");
     let up = Upstreams::new(&[Behaviour::Reset, Behaviour::Status(200)]);
     let p = policy("reset", 3, previous_hosts);
     let r = request(&up, Some(&p), None, None, None).await;
@@ -220,7 +221,7 @@ async fn no_host_is_503_uh() {
     let up = Upstreams::new(&[]);
     let r = request(&up, None, None, None, None).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(flag(&r), Some(ResponseFlag::NoHealthyUpstream));
+    assert_eq!(flag(&r), "UH");
 }
 
 #[tokio::test(start_paused = true)]
@@ -251,7 +252,7 @@ async fn retry_storm_stays_within_the_default_budget() {
             .expect("request admitted");
         breaker.record_request();
         let r = request(&up, Some(&p), None, Some(&breaker), None).await;
-        if flag(&r) == Some(ResponseFlag::UpstreamOverflow) {
+        if ResponseFlags::of(r.extensions()).contains(ResponseFlag::UpstreamOverflow) {
             overflowed += 1;
         }
     }
@@ -302,7 +303,7 @@ async fn a_body_that_cannot_be_replayed_is_not_retried() {
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         flag(&r),
-        None,
+        "-",
         "no URX: retries were disabled, not exhausted"
     );
     assert_eq!(up.attempts().len(), 1);
@@ -333,6 +334,28 @@ async fn the_route_timeout_starts_when_the_request_is_complete() {
     .await
     .expect_err("a local reply");
     assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(flag(&r), Some(ResponseFlag::UpstreamRequestTimeout));
+    assert_eq!(flag(&r), "UT");
     assert_eq!(start.elapsed(), Duration::from_secs(6));
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhausted_retries_keep_the_last_attempts_flag_as_envoy_does() {
+    let up = Upstreams::new(&[Behaviour::Refuse, Behaviour::Refuse, Behaviour::Refuse]);
+    let p = policy("connect-failure", 2, previous_hosts);
+    let r = request(&up, Some(&p), None, None, None).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(flag(&r), "UF,URX");
+    assert_eq!(up.attempts().len(), 3);
+
+    let up = Upstreams::new(&[Behaviour::Hang, Behaviour::Hang]);
+    let p = policy("5xx", 1, |p| {
+        previous_hosts(p);
+        p.per_try_timeout = Some(PbDuration {
+            seconds: 1,
+            nanos: 0,
+        });
+    });
+    let r = request(&up, Some(&p), Some(Duration::from_secs(10)), None, None).await;
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(flag(&r), "UT,URX");
 }

@@ -21,7 +21,7 @@ pub mod policy;
 pub mod replay;
 
 pub use backoff::Backoff;
-pub use budget::{RatioBudget, RetryBudget};
+pub use budget::{RatioBudget, RecentRequests, RetryBudget};
 pub use decision::{Decision, FailureKind, HeaderOverrides, Outcome, RetryState};
 pub use policy::{RetryOn, RetryPolicy};
 pub use replay::Replay;

@@ -53,6 +53,9 @@ pub struct Route {
     pub fault: Option<crate::fault::Fault>,
     /// `per_request_buffer_limit_bytes` (overrides the virtual host's).
     pub per_request_buffer_limit: Option<u64>,
+    /// `decorator.operation`: the name of the request's span (Istio:
+    /// `reviews.default.svc.cluster.local:9080/*`).
+    pub decorator: Option<String>,
 }
 
 /// Envoy's `RouteMatch`: every condition must hold.
@@ -248,6 +251,11 @@ impl Route {
                 r.request_body_buffer_limit.as_ref(),
                 r.per_request_buffer_limit_bytes.as_ref(),
             ),
+            decorator: r
+                .decorator
+                .as_ref()
+                .map(|d| d.operation.clone())
+                .filter(|o| !o.is_empty()),
         })
     }
 }

@@ -95,6 +95,11 @@ impl Tries<'_> {
                 parts.headers.clone(),
             )
         });
+        // A sampled request's span records the host of the last attempt.
+        let span_slot = parts
+            .extensions
+            .get::<std::sync::Arc<crate::tracers::SpanSlot>>()
+            .cloned();
         let mut first = Some(parts);
         let cluster = self.cluster;
         let ctx = self.ctx;
@@ -111,6 +116,9 @@ impl Tries<'_> {
             }
             tracing::Span::current()
                 .record("upstream.addr", tracing::field::display(host.address()));
+            if let Some(slot) = &span_slot {
+                slot.set_upstream_host(host.address());
+            }
             let body = replay.body_for_attempt();
             let mut request = match (first.take(), &retry_head) {
                 (Some(parts), _) => http::Request::from_parts(parts, body),

@@ -124,6 +124,13 @@ pub async fn forward(
         }
     }
     let (cluster_name, weighted) = pick(forward);
+    if let Some(slot) = request
+        .parts
+        .extensions
+        .get::<std::sync::Arc<crate::tracers::SpanSlot>>()
+    {
+        let _ = slot.upstream_cluster.set(cluster_name.to_owned());
+    }
     let span = tracing::Span::current();
     span.record("cluster", cluster_name);
     let Some(cluster) = snapshot.clusters.get(cluster_name) else {
@@ -280,10 +287,8 @@ pub async fn forward(
             .insert("x-envoy-upstream-service-time", value);
     }
     table.mutate_response(selected, weighted, response.headers_mut());
-    if delayed && response.extensions().get::<ResponseFlag>().is_none() {
-        response
-            .extensions_mut()
-            .insert(ResponseFlag::DelayInjected);
+    if delayed {
+        crate::error::ResponseFlags::add_to(response.extensions_mut(), ResponseFlag::DelayInjected);
     }
     response
 }

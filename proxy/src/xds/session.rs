@@ -118,6 +118,11 @@ pub(crate) trait Session {
     }
 }
 
+/// Responses at least this large (encoded) are followed by returning the freed heap to the OS:
+/// decoding and validating one allocates several times its size, and glibc would keep those
+/// pages resident for a config that may never grow that much again.
+const TRIM_AFTER_BYTES: usize = 64 * 1024;
+
 /// The generated ADS client.
 pub(crate) type AdsClient = xds_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient<tonic::transport::Channel>;
 
@@ -133,6 +138,7 @@ pub(crate) async fn run<'a, R, S, Open, Opened>(
 ) -> Result<(), StreamError>
 where
     S: Session,
+    S::Response: prost::Message,
     Open: FnOnce(AdsClient, UnboundedReceiverStream<R>) -> Opened,
     Opened: Future<Output = Result<tonic::Response<tonic::Streaming<S::Response>>, tonic::Status>>,
 {
@@ -151,7 +157,12 @@ where
             message = inbound.message() => {
                 let response = message?.ok_or(StreamError::Closed)?;
                 *received = true;
+                let size = prost::Message::encoded_len(&response);
                 session.on_response(response)?;
+                if size >= TRIM_AFTER_BYTES {
+                    // The decoded response and its transient copies are freed by now.
+                    crate::memory::release_free_heap();
+                }
             }
             () = wait_deadline(deadline) => session.on_deadline()?,
         }

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use ferry_control::xds::cache::ResourceType;
 use ferry_control::xds::connection::ConnectionStatus;
 
+use super::control_plane::{ControlPlane, pod};
 use crate::envoy::{self, Pod};
-use crate::istio_mesh::ControlPlane;
 use crate::poll::{PATIENCE, poll_until};
 use crate::upstream::Upstream;
 
@@ -61,26 +61,6 @@ spec:
   - route:
     - {{destination: {{host: reviews, subset: v1}}, weight: {v1}}}
     - {{destination: {{host: reviews, subset: v3}}, weight: {v3}}}
-"#
-    )
-}
-
-fn pod(name: &str, version: &str, ip: &str, service_account: &str, app: &str) -> String {
-    format!(
-        r#"---
-apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: default
-  labels: {{app: {app}, version: {version}}}
-spec:
-  serviceAccountName: {service_account}
-  containers: [{{name: {app}, image: local/{app}}}]
-status:
-  phase: Running
-  podIP: {ip}
-  podIPs: [{{ip: {ip}}}]
 "#
     )
 }
@@ -228,14 +208,15 @@ spec:
     for (i, v) in VERSIONS.iter().enumerate() {
         let ip = format!("127.0.{net}.{}", i + 2);
         let name = format!("reviews-{v}");
-        reviews.push_str(&pod(&name, v, &ip, "bookinfo-reviews", "reviews"));
+        reviews.push_str("---\n");
+        reviews.push_str(&pod(&name, "reviews", v, &ip, "bookinfo-reviews"));
     }
     let productpage = pod(
         "productpage-v1",
+        "productpage",
         "v1",
         &format!("127.0.{net}.10"),
         "bookinfo-productpage",
-        "productpage",
     );
     vec![
         ("reviews.yaml", reviews),
