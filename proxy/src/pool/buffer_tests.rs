@@ -48,7 +48,7 @@ async fn large_upstream() -> SocketAddr {
 async fn large_response_bodies_arrive_in_bounded_chunks() {
     let addr = large_upstream().await;
     let stats = PoolStats {
-        cluster: Arc::new(ClusterStats::new(&Store::default(), "test")),
+        cluster: ClusterStats::new(&Store::default(), "test"),
         host: Arc::default(),
     };
     let pool = http1::Http1Pool::new(addr, Arc::new(PoolSettings::default()), stats);
