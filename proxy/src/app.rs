@@ -256,6 +256,7 @@ pub async fn run(options: Options, bootstrap: Bootstrap) -> anyhow::Result<()> {
         .unwrap_or_default();
     let running = start(bootstrap).await?;
     running.listeners.set_drain_time(options.drain_time);
+    crate::memory::release_startup_code();
     tracing::info!(node, "ferry-proxy started");
     let mut quit = running.lifecycle.shutdown();
     tokio::select! {

@@ -174,6 +174,69 @@ async fn grpc_unary_and_streaming_keep_trailers() {
     drop(sender);
 }
 
+/// Sends `size` bytes as a streamed POST the echo upstream streams back, over `http2` or
+/// HTTP/1.1, and returns what came back. Request and response are in flight at once, so the
+/// proxy must stream both ways with backpressure.
+async fn echo_through(addr: SocketAddr, http2: bool, size: usize) -> Vec<u8> {
+    let pattern = |i: usize| (i % 251) as u8;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    let request = Request::post("http://large.test/echo.Echo/Large")
+        .header("content-type", "application/grpc")
+        .body(StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .expect("request");
+    let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
+    let response = if http2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .expect("h2 handshake");
+        tokio::spawn(conn);
+        tokio::spawn(async move { sender.send_request(request).await })
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("h1 handshake");
+        tokio::spawn(conn);
+        tokio::spawn(async move { sender.send_request(request).await })
+    };
+    let writer = tokio::spawn(async move {
+        let mut sent = 0;
+        while sent < size {
+            let n = (size - sent).min(48 * 1024);
+            let chunk: Vec<u8> = (sent..sent + n).map(pattern).collect();
+            tx.send(Ok(Frame::data(Bytes::from(chunk))))
+                .await
+                .expect("body sent");
+            sent += n;
+        }
+    });
+    let response = response.await.expect("task").expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let mut received = Vec::with_capacity(size);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("frame").into_data() {
+            received.extend_from_slice(&data);
+        }
+    }
+    writer.await.expect("writer");
+    assert!(received.iter().enumerate().all(|(i, b)| *b == pattern(i)));
+    received
+}
+
+#[tokio::test]
+async fn bodies_larger_than_every_buffer_stream_both_ways() {
+    // 4 MiB: larger than the codecs' read buffers and than the 1 MiB buffer limit, sent while
+    // the answer streams back, over both downstream protocols.
+    let f = fixture().await;
+    let addr = f.proxy.listener_addr("http").expect("bound");
+    for http2 in [false, true] {
+        let echoed = echo_through(addr, http2, 4 * 1024 * 1024).await;
+        assert_eq!(echoed.len(), 4 * 1024 * 1024, "http2: {http2}");
+    }
+}
+
 #[tokio::test]
 async fn websocket_upgrade_is_passed_through() {
     let f = fixture().await;

@@ -112,6 +112,9 @@ pub async fn serve(
     drain: DrainSignals,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Bounded like Envoy's 16 KiB read slices under a watermark: bodies stream through in
+    // chunks of at most this, never in hyper's adaptive 400 KiB slices (see the constant).
+    builder.http1().max_buf_size(crate::body::MAX_READ_BUFFER);
     if let HcmSelector::Fixed(hcm) = &selector {
         builder = match hcm.codec {
             Codec::Auto => builder,

@@ -183,6 +183,8 @@ impl Inner {
         let stream = connect(self.addr, &self.settings, &self.stats).await?;
         let mut builder = http1::Builder::new();
         builder.title_case_headers(self.settings.http1.title_case_headers);
+        // The response body reaches the router in chunks of at most this (see the constant).
+        builder.max_buf_size(crate::body::MAX_READ_BUFFER);
         let (sender, connection) = builder
             .handshake::<_, Body>(TokioIo::new(stream))
             .await

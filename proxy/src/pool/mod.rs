@@ -310,4 +310,6 @@ impl<G> HttpBody for TrackedBody<G> {
 }
 
 #[cfg(test)]
+mod buffer_tests;
+#[cfg(test)]
 pub(crate) mod tests;
