@@ -60,6 +60,11 @@ pub struct HttpConnectionManagerConfig {
     /// `drain_timeout` (Envoy's default 5s): how long a retired HTTP/1.1 connection may stay
     /// idle before it is closed.
     pub drain_timeout: std::time::Duration,
+    /// `max_request_headers_kb` (Envoy's default 60 KiB, at most 8192), in bytes: a larger
+    /// request header block is answered 431. The HTTP/1.1 read buffer grows to hold it; the
+    /// codec enforces it through that buffer, so a block that arrives in one read may pass up to
+    /// the buffer's capacity (Envoy counts exactly). HTTP/2 sends it as `max_header_list_size`.
+    pub max_request_headers: usize,
     /// `access_log` (file loggers): a line per request when its response ends.
     pub access_log: Arc<Vec<crate::access_log::AccessLog>>,
     /// `tracing`: spans are created, propagated and reported (by its provider, else the
@@ -234,8 +239,16 @@ impl HttpConnectionManagerConfig {
             }
             _ => super::drain::DRAIN_TIMEOUT,
         };
+        let max_request_headers_kb = h.max_request_headers_kb.map_or(60, |v| v.value);
+        if !(1..=8192).contains(&max_request_headers_kb) {
+            return Err(Invalid::new(
+                f("max_request_headers_kb"),
+                "must be between 1 and 8192",
+            ));
+        }
         Ok(Self {
             drain_timeout,
+            max_request_headers: max_request_headers_kb as usize * 1024,
             tracing,
             access_log: Arc::new(access_log),
             stat_prefix: h.stat_prefix.clone(),
@@ -344,4 +357,40 @@ fn http_filters(filters: &[hcm_pb::HttpFilter], field: &str) -> Result<(), Inval
         return Err(Invalid::new(field, "envoy.filters.http.router is required"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hcm_pb::http_connection_manager::RouteSpecifier;
+    use xds_proto::google::protobuf::UInt32Value;
+
+    fn with_max_request_headers_kb(
+        kb: Option<u32>,
+    ) -> Result<HttpConnectionManagerConfig, Invalid> {
+        let h = hcm_pb::HttpConnectionManager {
+            route_specifier: Some(RouteSpecifier::Rds(hcm_pb::Rds {
+                route_config_name: "80".into(),
+                ..Default::default()
+            })),
+            http_filters: vec![hcm_pb::HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                ..Default::default()
+            }],
+            max_request_headers_kb: kb.map(|value| UInt32Value { value }),
+            ..Default::default()
+        };
+        HttpConnectionManagerConfig::from_proto(&h, "hcm")
+    }
+
+    #[test]
+    fn max_request_headers_kb_defaults_to_envoys_60_and_is_bounded() {
+        let bytes = |kb| with_max_request_headers_kb(kb).map(|c| c.max_request_headers);
+        assert_eq!(bytes(None).unwrap(), 60 * 1024);
+        assert_eq!(bytes(Some(96)).unwrap(), 96 * 1024);
+        for refused in [0, 8193] {
+            let e = bytes(Some(refused)).unwrap_err();
+            assert_eq!(e.field, "hcm.max_request_headers_kb");
+        }
+    }
 }

@@ -101,6 +101,9 @@ pub enum HcmSelector {
     ByAuthorityPort,
 }
 
+/// Envoy's default `max_request_headers_kb`, for connections whose HCM is picked per request.
+const DEFAULT_MAX_REQUEST_HEADERS: usize = 60 * 1024;
+
 /// Serves one downstream connection until it closes. `drain` asks it to finish: on shutdown
 /// at once (in-flight requests finish), when its listener is updated or removed the way Envoy
 /// drains a listener (see [`drain`]).
@@ -114,7 +117,16 @@ pub async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Bounded like Envoy's 16 KiB read slices under a watermark: bodies stream through in
     // chunks of at most this, never in hyper's adaptive 400 KiB slices (see the constant).
-    builder.http1().max_buf_size(crate::body::MAX_READ_BUFFER);
+    // The buffer must also hold a whole request header block: Envoy's default limit (60 KiB)
+    // fits, a larger `max_request_headers_kb` grows it.
+    let max_headers = match &selector {
+        HcmSelector::Fixed(hcm) => hcm.max_request_headers,
+        HcmSelector::ByAuthorityPort => DEFAULT_MAX_REQUEST_HEADERS,
+    };
+    builder
+        .http1()
+        .max_buf_size(crate::body::MAX_READ_BUFFER.max(max_headers + 1024));
+    builder.http2().max_header_list_size(max_headers as u32);
     if let HcmSelector::Fixed(hcm) = &selector {
         builder = match hcm.codec {
             Codec::Auto => builder,
