@@ -1,7 +1,7 @@
-//! Writes a request's access log lines when its response body ends (or is dropped, when the
-//! downstream goes away), as Envoy logs at stream completion: `DURATION` covers the whole
-//! response and `BYTES_SENT` counts its body. Only requests of HCMs with an access log are
-//! wrapped.
+//! What a request's access log lines need once its response body ends ([`Pending`], written
+//! through [`crate::body::OnEnd`], as Envoy logs at stream completion: `DURATION` covers the
+//! whole response and `BYTES_SENT` counts its body), and the request body's byte count
+//! ([`CountedBody`]). Only requests of HCMs with an access log are wrapped.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -13,7 +13,6 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use super::{AccessLog, Entry, Start, Writers};
-use crate::body::{Body, BoxError};
 use crate::tracers::SpanSlot;
 
 /// Everything a line needs besides the body size.
@@ -41,35 +40,10 @@ pub struct Pending {
     pub remote: SocketAddr,
 }
 
-/// A response body that logs its request at end of stream.
-pub struct LoggedBody {
-    inner: Body,
-    pending: Option<Box<Pending>>,
-    bytes: u64,
-}
-
-impl std::fmt::Debug for LoggedBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoggedBody")
-            .field("bytes", &self.bytes)
-            .finish_non_exhaustive()
-    }
-}
-
-impl LoggedBody {
-    /// Wraps `inner`.
-    pub fn new(inner: Body, pending: Pending) -> Self {
-        Self {
-            inner,
-            pending: Some(Box::new(pending)),
-            bytes: 0,
-        }
-    }
-
-    fn finish(&mut self) {
-        let Some(p) = self.pending.take() else {
-            return;
-        };
+impl Pending {
+    /// Writes the request's lines, `bytes_sent` being the response body's size.
+    pub fn write(self, bytes_sent: u64) {
+        let p = &self;
         let cluster = p.slot.upstream_cluster.get().map(String::as_str);
         let route = p.slot.route_name.get().map(String::as_str);
         let flags = p.flags.to_string();
@@ -86,7 +60,7 @@ impl LoggedBody {
             response_flags: &flags,
             details: p.details,
             bytes_received: p.start.received.load(Ordering::Relaxed),
-            bytes_sent: self.bytes,
+            bytes_sent,
             upstream_host: p.slot.upstream_host(),
             upstream_cluster: cluster,
             route_name: route,
@@ -96,46 +70,6 @@ impl LoggedBody {
         for log in p.logs.iter() {
             p.writers.write(&log.path, log.render(&entry));
         }
-    }
-}
-
-impl Drop for LoggedBody {
-    fn drop(&mut self) {
-        self.finish();
-    }
-}
-
-impl HttpBody for LoggedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.bytes += data.len() as u64;
-                }
-                if this.inner.is_end_stream() {
-                    this.finish();
-                }
-            }
-            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => this.finish(),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

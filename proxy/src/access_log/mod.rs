@@ -20,7 +20,7 @@ use xds_proto::envoy::config::core::v3::{data_source, substitution_format_string
 use xds_proto::envoy::extensions::access_loggers::file::v3::{FileAccessLog, file_access_log};
 
 pub use format::{Entry, Template};
-pub use logged_body::{CountedBody, LoggedBody, Pending};
+pub use logged_body::{CountedBody, Pending};
 
 use crate::stats::{Counter, Store};
 

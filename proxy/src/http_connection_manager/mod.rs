@@ -338,13 +338,14 @@ async fn handle_inner(
         let flag = crate::error::ResponseFlags::of(response.extensions());
         let status = response.status();
         if span.sampled() {
-            // The span ends with the body, as Envoy's ends at stream completion.
             let tracer = downstream.tracer.clone();
             let tracing = tracing.clone();
+            // The span ends with the body (its `response_size` tag counts the body's bytes),
+            // as Envoy's ends at stream completion.
             response = response.map(|body| {
-                crate::body::boxed(crate::tracers::TracedBody::new(
-                    body, tracer, tracing, span, status, flag,
-                ))
+                crate::body::boxed(crate::body::OnEnd::new(body, move |bytes| {
+                    tracer.finish(&tracing, span, status, &flag.to_string(), Some(bytes));
+                }))
             });
         } else {
             downstream
@@ -366,8 +367,13 @@ async fn handle_inner(
             local: downstream.local,
             remote: downstream.peer,
         };
-        response = response
-            .map(|body| crate::body::boxed(crate::access_log::LoggedBody::new(body, pending)));
+        // Lines are written when the body ends: `DURATION` covers the whole response and
+        // `BYTES_SENT` counts its body, as Envoy logs at stream completion.
+        response = response.map(|body| {
+            crate::body::boxed(crate::body::OnEnd::new(body, move |bytes| {
+                pending.write(bytes)
+            }))
+        });
     }
     (response, per_request)
 }

@@ -13,7 +13,6 @@ pub mod opentelemetry;
 pub mod reporter;
 pub mod sampling;
 pub mod span;
-pub mod traced_body;
 pub mod zipkin;
 
 use std::net::SocketAddr;
@@ -28,7 +27,6 @@ pub use config::{
 pub use context::TraceId;
 pub use sampling::{Decision, Reason, Signals};
 pub use span::{Endpoint, Kind, Span};
-pub use traced_body::TracedBody;
 
 use crate::snapshot::ConfigStore;
 use crate::stats::{Counter, Store};
