@@ -389,6 +389,30 @@ fn otel_cluster(addr: SocketAddr) -> String {
     )
 }
 
+/// The `reviews` server-side sidecar in front of `app`, exporting OTLP to `receiver`; returns it
+/// and its inbound listener's address.
+async fn otel_inbound_sidecar(app: SocketAddr, receiver: SocketAddr) -> (Running, SocketAddr) {
+    let inbound = sidecar(
+        "reviews",
+        listener(
+            "inbound_9080",
+            "INBOUND",
+            "inbound|9080||",
+            otel_tracing("reviews.default"),
+        ),
+        &[
+            bootstrap::static_cluster("inbound|9080||", app),
+            otel_cluster(receiver),
+        ],
+    )
+    .await;
+    let addr = inbound
+        .listeners
+        .listener_addr("inbound_9080")
+        .expect("inbound bound");
+    (inbound, addr)
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -399,24 +423,7 @@ async fn opentelemetry_provider_exports_otlp_and_propagates_traceparent() {
     use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
     let receiver = OtlpReceiver::start().await.expect("receiver starts");
     let app = Upstream::echo("reviews-v1").await.expect("upstream starts");
-    let inbound = sidecar(
-        "reviews",
-        listener(
-            "inbound_9080",
-            "INBOUND",
-            "inbound|9080||",
-            otel_tracing("reviews.default"),
-        ),
-        &[
-            bootstrap::static_cluster("inbound|9080||", app.addr),
-            otel_cluster(receiver.addr),
-        ],
-    )
-    .await;
-    let inbound_addr = inbound
-        .listeners
-        .listener_addr("inbound_9080")
-        .expect("inbound bound");
+    let (inbound, inbound_addr) = otel_inbound_sidecar(app.addr, receiver.addr).await;
     let outbound = sidecar(
         "productpage",
         listener(
@@ -661,24 +668,7 @@ async fn envoy_opentelemetry_client_span_is_the_parent_of_the_ferry_server_span(
     use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
     let receiver = OtlpReceiver::start().await.expect("receiver starts");
     let app = Upstream::echo("reviews-v1").await.expect("upstream starts");
-    let inbound = sidecar(
-        "reviews",
-        listener(
-            "inbound_9080",
-            "INBOUND",
-            "inbound|9080||",
-            otel_tracing("reviews.default"),
-        ),
-        &[
-            bootstrap::static_cluster("inbound|9080||", app.addr),
-            otel_cluster(receiver.addr),
-        ],
-    )
-    .await;
-    let inbound_addr = inbound
-        .listeners
-        .listener_addr("inbound_9080")
-        .expect("inbound bound");
+    let (_inbound, inbound_addr) = otel_inbound_sidecar(app.addr, receiver.addr).await;
     let envoy_bootstrap = json!({
         "node": { "id": "sidecar~127.0.0.1~productpage.default~default.svc.cluster.local", "cluster": "productpage.default" },
         "static_resources": {
