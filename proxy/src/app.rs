@@ -137,6 +137,9 @@ pub enum StartError {
     /// The bootstrap's `tracing` is refused.
     #[error("bootstrap {0}")]
     Tracing(#[from] crate::tracers::InvalidTracing),
+    /// The worker runtime stopped before the listeners were bound.
+    #[error("worker runtime stopped before the listeners were bound: {0}")]
+    Worker(#[from] tokio::task::JoinError),
 }
 
 /// A running proxy.
@@ -186,8 +189,21 @@ impl Running {
 
 /// Starts the proxy from a bootstrap: static resources validated and published, the ADS client
 /// started when there are dynamic resources, the admin server bound when there is an `admin`
-/// block, and every listener of the first snapshot bound before returning.
+/// block, and every listener of the first snapshot bound before returning. Everything runs on
+/// the current runtime (see [`start_on`] for a separate worker runtime).
 pub async fn start(bootstrap: Bootstrap) -> Result<Running, StartError> {
+    start_on(bootstrap, tokio::runtime::Handle::current()).await
+}
+
+/// [`start`] with the data path on `workers`: the listeners are bound and accept there, so
+/// every connection, request and upstream connection runs on that runtime, while the xDS
+/// client, the admin server and the lifecycle stay on the current one. This is Envoy's split of
+/// a main thread (xDS, admin) from its worker threads (`main.rs` gives the worker its own
+/// single-threaded runtime for `--concurrency 1`).
+pub async fn start_on(
+    bootstrap: Bootstrap,
+    workers: tokio::runtime::Handle,
+) -> Result<Running, StartError> {
     let admin_address = crate::admin::address(&bootstrap)?;
     let stats = Arc::new(Store::default());
     let store = Arc::new(ConfigStore::new(ClusterManager::new(stats.clone())));
@@ -208,8 +224,13 @@ pub async fn start(bootstrap: Bootstrap) -> Result<Running, StartError> {
     let (tracker, client) = crate::xds::start(Arc::new(bootstrap), store.clone(), stats.clone())?;
     let lifecycle = Lifecycle::new();
     let listeners = ListenerManager::with_node(store.clone(), stats.clone(), node, default_tracer);
-    listeners.reconcile().await;
-    let mut tasks = vec![tokio::spawn(listeners.clone().run())];
+    // Bound from the worker runtime, so the sockets (and the accept loops spawned with them)
+    // belong to its reactor.
+    let first = listeners.clone();
+    workers
+        .spawn(async move { first.reconcile().await })
+        .await?;
+    let mut tasks = vec![workers.spawn(listeners.clone().run())];
     tasks.extend(client);
     let admin_addr = match admin_address {
         Some(address) => {
@@ -247,14 +268,18 @@ pub async fn start(bootstrap: Bootstrap) -> Result<Running, StartError> {
 }
 
 /// Runs `bootstrap` (from [`Options::bootstrap`]) until SIGTERM or SIGINT, then drains and
-/// returns.
-pub async fn run(options: Options, bootstrap: Bootstrap) -> anyhow::Result<()> {
+/// returns; the data path runs on `workers` (see [`start_on`]).
+pub async fn run(
+    options: Options,
+    bootstrap: Bootstrap,
+    workers: tokio::runtime::Handle,
+) -> anyhow::Result<()> {
     let node = bootstrap
         .node
         .as_ref()
         .map(|n| n.id.clone())
         .unwrap_or_default();
-    let running = start(bootstrap).await?;
+    let running = start_on(bootstrap, workers).await?;
     running.listeners.set_drain_time(options.drain_time);
     crate::memory::release_startup_code();
     tracing::info!(node, "ferry-proxy started");
@@ -315,5 +340,68 @@ mod tests {
         let b = o.bootstrap().unwrap();
         assert!(b.node.unwrap().id.starts_with("sidecar~"));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+    }
+
+    /// `start_on` binds the listeners on the worker runtime: requests are served while it
+    /// runs, and the listening socket goes away with it, while the main runtime lives on.
+    #[test]
+    fn start_on_serves_listeners_from_the_worker_runtime() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let yaml = r#"
+static_resources:
+  listeners:
+  - name: worker
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: worker
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /}
+                direct_response: {status: 200, body: {inline_string: from-worker}}
+"#;
+        let bootstrap: Bootstrap = xds_proto::json::from_yaml_str(yaml).unwrap();
+        let worker = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = worker.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            worker.block_on(async {
+                let _ = stopped.await;
+            });
+        });
+        let main = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        main.block_on(async {
+            let running = start_on(bootstrap, handle).await.unwrap();
+            let addr = running.listener_addr("worker").unwrap();
+            let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            client
+                .write_all(b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut response = String::new();
+            client.read_to_string(&mut response).await.unwrap();
+            assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+            assert!(response.ends_with("from-worker"), "{response}");
+            drop(stop);
+            thread.join().unwrap();
+            // The socket belonged to the worker runtime's reactor and closed with it.
+            assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+        });
     }
 }
