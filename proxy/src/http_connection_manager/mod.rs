@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -31,7 +31,11 @@ pub use config::{Codec, HttpConnectionManagerConfig, RouteSource, ServerHeader};
 pub use drain::{ConnectionDrain, DrainSignals};
 pub use local_reply::local_reply;
 
-const X_REQUEST_ID: &str = "x-request-id";
+// Names, not strings: a lookup by `&str` parses the name again on every request.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// What the HCM knows about the downstream connection.
 #[derive(Debug, Clone)]
@@ -330,7 +334,7 @@ async fn handle_inner(
         (start, slot)
     });
     let body_bytes = logging.as_ref().map(|(start, _)| start.received.clone());
-    let request_id = parts.headers.get(X_REQUEST_ID).cloned();
+    let request_id = parts.headers.get(&X_REQUEST_ID).cloned();
     let mut response =
         route_request(&snapshot, &hcm, &table, downstream, parts, body, body_bytes).await;
     finish_response(&hcm, request_id, &mut response);
@@ -509,7 +513,7 @@ fn is_internal_request(
         Some(downstream.peer.ip())
     } else {
         let mut xff = headers
-            .get_all("x-forwarded-for")
+            .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
@@ -550,29 +554,29 @@ fn prepare_request(
         parts.headers.remove(name);
     }
     if hcm.sanitize_xfcc {
-        parts.headers.remove("x-forwarded-client-cert");
+        parts.headers.remove(&X_FORWARDED_CLIENT_CERT);
     }
     if hcm.use_remote_address && !hcm.skip_xff_append {
         let peer = downstream.peer.ip().to_string();
         let value = match parts
             .headers
-            .get("x-forwarded-for")
+            .get(&X_FORWARDED_FOR)
             .and_then(|v| v.to_str().ok())
         {
             Some(existing) => format!("{existing}, {peer}"),
             None => peer,
         };
         if let Ok(value) = HeaderValue::from_str(&value) {
-            parts.headers.insert("x-forwarded-for", value);
+            parts.headers.insert(X_FORWARDED_FOR, value);
         }
     }
-    if !parts.headers.contains_key("x-forwarded-proto") {
+    if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
         parts
             .headers
-            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+            .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
     if hcm.generate_request_id
-        && !parts.headers.contains_key(X_REQUEST_ID)
+        && !parts.headers.contains_key(&X_REQUEST_ID)
         && let Ok(id) = HeaderValue::from_bytes(&uuid_v4_bytes())
     {
         parts.headers.insert(X_REQUEST_ID, id);

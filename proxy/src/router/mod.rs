@@ -8,7 +8,7 @@
 mod attempts;
 pub mod timeout;
 
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
@@ -40,14 +40,19 @@ pub struct UpstreamRequest {
 }
 
 /// Connection-level headers never forwarded (RFC 9110 section 7.6.1, plus `proxy-connection`).
-const HOP_BY_HOP: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "upgrade",
+/// Names, not strings: removing by `&str` parses the name again on every request.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::UPGRADE,
 ];
+
+/// The upstream's time to response headers, in milliseconds, as Envoy reports it.
+const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
 
 /// Chooses the destination for one request.
 fn pick(forward: &Forward) -> (&str, Option<&WeightedCluster>) {
@@ -205,8 +210,16 @@ pub async fn forward(
     // Chosen from the downstream's headers, before route mutations, as Envoy's HCM does.
     // `x-envoy-*` retry and timeout overrides (kept by the HCM only for internal callers) are
     // consumed here and never forwarded; the header timeout wins over the route's and gRPC's.
-    let overrides = crate::retry::HeaderOverrides::parse(&parts.headers);
-    crate::retry::HeaderOverrides::strip(&mut parts.headers);
+    // Every override header is an `x-envoy-*` one: a request without any (the common case,
+    // and every external one, whose `x-envoy-*` headers the HCM removed) skips the eleven
+    // lookups by name.
+    let overrides = if has_envoy_header(&parts.headers) {
+        let overrides = crate::retry::HeaderOverrides::parse(&parts.headers);
+        crate::retry::HeaderOverrides::strip(&mut parts.headers);
+        overrides
+    } else {
+        crate::retry::HeaderOverrides::default()
+    };
     let route_timeout = overrides.route_timeout(forward.response_timeout(&parts.headers));
     table.mutate_request(selected, weighted, &mut parts.headers);
     let buffer_limit = selected
@@ -287,17 +300,22 @@ pub async fn forward(
             });
         }
     }
-    let elapsed = started.elapsed().as_millis().to_string();
-    if let Ok(value) = HeaderValue::from_str(&elapsed) {
-        response
-            .headers_mut()
-            .insert("x-envoy-upstream-service-time", value);
-    }
+    let elapsed = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    response
+        .headers_mut()
+        .insert(X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(elapsed));
     table.mutate_response(selected, weighted, response.headers_mut());
     if delayed {
         crate::error::ResponseFlags::add_to(response.extensions_mut(), ResponseFlag::DelayInjected);
     }
     response
+}
+
+/// Whether any header is an `x-envoy-*` one (a scan of the names, no hashing).
+fn has_envoy_header(headers: &http::HeaderMap) -> bool {
+    headers
+        .keys()
+        .any(|name| name.as_str().starts_with("x-envoy-"))
 }
 
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
@@ -312,7 +330,7 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     for name in listed {
         headers.remove(name.as_str());
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -329,5 +347,47 @@ async fn join_upgraded(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::u
     let mut upstream = TokioIo::new(upstream);
     if let Err(error) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
         tracing::debug!(%error, "upgraded connection closed with error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_requests_with_x_envoy_headers_carry_overrides() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("a"));
+        headers.insert("x-envoy", HeaderValue::from_static("not a prefix match"));
+        assert!(!has_envoy_header(&headers));
+        headers.insert("x-envoy-max-retries", HeaderValue::from_static("2"));
+        assert!(has_envoy_header(&headers));
+        // Every header the overrides read or strip is caught by the scan.
+        for name in crate::retry::HeaderOverrides::NAMES
+            .into_iter()
+            .chain(["x-envoy-attempt-count"])
+        {
+            let mut one = http::HeaderMap::new();
+            one.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
+            assert!(has_envoy_header(&one), "{name}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_lists_are_stripped() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-hop, keep-alive"),
+        );
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
     }
 }
