@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use ferry_proxy::app;
 use ferry_tests::bootstrap;
+use ferry_tests::envoy::Envoy;
 use ferry_tests::net::{self, ClosedPort};
 use ferry_tests::poll::poll_until;
-use ferry_tests::upstream::Upstream;
+use ferry_tests::upstream::{Behaviour, Chaos, Upstream};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -187,5 +188,224 @@ fn ferry_proxy_accepts_ferry_controls_access_logs_and_tracing() {
             }
         }
         assert!(logged > 0, "{encoding}: no HCM got the access log");
+    }
+}
+
+/// Istio's default JSON fields (`accessLogEncoding: JSON`), one operator per key, so lines
+/// compare field by field.
+const ISTIO_JSON_FIELDS: &[(&str, &str)] = &[
+    ("authority", "%REQ(:AUTHORITY)%"),
+    ("bytes_received", "%BYTES_RECEIVED%"),
+    ("bytes_sent", "%BYTES_SENT%"),
+    (
+        "connection_termination_details",
+        "%CONNECTION_TERMINATION_DETAILS%",
+    ),
+    ("downstream_local_address", "%DOWNSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_remote_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+    ("duration", "%DURATION%"),
+    ("method", "%REQ(:METHOD)%"),
+    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+    ("protocol", "%PROTOCOL%"),
+    ("request_id", "%REQ(X-REQUEST-ID)%"),
+    ("requested_server_name", "%REQUESTED_SERVER_NAME%"),
+    ("response_code", "%RESPONSE_CODE%"),
+    ("response_code_details", "%RESPONSE_CODE_DETAILS%"),
+    ("response_flags", "%RESPONSE_FLAGS%"),
+    ("route_name", "%ROUTE_NAME%"),
+    ("start_time", "%START_TIME%"),
+    ("upstream_cluster", "%UPSTREAM_CLUSTER_RAW%"),
+    ("upstream_host", "%UPSTREAM_HOST%"),
+    ("upstream_local_address", "%UPSTREAM_LOCAL_ADDRESS%"),
+    (
+        "upstream_service_time",
+        "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    ),
+    (
+        "upstream_transport_failure_reason",
+        "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+    ),
+    ("user_agent", "%REQ(USER-AGENT)%"),
+    ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
+];
+
+/// The requests both proxies get: (request id and path, expected status).
+const COMPARED: &[(&str, u16)] = &[
+    ("/ok", 200),
+    ("/nowhere", 404),
+    ("/refused", 503),
+    ("/refused-retried", 503),
+    ("/reset", 503),
+    ("/hang", 504),
+    ("/hang-per-try", 504),
+    ("/direct", 200),
+    ("/empty", 503),
+];
+
+/// The upstreams both proxies send the [`COMPARED`] requests to.
+struct Compared {
+    ok: Chaos,
+    reset: Chaos,
+    hang: Chaos,
+    closed: ClosedPort,
+}
+
+/// A bootstrap whose listener `http` logs Istio's JSON fields to `path`, with one route per
+/// [`COMPARED`] request.
+fn comparison_bootstrap(path: &std::path::Path, up: &Compared) -> String {
+    let fields: serde_json::Map<String, Value> = ISTIO_JSON_FIELDS
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).into()))
+        .collect();
+    let no_retry = json!({ "num_retries": 0 });
+    let listener = json!([{
+        "name": "http",
+        "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } },
+        "filter_chains": [{ "filters": [{ "name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "http",
+            "access_log": [{ "name": "envoy.access_loggers.file", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": path.to_string_lossy(),
+                "log_format": { "json_format": fields } } }],
+            "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }],
+            "route_config": { "name": "r", "virtual_hosts": [{ "name": "all", "domains": ["*"], "routes": [
+                { "name": "ok", "match": { "path": "/ok" }, "route": { "cluster": "ok" } },
+                { "name": "refused", "match": { "path": "/refused" },
+                  "route": { "cluster": "closed", "retry_policy": no_retry } },
+                { "name": "refused-retried", "match": { "path": "/refused-retried" },
+                  "route": { "cluster": "closed", "retry_policy": { "retry_on": "connect-failure", "num_retries": 2 } } },
+                { "name": "reset", "match": { "path": "/reset" },
+                  "route": { "cluster": "reset", "retry_policy": no_retry } },
+                { "name": "hang", "match": { "path": "/hang" },
+                  "route": { "cluster": "hang", "timeout": "0.2s", "retry_policy": no_retry } },
+                { "name": "hang-per-try", "match": { "path": "/hang-per-try" },
+                  "route": { "cluster": "hang", "timeout": "5s", "retry_policy": {
+                      "retry_on": "5xx", "num_retries": 1, "per_try_timeout": "0.1s" } } },
+                { "name": "direct", "match": { "path": "/direct" },
+                  "direct_response": { "status": 200, "body": { "inline_string": "direct" } } },
+                { "name": "empty", "match": { "path": "/empty" }, "route": { "cluster": "empty" } }
+            ] }] }
+        } }] }]
+    }]);
+    let listener_yaml: String = serde_yaml_ng::to_string(&listener)
+        .expect("yaml")
+        .lines()
+        .map(|l| format!("\n  {l}"))
+        .collect();
+    bootstrap::static_resources(
+        &[listener_yaml],
+        &[
+            bootstrap::static_cluster("ok", up.ok.addr),
+            bootstrap::static_cluster("reset", up.reset.addr),
+            bootstrap::static_cluster("hang", up.hang.addr),
+            bootstrap::static_cluster("closed", net::loopback(up.closed.port())),
+            bootstrap::static_cluster_over("empty", &[], &[]),
+        ],
+    )
+}
+
+/// Sends every [`COMPARED`] request to `addr` and returns the log's lines by request id.
+async fn logged_lines(addr: std::net::SocketAddr, path: &std::path::Path) -> Vec<(String, Value)> {
+    for (id, status) in COMPARED {
+        let request = net::request(
+            http::Method::GET,
+            "compare.test",
+            id,
+            &[("x-request-id", id), ("user-agent", "access-log-compare")],
+        )
+        .expect("request");
+        let reply = net::send(addr, net::Protocol::Http1, request)
+            .await
+            .expect("reply");
+        assert_eq!(reply.status, *status, "{id}: {}", reply.text());
+    }
+    let lines = poll_until("a line per request", WAIT, || async {
+        let l = lines(path);
+        (l.len() >= COMPARED.len()).then_some(l)
+    })
+    .await;
+    lines
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("a JSON object per line");
+            (v["request_id"].as_str().unwrap_or_default().to_owned(), v)
+        })
+        .collect()
+}
+
+/// Masks what differs between two runs of the same request: times, the listener's port and
+/// ephemeral client ports.
+fn comparable(mut v: Value) -> Value {
+    let o = v.as_object_mut().expect("object");
+    for key in ["start_time", "duration"] {
+        o.insert(
+            key.into(),
+            Value::from(if o[key].is_null() { "-" } else { "T" }),
+        );
+    }
+    if !o["upstream_service_time"].is_null() {
+        o.insert("upstream_service_time".into(), "T".into());
+    }
+    for key in [
+        "downstream_local_address",
+        "downstream_remote_address",
+        "upstream_local_address",
+    ] {
+        if let Some(addr) = o[key].as_str() {
+            let ip = addr.rsplit_once(':').map_or(addr, |(ip, _)| ip).to_owned();
+            o.insert(key.into(), format!("{ip}:PORT").into());
+        }
+    }
+    v
+}
+
+/// The same requests through ferry-proxy and a real Envoy 1.40, both logging Istio's default JSON
+/// fields, give the same lines but for times and ports: response code details (`via_upstream`,
+/// `route_not_found`, `upstream_reset_before_response_started{...}`, `response_timeout`,
+/// `upstream_per_try_timeout`, `direct_response`, `no_healthy_upstream`), flags in Envoy's order
+/// (`URX,UF`), the transport failure reason, the upstream connection's local address, route and
+/// cluster names, and body sizes.
+#[tokio::test]
+async fn istio_json_lines_match_envoy_1_40_field_by_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = Compared {
+        ok: Chaos::start("ok", Behaviour::Ok).await.expect("upstream"),
+        reset: Chaos::start("reset", Behaviour::Reset)
+            .await
+            .expect("upstream"),
+        hang: Chaos::start("hang", Behaviour::Hang)
+            .await
+            .expect("upstream"),
+        closed: ClosedPort::bind().expect("closed port"),
+    };
+    let envoy_path = dir.path().join("envoy.json");
+    let Some(envoy) = Envoy::start(&comparison_bootstrap(&envoy_path, &up)).await else {
+        return;
+    };
+    let envoy_addr = envoy.wait_listener("http").await;
+    let ferry_path = dir.path().join("ferry.json");
+    let yaml = comparison_bootstrap(&ferry_path, &up);
+    let ferry = app::start(xds_proto::json::from_yaml_str(&yaml).expect("bootstrap"))
+        .await
+        .expect("proxy starts");
+    let ferry_addr = ferry.listeners.listener_addr("http").expect("bound");
+
+    let envoy_lines = logged_lines(envoy_addr, &envoy_path).await;
+    let ferry_lines = logged_lines(ferry_addr, &ferry_path).await;
+    for (id, _) in COMPARED {
+        let find = |lines: &[(String, Value)]| {
+            lines
+                .iter()
+                .find(|(rid, _)| rid == id)
+                .map(|(_, v)| comparable(v.clone()))
+                .unwrap_or_else(|| panic!("no line for {id}"))
+        };
+        assert_eq!(
+            find(&ferry_lines),
+            find(&envoy_lines),
+            "{id}: ferry-proxy (left) vs Envoy 1.40 (right)"
+        );
     }
 }

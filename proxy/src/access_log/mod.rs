@@ -4,6 +4,7 @@
 //! file and a writer task appends them, so a slow disk never blocks a request (a full queue
 //! drops the line and counts it in `access_logs.file.dropped`).
 
+pub mod details;
 pub mod format;
 mod logged_body;
 
@@ -19,6 +20,7 @@ use xds_proto::envoy::config::accesslog::v3::{AccessLog as AccessLogProto, acces
 use xds_proto::envoy::config::core::v3::{data_source, substitution_format_string};
 use xds_proto::envoy::extensions::access_loggers::file::v3::{FileAccessLog, file_access_log};
 
+pub use details::{Details, response_code_details};
 pub use format::{Entry, Template};
 pub use logged_body::{CountedBody, Pending};
 
@@ -248,45 +250,6 @@ impl Writers {
             }
         });
         tx
-    }
-}
-
-/// `RESPONSE_CODE_DETAILS`, derived from the response flag: Envoy's detail strings for the
-/// local replies ferry-proxy makes, `via_upstream` for an upstream's answer, `direct_response`
-/// for a route's direct response or redirect.
-pub fn response_code_details(
-    flags: crate::error::ResponseFlags,
-    upstream_answered: bool,
-) -> &'static str {
-    use crate::error::ResponseFlag as F;
-    // The most telling flag: a failure's own flag before URX and DI, which join others.
-    let flag = flags
-        .iter()
-        .find(|f| !matches!(f, F::UpstreamRetryLimitExceeded | F::DelayInjected))
-        .or_else(|| flags.iter().next());
-    match flag {
-        Some(F::NoRouteFound) => "route_not_found",
-        Some(F::NoClusterFound) => "cluster_not_found",
-        Some(F::NoHealthyUpstream) => "no_healthy_upstream",
-        Some(F::UpstreamRequestTimeout) => "upstream_response_timeout",
-        Some(F::UpstreamOverflow) => "upstream_reset_before_response_started{overflow}",
-        Some(F::UpstreamConnectionFailure) => {
-            "upstream_reset_before_response_started{connection_failure}"
-        }
-        Some(F::UpstreamConnectionTermination) => {
-            "upstream_reset_before_response_started{connection_termination}"
-        }
-        Some(F::UpstreamRemoteReset) => "upstream_reset_before_response_started{remote_reset}",
-        Some(F::FaultInjected) => "fault_filter_abort",
-        Some(F::DownstreamConnectionTermination) => "downstream_remote_disconnect",
-        Some(F::UnauthorizedExternalService) => "ext_authz_denied",
-        Some(F::UpstreamRetryLimitExceeded | F::DelayInjected) | None if upstream_answered => {
-            "via_upstream"
-        }
-        Some(F::UpstreamRetryLimitExceeded) => {
-            "upstream_reset_before_response_started{retry_limit_exceeded}"
-        }
-        Some(F::DelayInjected) | None => "direct_response",
     }
 }
 

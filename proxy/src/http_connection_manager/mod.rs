@@ -358,7 +358,16 @@ async fn handle_inner(
         let pending = crate::access_log::Pending {
             logs: hcm.access_log.clone(),
             writers: downstream.access_logs.clone(),
-            details: crate::access_log::response_code_details(flag, slot.upstream_host().is_some()),
+            details: response
+                .extensions()
+                .get::<crate::access_log::Details>()
+                .cloned()
+                .unwrap_or_else(|| {
+                    crate::access_log::Details::fixed(crate::access_log::response_code_details(
+                        flag,
+                        slot.upstream_host().is_some(),
+                    ))
+                }),
             start,
             slot,
             status: response.status().as_u16(),

@@ -48,6 +48,7 @@ struct Idle {
     sender: SendRequest<Body>,
     since: Instant,
     served: u32,
+    local: Option<SocketAddr>,
 }
 
 /// A connection checked out for one request.
@@ -56,6 +57,8 @@ struct Checkout {
     sender: SendRequest<Body>,
     served: u32,
     reused: bool,
+    /// The connection's local address.
+    local: Option<SocketAddr>,
 }
 
 impl Http1Pool {
@@ -94,6 +97,7 @@ impl Http1Pool {
                 Some(conn) => conn,
                 None => self.inner.obtain(breaker).await?,
             };
+            super::record_local_address(&request, conn.local);
             match conn.sender.try_send_request(request).await {
                 Ok(response) => {
                     conn.served += 1;
@@ -139,6 +143,7 @@ impl Inner {
                 sender: conn.sender,
                 served: conn.served,
                 reused: true,
+                local: conn.local,
             });
         }
         None
@@ -181,6 +186,7 @@ impl Inner {
 
     async fn connect(&self, slot: Option<ConnectionSlot>) -> Result<Checkout, UpstreamError> {
         let stream = connect(self.addr, &self.settings, &self.stats).await?;
+        let local = stream.local_addr().ok();
         let mut builder = http1::Builder::new();
         builder.title_case_headers(self.settings.http1.title_case_headers);
         // The response body reaches the router in chunks of at most this (see the constant).
@@ -202,6 +208,7 @@ impl Inner {
             sender,
             served: 0,
             reused: false,
+            local,
         })
     }
 
@@ -221,6 +228,7 @@ impl Inner {
                 id,
                 mut sender,
                 served,
+                local,
                 ..
             } = conn;
             if sender.ready().await.is_err() {
@@ -232,6 +240,7 @@ impl Inner {
                 sender,
                 since: Instant::now(),
                 served,
+                local,
             });
             pool.slots.wake().notify_waiters();
             if let Some(timeout) = pool.settings.idle_timeout

@@ -53,6 +53,8 @@ struct Conn {
     active: u32,
     served: u32,
     idle_since: Instant,
+    /// The connection's local address.
+    local: Option<SocketAddr>,
 }
 
 /// Holds one stream's slot on its connection until the response body is done.
@@ -63,6 +65,8 @@ struct StreamSlot {
     /// Keeps the connection open for this stream even if the pool (its host, its cluster) is
     /// dropped meanwhile: a removed endpoint drains instead of cutting the response.
     _connection: SendRequest<Body>,
+    /// The connection's local address.
+    local: Option<SocketAddr>,
 }
 
 impl Drop for StreamSlot {
@@ -108,6 +112,7 @@ impl Http2Pool {
         let mut retried = false;
         loop {
             let (mut sender, slot, fresh) = self.inner.checkout(breaker).await?;
+            super::record_local_address(&request, slot.local);
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(TrackedBody::boxed(response, (active, slot))),
                 Err(mut error) => match error.take_message() {
@@ -224,6 +229,7 @@ impl Inner {
                 pool: Arc::downgrade(self),
                 id: conn.id,
                 _connection: conn.sender.clone(),
+                local: conn.local,
             },
         ))
     }
@@ -233,6 +239,7 @@ impl Inner {
         conn_slot: ConnectionSlot,
     ) -> Result<(SendRequest<Body>, StreamSlot), UpstreamError> {
         let stream = connect(self.addr, &self.settings, &self.stats).await?;
+        let local = stream.local_addr().ok();
         let h2 = &self.settings.http2;
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
@@ -272,6 +279,7 @@ impl Inner {
             active: 1,
             served: 1,
             idle_since: Instant::now(),
+            local,
         };
         // Listed even when it may take no more streams, so `finish_stream` finds it.
         self.lock_conns().push(conn);
@@ -279,6 +287,7 @@ impl Inner {
             pool: Arc::downgrade(self),
             id,
             _connection: sender.clone(),
+            local,
         };
         Ok((sender, slot))
     }

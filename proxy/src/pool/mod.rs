@@ -206,6 +206,17 @@ pub(crate) fn to_http2(request: &mut http::Request<Body>) {
     }
 }
 
+/// Tells a logged or traced request (one carrying a `SpanSlot`) the local address of the
+/// connection it is sent on, for `%UPSTREAM_LOCAL_ADDRESS%`; other requests pay one lookup.
+pub(crate) fn record_local_address(request: &http::Request<Body>, local: Option<SocketAddr>) {
+    if let (Some(slot), Some(local)) = (
+        request.extensions().get::<Arc<crate::tracers::SpanSlot>>(),
+        local,
+    ) {
+        slot.set_upstream_local_address(local);
+    }
+}
+
 /// Opens a TCP connection with the cluster's connect timeout, TCP_NODELAY and keepalive.
 pub(crate) async fn connect(
     addr: SocketAddr,

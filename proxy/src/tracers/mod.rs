@@ -96,19 +96,31 @@ pub struct SpanSlot {
     pub upstream_cluster: OnceLock<String>,
     /// The route's name (`ROUTE_NAME` in access logs).
     pub route_name: OnceLock<String>,
-    /// The host of the last attempt.
-    upstream_host: Mutex<Option<SocketAddr>>,
+    /// The host of the last attempt and its connection's local address.
+    upstream: Mutex<(Option<SocketAddr>, Option<SocketAddr>)>,
 }
 
 impl SpanSlot {
-    /// Records the host an attempt goes to (the last one is tagged `upstream_address`).
+    /// Records the host an attempt goes to (the last one is tagged `upstream_address`); the
+    /// attempt has no connection yet, so the local address is cleared.
     pub fn set_upstream_host(&self, host: SocketAddr) {
-        *self.upstream_host.lock().unwrap_or_else(|p| p.into_inner()) = Some(host);
+        *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = (Some(host), None);
+    }
+
+    /// Records the local address of the connection the attempt is sent on
+    /// (`%UPSTREAM_LOCAL_ADDRESS%`).
+    pub fn set_upstream_local_address(&self, local: SocketAddr) {
+        self.upstream.lock().unwrap_or_else(|p| p.into_inner()).1 = Some(local);
     }
 
     /// The host of the last attempt.
     pub fn upstream_host(&self) -> Option<SocketAddr> {
-        *self.upstream_host.lock().unwrap_or_else(|p| p.into_inner())
+        self.upstream.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// The local address of the last attempt's connection (`None` when it never connected).
+    pub fn upstream_local_address(&self) -> Option<SocketAddr> {
+        self.upstream.lock().unwrap_or_else(|p| p.into_inner()).1
     }
 }
 
