@@ -716,3 +716,81 @@ async fn envoy_opentelemetry_client_span_is_the_parent_of_the_ferry_server_span(
         assert_eq!(client.trace_id, server.trace_id);
     }
 }
+
+/// What a proxy forwarded for one request: its `x-request-id` and `x-b3-sampled`, read from the
+/// echo upstream's answer. `id`: the `x-request-id` sent, if any.
+async fn forwarded(proxy: SocketAddr, id: Option<&str>) -> (String, String) {
+    let headers: Vec<(&str, &str)> = id.map(|id| ("x-request-id", id)).into_iter().collect();
+    let request =
+        net::request(http::Method::GET, "app:9080", "/decide", &headers).expect("request");
+    let reply = net::send(proxy, net::Protocol::Http1, request)
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let echo: Value = serde_json::from_slice(&reply.body).expect("echo JSON");
+    let header = |name: &str| {
+        echo["headers"][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {name} upstream: {echo:#}"))
+            .to_owned()
+    };
+    (header("x-request-id"), header("x-b3-sampled"))
+}
+
+/// Envoy's UUID request id extension carries the trace decision in `x-request-id` (`9` in the
+/// version nibble when sampled), and with `use_request_id_for_trace_sampling` the random draw is
+/// the id's number: a real Envoy 1.40 and ferry-proxy at the same 50% make the same decision for
+/// the same id, in both orders (an Envoy hop then a ferry hop, and the reverse), without B3
+/// headers between them, and the second hop leaves the id as the first packed it.
+#[tokio::test]
+async fn envoy_and_ferry_agree_on_the_decision_carried_in_x_request_id() {
+    let collector = ZipkinCollector::start().await.expect("collector starts");
+    let app = Upstream::echo("app").await.expect("upstream starts");
+    let mut half = istio_tracing("HTTP_JSON");
+    half["random_sampling"]["value"] = json!(50.0);
+    let outbound = listener("0.0.0.0_9080", "OUTBOUND", "app", half);
+    let ferry = sidecar(
+        "productpage",
+        outbound.clone(),
+        &[
+            bootstrap::static_cluster("app", app.addr),
+            bootstrap::static_cluster("zipkin", collector.addr),
+        ],
+    )
+    .await;
+    let ferry_addr = ferry
+        .listeners
+        .listener_addr("0.0.0.0_9080")
+        .expect("bound");
+    let envoy_bootstrap = json!({
+        "node": { "id": "sidecar~127.0.0.1~productpage.default~default.svc.cluster.local", "cluster": "productpage.default" },
+        "static_resources": {
+            "listeners": [outbound],
+            "clusters": [json_cluster("app", app.addr), json_cluster("zipkin", collector.addr)]
+        }
+    });
+    let Some(envoy) = ferry_tests::envoy::Envoy::start(&envoy_bootstrap.to_string()).await else {
+        return;
+    };
+    let envoy_addr = envoy.wait_listener("0.0.0.0_9080").await;
+    let mut decisions = Vec::new();
+    for (first, second) in [(envoy_addr, ferry_addr), (ferry_addr, envoy_addr)] {
+        for _ in 0..30 {
+            let (id, sampled) = forwarded(first, None).await;
+            let packed = id.as_bytes()[14];
+            assert_eq!(
+                packed,
+                if sampled == "1" { b'9' } else { b'4' },
+                "{id} sampled={sampled}"
+            );
+            let (next_id, next_sampled) = forwarded(second, Some(&id)).await;
+            assert_eq!(next_sampled, sampled, "second hop's decision for {id}");
+            assert_eq!(next_id, id, "the second hop keeps the id");
+            decisions.push(sampled);
+        }
+    }
+    assert!(
+        decisions.iter().any(|s| s == "1") && decisions.iter().any(|s| s == "0"),
+        "50% sampling gave one outcome for 60 ids: {decisions:?}"
+    );
+}

@@ -46,6 +46,9 @@ pub struct HttpConnectionManagerConfig {
     pub generate_request_id: bool,
     /// Echo `x-request-id` in responses.
     pub always_set_request_id_in_response: bool,
+    /// `request_id_extension` (`envoy.request_id.uuid`): how `x-request-id` carries the trace
+    /// decision.
+    pub request_id: crate::tracers::UuidRequestId,
     /// WebSocket upgrades allowed (`upgrade_configs` has `websocket`).
     pub websocket: bool,
     /// Remove `x-forwarded-client-cert` (SANITIZE, SANITIZE_SET) or pass it (FORWARD_ONLY,
@@ -157,13 +160,8 @@ impl HttpConnectionManagerConfig {
         refuse_if(h.proxy_status_config.is_some(), "proxy_status_config")?;
         refuse_if(h.append_x_forwarded_port, "append_x_forwarded_port")?;
         refuse_if(h.forward_proto_config.is_some(), "forward_proto_config")?;
-        if let Some(ext) = &h.request_id_extension {
-            let uuid = ext.typed_config.as_ref().is_none_or(|a| {
-                a.type_url
-                    .ends_with("request_id.uuid.v3.UuidRequestIdConfig")
-            });
-            refuse_if(!uuid, "request_id_extension")?;
-        }
+        let request_id = request_id_extension(h.request_id_extension.as_ref())
+            .map_err(|reason| Invalid::new(f("request_id_extension"), reason))?;
         let codec = match h.codec_type {
             0 => Codec::Auto,
             1 => Codec::Http1,
@@ -258,6 +256,7 @@ impl HttpConnectionManagerConfig {
             skip_xff_append: h.skip_xff_append,
             generate_request_id: h.generate_request_id.is_none_or(|b| b.value),
             always_set_request_id_in_response: h.always_set_request_id_in_response,
+            request_id,
             websocket,
             sanitize_xfcc,
             normalize_path: h.normalize_path.is_some_and(|b| b.value),
@@ -280,6 +279,34 @@ impl HttpConnectionManagerConfig {
             },
         })
     }
+}
+
+/// The `request_id_extension`: only Envoy's UUID extension (its default) is implemented.
+fn request_id_extension(
+    ext: Option<&hcm_pb::RequestIdExtension>,
+) -> Result<crate::tracers::UuidRequestId, String> {
+    use xds_proto::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
+    let mut config = crate::tracers::UuidRequestId::default();
+    let Some(any) = ext.and_then(|e| e.typed_config.as_ref()) else {
+        return Ok(config);
+    };
+    if !any
+        .type_url
+        .ends_with("request_id.uuid.v3.UuidRequestIdConfig")
+    {
+        return Err(format!(
+            "{} is not implemented by ferry-proxy; only envoy.request_id.uuid is",
+            any.type_url
+        ));
+    }
+    let uuid: UuidRequestIdConfig = xds_proto::any::unpack(any).map_err(|e| e.to_string())?;
+    if let Some(pack) = uuid.pack_trace_reason {
+        config.pack_trace_reason = pack.value;
+    }
+    if let Some(use_id) = uuid.use_request_id_for_trace_sampling {
+        config.use_request_id_for_trace_sampling = use_id.value;
+    }
+    Ok(config)
 }
 
 /// Whether the filter is a fault or CORS filter with its default (empty) config.
@@ -392,5 +419,34 @@ mod tests {
             let e = bytes(Some(refused)).unwrap_err();
             assert_eq!(e.field, "hcm.max_request_headers_kb");
         }
+    }
+
+    #[test]
+    fn uuid_request_id_extension_is_read_and_others_are_refused() {
+        use xds_proto::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
+        use xds_proto::google::protobuf::BoolValue;
+        let ext = |any| hcm_pb::RequestIdExtension {
+            typed_config: Some(any),
+        };
+        let defaults = request_id_extension(None).unwrap();
+        assert!(defaults.pack_trace_reason && defaults.use_request_id_for_trace_sampling);
+        let istio = UuidRequestIdConfig {
+            use_request_id_for_trace_sampling: Some(BoolValue { value: true }),
+            ..Default::default()
+        };
+        let read = request_id_extension(Some(&ext(xds_proto::any::pack(&istio)))).unwrap();
+        assert_eq!(read, crate::tracers::UuidRequestId::default());
+        let off = UuidRequestIdConfig {
+            pack_trace_reason: Some(BoolValue { value: false }),
+            use_request_id_for_trace_sampling: Some(BoolValue { value: false }),
+        };
+        let read = request_id_extension(Some(&ext(xds_proto::any::pack(&off)))).unwrap();
+        assert!(!read.pack_trace_reason && !read.use_request_id_for_trace_sampling);
+        let other = xds_proto::google::protobuf::Any {
+            type_url: "type.googleapis.com/example.RequestId".into(),
+            value: vec![],
+        };
+        let e = request_id_extension(Some(&ext(other))).unwrap_err();
+        assert!(e.contains("example.RequestId"), "{e}");
     }
 }

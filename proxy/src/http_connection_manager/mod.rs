@@ -297,6 +297,7 @@ async fn handle_inner(
                 local: downstream.local,
                 force: force_trace,
                 authority: &authority,
+                request_id: hcm.request_id,
             };
             downstream
                 .tracer
