@@ -16,7 +16,32 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Istio's default text format (`meshConfig.accessLogFormat` unset).
-const ISTIO_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
+const ISTIO_FORMAT: &str = ferry_control::translate::hcm_access_log::ISTIO_TEXT_FORMAT;
+/// Istio's default JSON fields (`accessLogEncoding: JSON`), one operator per key.
+const ISTIO_JSON_FIELDS: &[(&str, &str)] =
+    ferry_control::translate::hcm_access_log::ISTIO_JSON_FIELDS;
+
+/// The listener `http` (YAML list item for [`bootstrap::static_resources`]) whose HCM logs with
+/// `access_log` and routes with `routes`.
+fn logged_listener(access_log: Value, routes: Value) -> String {
+    let listener = json!([{
+        "name": "http",
+        "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } },
+        "filter_chains": [{ "filters": [{ "name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "http",
+            "access_log": access_log,
+            "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }],
+            "route_config": { "name": "r", "virtual_hosts": [{ "name": "all", "domains": ["*"], "routes": routes }] }
+        } }] }]
+    }]);
+    serde_yaml_ng::to_string(&listener)
+        .expect("yaml")
+        .lines()
+        .map(|l| format!("\n  {l}"))
+        .collect()
+}
 
 fn lines(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path)
@@ -46,28 +71,12 @@ async fn requests_are_logged_in_istio_text_format_and_json() {
                 "cluster": "%UPSTREAM_CLUSTER%", "sent": "%BYTES_SENT%",
                 "received": "%BYTES_RECEIVED%", "request_id": "%REQ(X-REQUEST-ID)%" } } } }
     ]);
-    let listener = json!([{
-        "name": "http",
-        "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } },
-        "filter_chains": [{ "filters": [{ "name": "envoy.filters.network.http_connection_manager", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-            "stat_prefix": "http",
-            "access_log": access_log,
-            "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }],
-            "route_config": { "name": "r", "virtual_hosts": [{ "name": "all", "domains": ["*"], "routes": [
-                { "name": "to-app", "match": { "prefix": "/app" }, "route": { "cluster": "app" } },
-                { "name": "to-closed", "match": { "prefix": "/closed" }, "route": { "cluster": "closed", "retry_policy": { "num_retries": 0 } } }
-            ] }] }
-        } }] }]
-    }]);
-    let listener_yaml: String = serde_yaml_ng::to_string(&listener)
-        .expect("yaml")
-        .lines()
-        .map(|l| format!("\n  {l}"))
-        .collect();
+    let routes = json!([
+        { "name": "to-app", "match": { "prefix": "/app" }, "route": { "cluster": "app" } },
+        { "name": "to-closed", "match": { "prefix": "/closed" }, "route": { "cluster": "closed", "retry_policy": { "num_retries": 0 } } }
+    ]);
     let yaml = bootstrap::static_resources(
-        &[listener_yaml],
+        &[logged_listener(access_log, routes)],
         &[
             bootstrap::static_cluster("app", app.addr),
             bootstrap::static_cluster("closed", net::loopback(closed.port())),
@@ -191,44 +200,6 @@ fn ferry_proxy_accepts_ferry_controls_access_logs_and_tracing() {
     }
 }
 
-/// Istio's default JSON fields (`accessLogEncoding: JSON`), one operator per key, so lines
-/// compare field by field.
-const ISTIO_JSON_FIELDS: &[(&str, &str)] = &[
-    ("authority", "%REQ(:AUTHORITY)%"),
-    ("bytes_received", "%BYTES_RECEIVED%"),
-    ("bytes_sent", "%BYTES_SENT%"),
-    (
-        "connection_termination_details",
-        "%CONNECTION_TERMINATION_DETAILS%",
-    ),
-    ("downstream_local_address", "%DOWNSTREAM_LOCAL_ADDRESS%"),
-    ("downstream_remote_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
-    ("duration", "%DURATION%"),
-    ("method", "%REQ(:METHOD)%"),
-    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
-    ("protocol", "%PROTOCOL%"),
-    ("request_id", "%REQ(X-REQUEST-ID)%"),
-    ("requested_server_name", "%REQUESTED_SERVER_NAME%"),
-    ("response_code", "%RESPONSE_CODE%"),
-    ("response_code_details", "%RESPONSE_CODE_DETAILS%"),
-    ("response_flags", "%RESPONSE_FLAGS%"),
-    ("route_name", "%ROUTE_NAME%"),
-    ("start_time", "%START_TIME%"),
-    ("upstream_cluster", "%UPSTREAM_CLUSTER_RAW%"),
-    ("upstream_host", "%UPSTREAM_HOST%"),
-    ("upstream_local_address", "%UPSTREAM_LOCAL_ADDRESS%"),
-    (
-        "upstream_service_time",
-        "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
-    ),
-    (
-        "upstream_transport_failure_reason",
-        "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
-    ),
-    ("user_agent", "%REQ(USER-AGENT)%"),
-    ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
-];
-
 /// The requests both proxies get: (request id and path, expected status).
 const COMPARED: &[(&str, u16)] = &[
     ("/ok", 200),
@@ -258,44 +229,29 @@ fn comparison_bootstrap(path: &std::path::Path, up: &Compared) -> String {
         .map(|(k, v)| ((*k).to_owned(), (*v).into()))
         .collect();
     let no_retry = json!({ "num_retries": 0 });
-    let listener = json!([{
-        "name": "http",
-        "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } },
-        "filter_chains": [{ "filters": [{ "name": "envoy.filters.network.http_connection_manager", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-            "stat_prefix": "http",
-            "access_log": [{ "name": "envoy.access_loggers.file", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-                "path": path.to_string_lossy(),
-                "log_format": { "json_format": fields } } }],
-            "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }],
-            "route_config": { "name": "r", "virtual_hosts": [{ "name": "all", "domains": ["*"], "routes": [
-                { "name": "ok", "match": { "path": "/ok" }, "route": { "cluster": "ok" } },
-                { "name": "refused", "match": { "path": "/refused" },
-                  "route": { "cluster": "closed", "retry_policy": no_retry } },
-                { "name": "refused-retried", "match": { "path": "/refused-retried" },
-                  "route": { "cluster": "closed", "retry_policy": { "retry_on": "connect-failure", "num_retries": 2 } } },
-                { "name": "reset", "match": { "path": "/reset" },
-                  "route": { "cluster": "reset", "retry_policy": no_retry } },
-                { "name": "hang", "match": { "path": "/hang" },
-                  "route": { "cluster": "hang", "timeout": "0.2s", "retry_policy": no_retry } },
-                { "name": "hang-per-try", "match": { "path": "/hang-per-try" },
-                  "route": { "cluster": "hang", "timeout": "5s", "retry_policy": {
-                      "retry_on": "5xx", "num_retries": 1, "per_try_timeout": "0.1s" } } },
-                { "name": "direct", "match": { "path": "/direct" },
-                  "direct_response": { "status": 200, "body": { "inline_string": "direct" } } },
-                { "name": "empty", "match": { "path": "/empty" }, "route": { "cluster": "empty" } }
-            ] }] }
-        } }] }]
-    }]);
-    let listener_yaml: String = serde_yaml_ng::to_string(&listener)
-        .expect("yaml")
-        .lines()
-        .map(|l| format!("\n  {l}"))
-        .collect();
+    let access_log = json!([{ "name": "envoy.access_loggers.file", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        "path": path.to_string_lossy(),
+        "log_format": { "json_format": fields } } }]);
+    let routes = json!([
+        { "name": "ok", "match": { "path": "/ok" }, "route": { "cluster": "ok" } },
+        { "name": "refused", "match": { "path": "/refused" },
+          "route": { "cluster": "closed", "retry_policy": no_retry } },
+        { "name": "refused-retried", "match": { "path": "/refused-retried" },
+          "route": { "cluster": "closed", "retry_policy": { "retry_on": "connect-failure", "num_retries": 2 } } },
+        { "name": "reset", "match": { "path": "/reset" },
+          "route": { "cluster": "reset", "retry_policy": no_retry } },
+        { "name": "hang", "match": { "path": "/hang" },
+          "route": { "cluster": "hang", "timeout": "0.2s", "retry_policy": no_retry } },
+        { "name": "hang-per-try", "match": { "path": "/hang-per-try" },
+          "route": { "cluster": "hang", "timeout": "5s", "retry_policy": {
+              "retry_on": "5xx", "num_retries": 1, "per_try_timeout": "0.1s" } } },
+        { "name": "direct", "match": { "path": "/direct" },
+          "direct_response": { "status": 200, "body": { "inline_string": "direct" } } },
+        { "name": "empty", "match": { "path": "/empty" }, "route": { "cluster": "empty" } }
+    ]);
     bootstrap::static_resources(
-        &[listener_yaml],
+        &[logged_listener(access_log, routes)],
         &[
             bootstrap::static_cluster("ok", up.ok.addr),
             bootstrap::static_cluster("reset", up.reset.addr),

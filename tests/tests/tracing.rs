@@ -584,6 +584,16 @@ fn json_cluster(name: &str, addr: SocketAddr) -> Value {
     })
 }
 
+/// The bootstrap of a real Envoy as the `productpage` client sidecar with `listener` and
+/// `clusters`.
+fn envoy_productpage(listener: Value, clusters: Vec<Value>) -> String {
+    json!({
+        "node": { "id": "sidecar~127.0.0.1~productpage.default~default.svc.cluster.local", "cluster": "productpage.default" },
+        "static_resources": { "listeners": [listener], "clusters": clusters }
+    })
+    .to_string()
+}
+
 /// Interop with a real Envoy 1.40 as the client sidecar: Envoy's CLIENT span (B3 it injected)
 /// is the parent of ferry-proxy's SERVER span in one trace at the collector.
 #[tokio::test]
@@ -608,17 +618,19 @@ async fn envoy_client_span_is_the_parent_of_the_ferry_server_span() {
         .listeners
         .listener_addr("inbound_9080")
         .expect("inbound bound");
-    let envoy_bootstrap = json!({
-        "node": { "id": "sidecar~127.0.0.1~productpage.default~default.svc.cluster.local", "cluster": "productpage.default" },
-        "static_resources": {
-            "listeners": [listener("0.0.0.0_9080", "OUTBOUND", "outbound|9080||reviews", istio_tracing("HTTP_JSON"))],
-            "clusters": [
-                json_cluster("outbound|9080||reviews", inbound_addr),
-                json_cluster("zipkin", collector.addr)
-            ]
-        }
-    });
-    let Some(envoy) = ferry_tests::envoy::Envoy::start(&envoy_bootstrap.to_string()).await else {
+    let envoy_bootstrap = envoy_productpage(
+        listener(
+            "0.0.0.0_9080",
+            "OUTBOUND",
+            "outbound|9080||reviews",
+            istio_tracing("HTTP_JSON"),
+        ),
+        vec![
+            json_cluster("outbound|9080||reviews", inbound_addr),
+            json_cluster("zipkin", collector.addr),
+        ],
+    );
+    let Some(envoy) = ferry_tests::envoy::Envoy::start(&envoy_bootstrap).await else {
         return;
     };
     let outbound_addr = envoy.wait_listener("0.0.0.0_9080").await;
@@ -669,17 +681,19 @@ async fn envoy_opentelemetry_client_span_is_the_parent_of_the_ferry_server_span(
     let receiver = OtlpReceiver::start().await.expect("receiver starts");
     let app = Upstream::echo("reviews-v1").await.expect("upstream starts");
     let (_inbound, inbound_addr) = otel_inbound_sidecar(app.addr, receiver.addr).await;
-    let envoy_bootstrap = json!({
-        "node": { "id": "sidecar~127.0.0.1~productpage.default~default.svc.cluster.local", "cluster": "productpage.default" },
-        "static_resources": {
-            "listeners": [listener("0.0.0.0_9080", "OUTBOUND", "outbound|9080||reviews", otel_tracing("productpage.default"))],
-            "clusters": [
-                json_cluster("outbound|9080||reviews", inbound_addr),
-                json_h2_cluster("otel", receiver.addr)
-            ]
-        }
-    });
-    let Some(envoy) = ferry_tests::envoy::Envoy::start(&envoy_bootstrap.to_string()).await else {
+    let envoy_bootstrap = envoy_productpage(
+        listener(
+            "0.0.0.0_9080",
+            "OUTBOUND",
+            "outbound|9080||reviews",
+            otel_tracing("productpage.default"),
+        ),
+        vec![
+            json_cluster("outbound|9080||reviews", inbound_addr),
+            json_h2_cluster("otel", receiver.addr),
+        ],
+    );
+    let Some(envoy) = ferry_tests::envoy::Envoy::start(&envoy_bootstrap).await else {
         return;
     };
     let outbound_addr = envoy.wait_listener("0.0.0.0_9080").await;
@@ -762,14 +776,14 @@ async fn envoy_and_ferry_agree_on_the_decision_carried_in_x_request_id() {
         .listeners
         .listener_addr("0.0.0.0_9080")
         .expect("bound");
-    let envoy_bootstrap = json!({
-        "node": { "id": "sidecar~127.0.0.1~productpage.default~default.svc.cluster.local", "cluster": "productpage.default" },
-        "static_resources": {
-            "listeners": [outbound],
-            "clusters": [json_cluster("app", app.addr), json_cluster("zipkin", collector.addr)]
-        }
-    });
-    let Some(envoy) = ferry_tests::envoy::Envoy::start(&envoy_bootstrap.to_string()).await else {
+    let envoy_bootstrap = envoy_productpage(
+        outbound,
+        vec![
+            json_cluster("app", app.addr),
+            json_cluster("zipkin", collector.addr),
+        ],
+    );
+    let Some(envoy) = ferry_tests::envoy::Envoy::start(&envoy_bootstrap).await else {
         return;
     };
     let envoy_addr = envoy.wait_listener("0.0.0.0_9080").await;
