@@ -257,21 +257,16 @@ mod tests {
                 "{reason:?}"
             );
         }
+        // `overall_sampling` draws from the id too: 50% keeps values below 5000.
         let capped = config(100.0, 100.0, 50.0);
-        let d = decide(
-            &capped,
-            Signals::default(),
-            from_id(Some(6_000), Reason::RandomSampling),
-            &mut rng,
-        );
-        assert_eq!(d.reason, Reason::NotTraceable);
-        let d = decide(
-            &capped,
-            Signals::default(),
-            from_id(Some(4_000), Reason::RandomSampling),
-            &mut rng,
-        );
-        assert_eq!(d.reason, Reason::RandomSampling);
+        for (value, kept) in [
+            (6_000, Reason::NotTraceable),
+            (4_000, Reason::RandomSampling),
+        ] {
+            let packed = from_id(Some(value), Reason::RandomSampling);
+            let d = decide(&capped, Signals::default(), packed, &mut rng);
+            assert_eq!(d.reason, kept, "{value}");
+        }
     }
 
     #[test]
