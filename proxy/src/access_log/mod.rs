@@ -225,10 +225,7 @@ impl Writers {
             let mut file = None;
             while let Some(line) = rx.recv().await {
                 if file.is_none() {
-                    file = tokio::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&path)
+                    file = open(&path)
                         .await
                         .map_err(|error| {
                             tracing::warn!(path = %path.display(), %error, "access log: cannot open");
@@ -239,7 +236,12 @@ impl Writers {
                     failed.inc();
                     continue;
                 };
-                match f.write_all(line.as_bytes()).await {
+                // Flushed per line: the file's writer holds bytes until flushed.
+                let wrote = async {
+                    f.write_all(line.as_bytes()).await?;
+                    f.flush().await
+                };
+                match wrote.await {
                     Ok(()) => written.inc(),
                     Err(error) => {
                         tracing::debug!(%error, "access log: write failed");
@@ -251,6 +253,25 @@ impl Writers {
         });
         tx
     }
+}
+
+/// Where a log's lines go. As in Envoy, `/dev/stdout` and `/dev/stderr` are the process's own
+/// streams (a duplicate of its descriptor), not files to open: reopening them fails for a proxy
+/// that dropped privileges (Istio's uid 1337) when its output belongs to root.
+async fn open(path: &std::path::Path) -> std::io::Result<tokio::fs::File> {
+    use std::os::fd::AsFd;
+    let stream = match path.to_str() {
+        Some("/dev/stdout") => std::io::stdout().as_fd().try_clone_to_owned()?,
+        Some("/dev/stderr") => std::io::stderr().as_fd().try_clone_to_owned()?,
+        _ => {
+            return tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .await;
+        }
+    };
+    Ok(tokio::fs::File::from_std(std::fs::File::from(stream)))
 }
 
 /// What the HCM records when a logged request starts.

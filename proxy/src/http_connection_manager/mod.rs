@@ -374,7 +374,9 @@ async fn handle_inner(
             status: response.status().as_u16(),
             response_headers: response.headers().clone(),
             flags: flag,
-            local: downstream.local,
+            // Envoy restores a redirected connection's local address to its original
+            // destination, so `%DOWNSTREAM_LOCAL_ADDRESS%` is the address the app called.
+            local: downstream.original_dst.unwrap_or(downstream.local),
             remote: downstream.peer,
         };
         // Lines are written when the body ends: `DURATION` covers the whole response and
