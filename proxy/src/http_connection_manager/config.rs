@@ -70,6 +70,8 @@ pub struct HttpConnectionManagerConfig {
     /// `tracing`: spans are created, propagated and reported (by its provider, else the
     /// bootstrap's).
     pub tracing: Option<Arc<crate::tracers::TracingConfig>>,
+    /// `common_http_protocol_options`, `http_protocol_options`, `http2_protocol_options`.
+    pub protocol: super::protocol_options::DownstreamProtocolOptions,
 }
 
 /// Envoy's `server_header_transformation`.
@@ -157,6 +159,65 @@ impl HttpConnectionManagerConfig {
         refuse_if(h.proxy_status_config.is_some(), "proxy_status_config")?;
         refuse_if(h.append_x_forwarded_port, "append_x_forwarded_port")?;
         refuse_if(h.forward_proto_config.is_some(), "forward_proto_config")?;
+        refuse_if(!zero(&h.stream_flush_timeout), "stream_flush_timeout")?;
+        refuse_if(
+            h.drain_timeout_jitter
+                .as_ref()
+                .is_some_and(|p| p.value > 0.0),
+            "drain_timeout_jitter",
+        )?;
+        // Envoy's default (1s) only bounds how long a close waits for the write buffer to
+        // flush; hyper flushes before it closes. Another value would be a promise not kept.
+        refuse_if(
+            h.delayed_close_timeout
+                .as_ref()
+                .is_some_and(|d| d.seconds != 1 || d.nanos != 0),
+            "delayed_close_timeout",
+        )?;
+        // Access log lines are written when each stream ends; periodic flushes are not
+        // implemented.
+        refuse_if(
+            h.access_log_flush_interval.is_some(),
+            "access_log_flush_interval",
+        )?;
+        refuse_if(
+            h.flush_access_log_on_new_request,
+            "flush_access_log_on_new_request",
+        )?;
+        refuse_if(h.access_log_options.is_some(), "access_log_options")?;
+        // Internal requests are judged by the RFC 1918 / loopback defaults only.
+        refuse_if(
+            h.internal_address_config.is_some(),
+            "internal_address_config",
+        )?;
+        refuse_if(
+            h.forward_client_cert_matcher.is_some(),
+            "forward_client_cert_matcher",
+        )?;
+        refuse_if(
+            h.represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
+            "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
+        )?;
+        refuse_if(
+            h.stream_error_on_invalid_http_message
+                .is_some_and(|b| b.value),
+            "stream_error_on_invalid_http_message",
+        )?;
+        refuse_if(
+            h.path_normalization_options.is_some(),
+            "path_normalization_options",
+        )?;
+        refuse_if(
+            h.typed_header_validation_config.is_some(),
+            "typed_header_validation_config",
+        )?;
+        refuse_if(h.append_local_overload, "append_local_overload")?;
+        let protocol = super::protocol_options::DownstreamProtocolOptions::from_proto(
+            h.common_http_protocol_options.as_ref(),
+            h.http_protocol_options.as_ref(),
+            h.http2_protocol_options.as_ref(),
+            field,
+        )?;
         if let Some(ext) = &h.request_id_extension {
             let uuid = ext.typed_config.as_ref().is_none_or(|a| {
                 a.type_url
@@ -247,6 +308,7 @@ impl HttpConnectionManagerConfig {
             ));
         }
         Ok(Self {
+            protocol,
             drain_timeout,
             max_request_headers: max_request_headers_kb as usize * 1024,
             tracing,
