@@ -280,8 +280,8 @@ fn unsupported_fields_are_refused_by_name() {
             "transport_socket",
         ),
         (
-            "name: a\ncommon_http_protocol_options: { max_connection_duration: 1s }",
-            "common_http_protocol_options.max_connection_duration",
+            "name: a\ncommon_http_protocol_options: { max_stream_duration: 1s }",
+            "common_http_protocol_options.max_stream_duration",
         ),
         (
             "name: a\ntype: LOGICAL_DNS\nload_assignment: { endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: a, port_value: 1 } } } }, { endpoint: { address: { socket_address: { address: b, port_value: 1 } } } } ] } ] }",

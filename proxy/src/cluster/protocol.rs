@@ -212,11 +212,37 @@ fn common_options(
     o: &core::HttpProtocolOptions,
     settings: &mut PoolSettings,
 ) -> Result<(), InvalidCluster> {
-    if o.max_connection_duration.is_some() {
+    // Limits Envoy applies to upstream response headers: hyper's HTTP/1 codec has the same
+    // defaults (100 headers, and a header block bounded by the 64 KiB read buffer), so only
+    // those values are accepted.
+    if o.max_headers_count.is_some_and(|v| v.value != 100) {
+        return Err(InvalidCluster::not_implemented(name, "max_headers_count"));
+    }
+    if o.max_response_headers_kb.is_some_and(|v| v.value != 60) {
         return Err(InvalidCluster::not_implemented(
             name,
-            "max_connection_duration",
+            "max_response_headers_kb",
         ));
+    }
+    if o.headers_with_underscores_action != 0 {
+        return Err(InvalidCluster::not_implemented(
+            name,
+            "headers_with_underscores_action",
+        ));
+    }
+    if o.max_connection_duration_jitter
+        .as_ref()
+        .is_some_and(|p| p.value > 0.0)
+    {
+        return Err(InvalidCluster::not_implemented(
+            name,
+            "max_connection_duration_jitter",
+        ));
+    }
+    if let Some(max) = &o.max_connection_duration {
+        let max = duration(name, "max_connection_duration", max)?;
+        // Envoy: zero (like unset) means no limit.
+        settings.max_connection_duration = (!max.is_zero()).then_some(max);
     }
     if o.max_stream_duration.is_some() {
         return Err(InvalidCluster::not_implemented(name, "max_stream_duration"));
@@ -338,3 +364,7 @@ fn http2(name: &str, o: &core::Http2ProtocolOptions) -> Result<Http2Settings, In
     }
     Ok(s)
 }
+
+#[cfg(test)]
+#[path = "protocol_tests.rs"]
+mod tests;

@@ -47,6 +47,7 @@ struct Idle {
     id: u64,
     sender: SendRequest<Body>,
     since: Instant,
+    created: Instant,
     served: u32,
 }
 
@@ -54,6 +55,7 @@ struct Idle {
 struct Checkout {
     id: u64,
     sender: SendRequest<Body>,
+    created: Instant,
     served: u32,
     reused: bool,
 }
@@ -130,13 +132,15 @@ impl Inner {
             let expired = self
                 .settings
                 .idle_timeout
-                .is_some_and(|t| now.duration_since(conn.since) >= t);
+                .is_some_and(|t| now.duration_since(conn.since) >= t)
+                || self.settings.outlived(conn.created, now);
             if conn.sender.is_closed() || expired || !conn.sender.is_ready() {
                 continue;
             }
             return Some(Checkout {
                 id: conn.id,
                 sender: conn.sender,
+                created: conn.created,
                 served: conn.served,
                 reused: true,
             });
@@ -200,6 +204,7 @@ impl Inner {
         Ok(Checkout {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             sender,
+            created: Instant::now(),
             served: 0,
             reused: false,
         })
@@ -212,6 +217,7 @@ impl Inner {
             .settings
             .max_requests_per_connection
             .is_some_and(|max| conn.served >= max)
+            || this.settings.outlived(conn.created, Instant::now())
         {
             return;
         }
@@ -220,6 +226,7 @@ impl Inner {
             let Checkout {
                 id,
                 mut sender,
+                created,
                 served,
                 ..
             } = conn;
@@ -231,6 +238,7 @@ impl Inner {
                 id,
                 sender,
                 since: Instant::now(),
+                created,
                 served,
             });
             pool.slots.wake().notify_waiters();

@@ -53,6 +53,7 @@ struct Conn {
     active: u32,
     served: u32,
     idle_since: Instant,
+    created: Instant,
 }
 
 /// Holds one stream's slot on its connection until the response body is done.
@@ -144,7 +145,9 @@ impl Inner {
             .settings
             .max_requests_per_connection
             .is_none_or(|max| conn.served < max);
-        (conn.active as usize) < max_streams && below_max_requests
+        (conn.active as usize) < max_streams
+            && below_max_requests
+            && !self.settings.outlived(conn.created, Instant::now())
     }
 
     /// A stream slot on an open connection with room, or on a new connection (`true`).
@@ -209,10 +212,11 @@ impl Inner {
         let mut conns = self.lock_conns();
         conns.retain(|c| {
             let expired = c.active == 0
-                && self
+                && (self
                     .settings
                     .idle_timeout
-                    .is_some_and(|t| now.duration_since(c.idle_since) >= t);
+                    .is_some_and(|t| now.duration_since(c.idle_since) >= t)
+                    || self.settings.outlived(c.created, now));
             !c.sender.is_closed() && !expired
         });
         let conn = conns.iter_mut().find(|c| self.limit(c))?;
@@ -272,6 +276,7 @@ impl Inner {
             active: 1,
             served: 1,
             idle_since: Instant::now(),
+            created: Instant::now(),
         };
         // Listed even when it may take no more streams, so `finish_stream` finds it.
         self.lock_conns().push(conn);
@@ -299,7 +304,8 @@ impl Inner {
         let exhausted = self
             .settings
             .max_requests_per_connection
-            .is_some_and(|max| conn.served >= max);
+            .is_some_and(|max| conn.served >= max)
+            || self.settings.outlived(conn.created, Instant::now());
         if exhausted {
             conns.remove(i);
             return;
