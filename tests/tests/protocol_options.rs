@@ -273,3 +273,39 @@ async fn http2_protocol_options_are_advertised() {
         );
     }
 }
+
+/// The path the echo upstream saw, from its JSON answer.
+fn upstream_path(text: &str) -> String {
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    json["path"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn escaped_slashes_and_merge_slashes_rewrite_the_path() {
+    let upstream = Upstream::echo("echo").await.expect("upstream");
+    // Istio's DECODE_AND_MERGE_SLASHES path normalization.
+    let yaml = bootstrap_with(
+        &[
+            "normalize_path: true",
+            "merge_slashes: true",
+            "path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD",
+        ],
+        upstream.addr,
+    );
+    for (name, addr, _peer) in peers(&yaml).await {
+        let (status, text) = raw(addr, &get("/a//b%2Fc/..//d?q=x//y", &[])).await;
+        assert_eq!(status, 200, "{name}: {text}");
+        assert_eq!(upstream_path(&text), "/a/b/d?q=x//y", "{name}");
+    }
+    let yaml = bootstrap_with(
+        &["path_with_escaped_slashes_action: REJECT_REQUEST"],
+        upstream.addr,
+    );
+    for (name, addr, _peer) in peers(&yaml).await {
+        let (status, _) = raw(addr, &get("/a%2fb", &[])).await;
+        assert_eq!(status, 400, "{name}: escaped slash rejected");
+        let (status, _) = raw(addr, &get("/a/b", &[])).await;
+        assert_eq!(status, 200, "{name}: plain path passes");
+    }
+}

@@ -53,6 +53,10 @@ pub struct HttpConnectionManagerConfig {
     pub sanitize_xfcc: bool,
     /// `normalize_path`: RFC 3986 dot-segment removal (and `\\` to `/`) before routing.
     pub normalize_path: bool,
+    /// `merge_slashes`: `//` runs in the path become one `/` (after `normalize_path`).
+    pub merge_slashes: bool,
+    /// `path_with_escaped_slashes_action`.
+    pub escaped_slashes: super::path::EscapedSlashes,
     /// `server_name` (Envoy default `envoy`), written per `server_header_transformation`.
     pub server_name: http::HeaderValue,
     /// `server_header_transformation`.
@@ -147,11 +151,24 @@ impl HttpConnectionManagerConfig {
             h.set_current_client_cert_details.is_some(),
             "set_current_client_cert_details",
         )?;
-        refuse_if(h.merge_slashes, "merge_slashes")?;
-        refuse_if(
-            h.path_with_escaped_slashes_action > 1,
-            "path_with_escaped_slashes_action",
-        )?;
+        use super::path::EscapedSlashes;
+        let escaped_slashes = match h.path_with_escaped_slashes_action {
+            0 | 1 => EscapedSlashes::KeepUnchanged,
+            2 => EscapedSlashes::RejectRequest,
+            4 => EscapedSlashes::UnescapeAndForward,
+            3 => {
+                return Err(Invalid::new(
+                    f("path_with_escaped_slashes_action"),
+                    "UNESCAPE_AND_REDIRECT is not implemented by ferry-proxy",
+                ));
+            }
+            _ => {
+                return Err(Invalid::new(
+                    f("path_with_escaped_slashes_action"),
+                    "unknown value",
+                ));
+            }
+        };
         refuse_if(h.local_reply_config.is_some(), "local_reply_config")?;
         refuse_if(h.strip_matching_host_port, "strip_matching_host_port")?;
         refuse_if(h.strip_port_mode.is_some(), "strip_port_mode")?;
@@ -323,6 +340,8 @@ impl HttpConnectionManagerConfig {
             websocket,
             sanitize_xfcc,
             normalize_path: h.normalize_path.is_some_and(|b| b.value),
+            merge_slashes: h.merge_slashes,
+            escaped_slashes,
             server_name: if h.server_name.is_empty() {
                 http::HeaderValue::from_static("envoy")
             } else {

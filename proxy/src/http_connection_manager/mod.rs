@@ -437,10 +437,19 @@ async fn route_request(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    if hcm.normalize_path {
-        match path::normalize(&path_and_query) {
-            Some(normalized) => path_and_query = normalized,
-            None => return local_reply(StatusCode::BAD_REQUEST, "", None),
+    if hcm.normalize_path
+        || hcm.merge_slashes
+        || hcm.escaped_slashes != path::EscapedSlashes::KeepUnchanged
+    {
+        match path::canonicalize(
+            &path_and_query,
+            hcm.normalize_path,
+            hcm.merge_slashes,
+            hcm.escaped_slashes,
+        ) {
+            Ok(Some(canonical)) => path_and_query = canonical,
+            Ok(None) => {}
+            Err(()) => return local_reply(StatusCode::BAD_REQUEST, "", None),
         }
     }
     let head = RequestHead {
