@@ -309,3 +309,37 @@ async fn escaped_slashes_and_merge_slashes_rewrite_the_path() {
         assert_eq!(status, 200, "{name}: plain path passes");
     }
 }
+
+#[tokio::test]
+async fn xfcc_is_removed_on_plaintext_unless_always_forward_only() {
+    // istiod's inbound HCM: APPEND_FORWARD with set_current_client_cert_details. Without a
+    // peer certificate (plaintext) Envoy removes the incoming header; only ALWAYS_FORWARD_ONLY
+    // passes it.
+    let upstream = Upstream::echo("echo").await.expect("upstream");
+    let xfcc = "By=spiffe://cluster.local/ns/a/sa/b;URI=spiffe://cluster.local/ns/c/sa/d";
+    let seen = async |addr| {
+        let header = format!("x-forwarded-client-cert: {xfcc}");
+        let (status, text) = raw(addr, &get("/", &[header])).await;
+        assert_eq!(status, 200, "{text}");
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_str(body).expect("echo JSON");
+        json["headers"]["x-forwarded-client-cert"].clone()
+    };
+    let yaml = bootstrap_with(
+        &[
+            "forward_client_cert_details: APPEND_FORWARD",
+            "set_current_client_cert_details: { subject: true, uri: true, dns: true }",
+        ],
+        upstream.addr,
+    );
+    for (name, addr, _peer) in peers(&yaml).await {
+        assert_eq!(seen(addr).await, serde_json::Value::Null, "{name}: removed");
+    }
+    let yaml = bootstrap_with(
+        &["forward_client_cert_details: ALWAYS_FORWARD_ONLY"],
+        upstream.addr,
+    );
+    for (name, addr, _peer) in peers(&yaml).await {
+        assert_eq!(seen(addr).await, xfcc, "{name}: forwarded");
+    }
+}

@@ -48,8 +48,8 @@ pub struct HttpConnectionManagerConfig {
     pub always_set_request_id_in_response: bool,
     /// WebSocket upgrades allowed (`upgrade_configs` has `websocket`).
     pub websocket: bool,
-    /// Remove `x-forwarded-client-cert` (SANITIZE, SANITIZE_SET) or pass it (FORWARD_ONLY,
-    /// APPEND_FORWARD; with no client certificate there is nothing to append).
+    /// Remove `x-forwarded-client-cert`: every `forward_client_cert_details` mode but
+    /// ALWAYS_FORWARD_ONLY does on a connection without a client certificate (all of ferry's).
     pub sanitize_xfcc: bool,
     /// `normalize_path`: RFC 3986 dot-segment removal (and `\\` to `/`) before routing.
     pub normalize_path: bool,
@@ -147,10 +147,11 @@ impl HttpConnectionManagerConfig {
             h.preserve_external_request_id,
             "preserve_external_request_id",
         )?;
-        refuse_if(
-            h.set_current_client_cert_details.is_some(),
-            "set_current_client_cert_details",
-        )?;
+        // `set_current_client_cert_details` (istiod sets it on every inbound HCM) says which
+        // parts of the peer's certificate to append to XFCC. The filter chain refuses downstream
+        // TLS, so a connection never has a peer certificate and, as in Envoy on a plaintext
+        // connection, there is nothing to append: accepting it applies it exactly. Whoever adds
+        // downstream TLS must read it here.
         use super::path::EscapedSlashes;
         let escaped_slashes = match h.path_with_escaped_slashes_action {
             0 | 1 => EscapedSlashes::KeepUnchanged,
@@ -297,9 +298,12 @@ impl HttpConnectionManagerConfig {
             }
             websocket = u.enabled.is_none_or(|b| b.value);
         }
+        // Envoy removes XFCC from a request that did not come over mTLS with a client
+        // certificate unless the mode is ALWAYS_FORWARD_ONLY; ferry-proxy has no downstream TLS,
+        // so every other mode sanitizes.
         let sanitize_xfcc = match h.forward_client_cert_details {
-            0 | 3 => true,
-            1 | 2 => false,
+            0..=3 => true,
+            4 => false,
             _ => {
                 return Err(Invalid::new(
                     f("forward_client_cert_details"),

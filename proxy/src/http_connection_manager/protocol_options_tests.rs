@@ -296,3 +296,18 @@ fn requests_are_checked_before_routing() {
     assert!(parts.headers.get("x_a").is_none());
     assert_eq!(parts.headers["x-b"], "2");
 }
+
+#[test]
+fn istios_inbound_client_cert_options_are_accepted_and_sanitize_on_plaintext() {
+    let inbound = hcm(|h| {
+        h.forward_client_cert_details = 2; // APPEND_FORWARD
+        h.set_current_client_cert_details = Some(Default::default());
+    })
+    .expect("istiod's inbound HCM is accepted");
+    assert!(
+        inbound.sanitize_xfcc,
+        "no client certificate: Envoy removes XFCC"
+    );
+    let always = hcm(|h| h.forward_client_cert_details = 4).unwrap();
+    assert!(!always.sanitize_xfcc, "ALWAYS_FORWARD_ONLY passes it");
+}
