@@ -219,7 +219,13 @@ pub(crate) fn duration(
 #[allow(deprecated)]
 fn refuse_unsupported(c: &proto::Cluster) -> Result<(), InvalidCluster> {
     let name = c.name.as_str();
-    let checks: [(&str, bool); 13] = [
+    let checks: [(&str, bool); 15] = [
+        (
+            "per_connection_buffer_high_watermark_timeout",
+            c.per_connection_buffer_high_watermark_timeout
+                .is_some_and(|d| d.seconds != 0 || d.nanos != 0),
+        ),
+        ("use_tcp_for_dns_lookups", c.use_tcp_for_dns_lookups),
         (
             "transport_socket_matcher",
             c.transport_socket_matcher.is_some(),

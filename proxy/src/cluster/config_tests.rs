@@ -264,6 +264,10 @@ fn unsupported_fields_are_refused_by_name() {
         ),
         ("name: a\nconnect_timeout: -1s", "connect_timeout"),
         (
+            "name: a\nper_connection_buffer_high_watermark_timeout: 1s",
+            "per_connection_buffer_high_watermark_timeout",
+        ),
+        (
             "name: a\nhttp2_protocol_options: { initial_connection_window_size: 4294967295 }",
             "http2_protocol_options.initial_connection_window_size",
         ),

@@ -59,3 +59,37 @@ fn header_limits_are_accepted_only_at_envoys_defaults() {
         );
     }
 }
+
+#[test]
+fn codec_options_are_applied_or_refused_by_name() {
+    // Istio's h2 upgrade: an HTTP/2 cluster with default options and HPACK at its default.
+    let s = settings(
+        "name: a\nhttp2_protocol_options: { hpack_table_size: 4096, use_oghttp2_codec: true }",
+    )
+    .unwrap();
+    assert_eq!(s.protocol, UpstreamProtocol::Http2);
+    for (yaml, field) in [
+        (
+            "name: a\nhttp2_protocol_options: { hpack_table_size: 0 }",
+            "http2_protocol_options.hpack_table_size",
+        ),
+        (
+            "name: a\nhttp2_protocol_options: { max_outbound_frames: 100 }",
+            "http2_protocol_options.max_outbound_frames",
+        ),
+        (
+            "name: a\nhttp_protocol_options: { enable_trailers: true }",
+            "http_protocol_options.enable_trailers",
+        ),
+        (
+            "name: a\nhttp_protocol_options: { allow_chunked_length: true }",
+            "http_protocol_options.allow_chunked_length",
+        ),
+    ] {
+        let e = settings(yaml).expect_err(yaml);
+        assert_eq!(e.field, field, "{e:?}");
+    }
+    // Server-side HTTP/1 options mean nothing on a client connection.
+    settings("name: a\nhttp_protocol_options: { accept_http_10: true, allow_absolute_url: true }")
+        .expect("accepted");
+}
