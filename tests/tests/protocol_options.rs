@@ -343,3 +343,26 @@ async fn xfcc_is_removed_on_plaintext_unless_always_forward_only() {
         assert_eq!(seen(addr).await, xfcc, "{name}: forwarded");
     }
 }
+
+#[tokio::test]
+async fn proper_case_words_title_cases_http1_response_headers() {
+    let upstream = Upstream::echo("echo").await.expect("upstream");
+    for (name, addr, _peer) in peers(&bootstrap_with(&[], upstream.addr)).await {
+        let (_, text) = raw(addr, &get("/local", &[])).await;
+        assert!(
+            text.contains("\r\ncontent-length:"),
+            "{name}: lower case by default: {text}"
+        );
+    }
+    let yaml = bootstrap_with(
+        &["http_protocol_options: { header_key_format: { proper_case_words: {} } }"],
+        upstream.addr,
+    );
+    for (name, addr, _peer) in peers(&yaml).await {
+        let (_, text) = raw(addr, &get("/local", &[])).await;
+        assert!(
+            text.contains("\r\nContent-Length:"),
+            "{name}: title case: {text}"
+        );
+    }
+}
