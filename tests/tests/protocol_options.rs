@@ -366,3 +366,60 @@ async fn proper_case_words_title_cases_http1_response_headers() {
         );
     }
 }
+
+#[tokio::test]
+async fn max_requests_per_connection_closes_http1_and_drains_http2() {
+    let upstream = Upstream::echo("echo").await.expect("upstream");
+    let yaml = bootstrap_with(
+        &[
+            "common_http_protocol_options: { max_requests_per_connection: 2 }",
+            "drain_timeout: 0.1s",
+        ],
+        upstream.addr,
+    );
+    for (name, addr, _peer) in peers(&yaml).await {
+        // HTTP/1.1: the second response closes the connection.
+        let stream = TcpStream::connect(addr).await.expect("connects");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        let conn = tokio::spawn(conn);
+        for i in 0..2 {
+            let req = http::Request::get("/local")
+                .header(http::header::HOST, "test")
+                .body(Empty::<Bytes>::new())
+                .expect("request");
+            let response = sender.send_request(req).await.expect("answer");
+            let close = response
+                .headers()
+                .get(http::header::CONNECTION)
+                .is_some_and(|v| v == "close");
+            assert_eq!(close, i == 1, "{name}: request {i}");
+            response.into_body().collect().await.expect("body");
+        }
+        tokio::time::timeout(PATIENCE, conn)
+            .await
+            .unwrap_or_else(|_| panic!("{name}: HTTP/1.1 connection never closed"))
+            .expect("connection task")
+            .expect("clean close");
+        // HTTP/2: GOAWAY after the second stream, then the connection ends.
+        let stream = TcpStream::connect(addr).await.expect("connects");
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        let conn = tokio::spawn(conn);
+        for _ in 0..2 {
+            let req = http::Request::get("http://test/local")
+                .body(Empty::<Bytes>::new())
+                .expect("request");
+            let response = sender.send_request(req).await.expect("answer");
+            response.into_body().collect().await.expect("body");
+        }
+        tokio::time::timeout(PATIENCE, conn)
+            .await
+            .unwrap_or_else(|_| panic!("{name}: HTTP/2 connection never drained"))
+            .expect("connection task")
+            .expect("clean close");
+    }
+}

@@ -10,6 +10,7 @@ pub mod idle_timeout;
 mod local_reply;
 pub mod path;
 pub mod protocol_options;
+pub mod request_limit;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -160,12 +161,17 @@ pub async fn serve(
     let service_connection = connection.clone();
     let streams = Arc::new(idle_timeout::ActiveStreams::default());
     let service_streams = protocol.idle_timeout.is_some().then(|| streams.clone());
+    let limit = protocol
+        .max_requests_per_connection
+        .map(|max| Arc::new(request_limit::RequestLimit::new(max)));
+    let service_limit = limit.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (downstream, selector, store) = (downstream.clone(), selector.clone(), store.clone());
         let (stats, connection) = (stats.clone(), service_connection.clone());
         let active = service_streams
             .as_ref()
             .map(idle_timeout::ActiveStreams::begin);
+        let last = service_limit.as_ref().is_some_and(|limit| limit.count());
         // Boxed: the whole request's state machine (routing, router, pool) is several KiB, and
         // hyper moves the service future by value (into a spawned task per HTTP/2 stream, into
         // the dispatcher per HTTP/1.1 request); copying it showed up as the top memcpy in
@@ -173,6 +179,10 @@ pub async fn serve(
         Box::pin(async move {
             let version = req.version();
             connection.saw(version);
+            if last {
+                tracing::debug!("max_requests_per_connection reached: draining");
+                connection.start_draining();
+            }
             let mut response = handle(req, &downstream, &selector, &store, stats.as_deref()).await;
             connection.finish_response(version, &mut response);
             if let Some(active) = active {
@@ -244,6 +254,9 @@ pub async fn serve(
             () = &mut idle_deadline, if retiring && !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
+            }
+            () = async { if let Some(limit) = &limit { limit.reached().await } }, if !expired && limit.is_some() => {
+                expired = true;
             }
             () = &mut max_duration, if !expired && protocol.max_connection_duration.is_some() => {
                 tracing::debug!("max_connection_duration reached: draining");

@@ -51,6 +51,8 @@ pub struct DownstreamProtocolOptions {
     pub idle_timeout: Option<Duration>,
     /// Drain the connection (GOAWAY, or `Connection: close` on HTTP/1.1) after this long.
     pub max_connection_duration: Option<Duration>,
+    /// Drain the connection after this many requests.
+    pub max_requests_per_connection: Option<u32>,
     /// More request headers than this are answered 431.
     pub max_headers_count: usize,
     /// `headers_with_underscores_action`.
@@ -68,6 +70,7 @@ impl Default for DownstreamProtocolOptions {
         Self {
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             max_connection_duration: None,
+            max_requests_per_connection: None,
             max_headers_count: DEFAULT_MAX_HEADERS_COUNT,
             headers_with_underscores: HeadersWithUnderscores::Allow,
             accept_http_10: false,
@@ -131,10 +134,11 @@ impl DownstreamProtocolOptions {
             f("max_response_headers_kb"),
         )?;
         refuse(set(&c.max_stream_duration), f("max_stream_duration"))?;
-        refuse(
-            c.max_requests_per_connection.is_some_and(|v| v.value > 0),
-            f("max_requests_per_connection"),
-        )?;
+        // Envoy: zero (like unset) means no limit.
+        self.max_requests_per_connection = c
+            .max_requests_per_connection
+            .map(|v| v.value)
+            .filter(|max| *max > 0);
         if let Some(idle) = &c.idle_timeout {
             let idle = duration(idle, &f("idle_timeout"))?;
             // Envoy: zero disables the idle timeout.
