@@ -11,6 +11,7 @@ mod local_reply;
 pub mod path;
 pub mod protocol_options;
 pub mod request_limit;
+mod unsupported;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
