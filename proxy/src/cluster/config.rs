@@ -252,6 +252,10 @@ fn refuse_unsupported(c: &proto::Cluster) -> Result<(), InvalidCluster> {
     if let Some((field, _)) = checks.iter().find(|(_, set)| *set) {
         return Err(InvalidCluster::not_implemented(name, *field));
     }
+    // Accepted as they stand: `close_connections_on_host_health_failure` and
+    // `ignore_health_on_host_removal` need active health checks and `lrs_report_endpoint_metrics`
+    // an LRS server (both refused above); `wait_for_warm_on_init` orders Envoy's own init,
+    // `track_timeout_budgets` and `track_cluster_stats` only add stats.
     for (i, filter) in c.filters.iter().enumerate() {
         // Istio attaches `istio.metadata_exchange` to outbound clusters; it only carries peer
         // metadata for telemetry over mTLS, so it does not change where or how requests go.
