@@ -133,7 +133,7 @@ impl Inner {
                 .settings
                 .idle_timeout
                 .is_some_and(|t| now.duration_since(conn.since) >= t)
-                || self.settings.outlived(conn.created, now);
+                || self.settings.outlived(conn.created);
             if conn.sender.is_closed() || expired || !conn.sender.is_ready() {
                 continue;
             }
@@ -217,7 +217,7 @@ impl Inner {
             .settings
             .max_requests_per_connection
             .is_some_and(|max| conn.served >= max)
-            || this.settings.outlived(conn.created, Instant::now())
+            || this.settings.outlived(conn.created)
         {
             return;
         }

@@ -147,7 +147,7 @@ impl Inner {
             .is_none_or(|max| conn.served < max);
         (conn.active as usize) < max_streams
             && below_max_requests
-            && !self.settings.outlived(conn.created, Instant::now())
+            && !self.settings.outlived(conn.created)
     }
 
     /// A stream slot on an open connection with room, or on a new connection (`true`).
@@ -216,7 +216,7 @@ impl Inner {
                     .settings
                     .idle_timeout
                     .is_some_and(|t| now.duration_since(c.idle_since) >= t)
-                    || self.settings.outlived(c.created, now));
+                    || self.settings.outlived(c.created));
             !c.sender.is_closed() && !expired
         });
         let conn = conns.iter_mut().find(|c| self.limit(c))?;
@@ -305,7 +305,7 @@ impl Inner {
             .settings
             .max_requests_per_connection
             .is_some_and(|max| conn.served >= max)
-            || self.settings.outlived(conn.created, Instant::now());
+            || self.settings.outlived(conn.created);
         if exhausted {
             conns.remove(i);
             return;

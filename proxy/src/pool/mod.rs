@@ -63,14 +63,11 @@ impl Default for PoolSettings {
 }
 
 impl PoolSettings {
-    /// Whether a connection opened at `created` has reached `max_connection_duration` by `now`.
-    pub(crate) fn outlived(
-        &self,
-        created: tokio::time::Instant,
-        now: tokio::time::Instant,
-    ) -> bool {
+    /// Whether a connection opened at `created` has reached `max_connection_duration` (the
+    /// clock is only read when there is one).
+    pub(crate) fn outlived(&self, created: tokio::time::Instant) -> bool {
         self.max_connection_duration
-            .is_some_and(|max| now.duration_since(created) >= max)
+            .is_some_and(|max| created.elapsed() >= max)
     }
 }
 
