@@ -310,3 +310,56 @@ fn istios_inbound_client_cert_options_are_accepted_and_sanitize_on_plaintext() {
     let always = hcm(|h| h.forward_client_cert_details = 4).unwrap();
     assert!(!always.sanitize_xfcc, "ALWAYS_FORWARD_ONLY passes it");
 }
+
+/// istiod's sidecar HCMs as its listener builder writes them (outbound on RDS; inbound with an
+/// inline route, XFCC handling and HTTP/2 options for a gRPC port), trimmed of the filters
+/// ferry-proxy refuses by name (istio.stats, metadata exchange).
+const ISTIO_HCMS: [&str; 2] = [
+    r#"
+stat_prefix: outbound_0.0.0.0_9080
+rds: { route_config_name: "9080", config_source: { ads: {}, initial_fetch_timeout: 0s, resource_api_version: V3 } }
+http_filters:
+- { name: envoy.filters.http.fault, typed_config: { '@type': type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault } }
+- { name: envoy.filters.http.cors, typed_config: { '@type': type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors } }
+- { name: envoy.filters.http.router, typed_config: { '@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }
+use_remote_address: false
+upgrade_configs: [{ upgrade_type: websocket }]
+common_http_protocol_options: { idle_timeout: 3600s }
+stream_idle_timeout: 0s
+normalize_path: true
+path_with_escaped_slashes_action: KEEP_UNCHANGED
+request_id_extension: { typed_config: { '@type': type.googleapis.com/envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig, use_request_id_for_trace_sampling: true } }
+proxy_100_continue: true
+"#,
+    r#"
+stat_prefix: inbound_0.0.0.0_8080
+route_config: { name: "inbound|8080||", virtual_hosts: [{ name: "inbound|http|8080", domains: ["*"], routes: [{ match: { prefix: / }, route: { cluster: "inbound|8080||" } }] }] }
+http_filters:
+- { name: envoy.filters.http.router, typed_config: { '@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }
+forward_client_cert_details: APPEND_FORWARD
+set_current_client_cert_details: { subject: true, uri: true, dns: true }
+server_name: istio-envoy
+http2_protocol_options: {}
+upgrade_configs: [{ upgrade_type: websocket }]
+stream_idle_timeout: 0s
+normalize_path: true
+path_with_escaped_slashes_action: KEEP_UNCHANGED
+proxy_100_continue: true
+"#,
+];
+
+#[test]
+fn istiods_sidecar_hcms_are_accepted_with_their_options_applied() {
+    for yaml in ISTIO_HCMS {
+        let proto: hcm_pb::HttpConnectionManager =
+            xds_proto::json::from_yaml_str(yaml).expect("valid HCM YAML");
+        let c = HttpConnectionManagerConfig::from_proto(&proto, "hcm")
+            .unwrap_or_else(|e| panic!("{}: {}", e.field, e.reason));
+        assert_eq!(c.protocol.idle_timeout, Some(Duration::from_secs(3600)));
+        assert!(c.normalize_path && c.websocket && c.sanitize_xfcc);
+        assert_eq!(
+            c.escaped_slashes,
+            crate::http_connection_manager::path::EscapedSlashes::KeepUnchanged
+        );
+    }
+}
