@@ -130,3 +130,102 @@ pub(crate) fn refuse(h: &hcm_pb::HttpConnectionManager, field: &str) -> Result<(
     // - `add_proxy_protocol_connection_state`: there is no PROXY protocol state to add.
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::http_connection_manager::HttpConnectionManagerConfig;
+    use xds_proto::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
+
+    const BASE: &str = "stat_prefix: s\nrds: { route_config_name: r }\nhttp_filters: [{ name: envoy.filters.http.router }]\n";
+
+    fn refused(extra: &str) -> (String, String) {
+        let yaml = format!("{BASE}{extra}");
+        let proto: hcm_pb::HttpConnectionManager =
+            xds_proto::json::from_yaml_str(&yaml).unwrap_or_else(|e| panic!("{extra}: {e}"));
+        let e = HttpConnectionManagerConfig::from_proto(&proto, "hcm").expect_err(extra);
+        (e.field, e.reason)
+    }
+
+    #[test]
+    fn every_unsupported_field_is_refused_by_name() {
+        for (extra, field) in [
+            ("add_user_agent: true", "add_user_agent"),
+            ("http3_protocol_options: {}", "http3_protocol_options"),
+            (
+                "scheme_header_transformation: { scheme_to_overwrite: https }",
+                "scheme_header_transformation",
+            ),
+            ("request_timeout: 1s", "request_timeout"),
+            ("stream_idle_timeout: 300s", "stream_idle_timeout"),
+            ("request_headers_timeout: 1s", "request_headers_timeout"),
+            ("xff_num_trusted_hops: 1", "xff_num_trusted_hops"),
+            ("via: ferry", "via"),
+            (
+                "preserve_external_request_id: true",
+                "preserve_external_request_id",
+            ),
+            ("local_reply_config: {}", "local_reply_config"),
+            ("strip_matching_host_port: true", "strip_matching_host_port"),
+            ("strip_any_host_port: true", "strip_port_mode"),
+            ("strip_trailing_host_dot: true", "strip_trailing_host_dot"),
+            ("proxy_status_config: {}", "proxy_status_config"),
+            ("append_x_forwarded_port: true", "append_x_forwarded_port"),
+            ("forward_proto_config: {}", "forward_proto_config"),
+            ("stream_flush_timeout: 1s", "stream_flush_timeout"),
+            (
+                "drain_timeout_jitter: { value: 10 }",
+                "drain_timeout_jitter",
+            ),
+            ("delayed_close_timeout: 5s", "delayed_close_timeout"),
+            (
+                "flush_access_log_on_new_request: true",
+                "flush_access_log_on_new_request",
+            ),
+            ("access_log_options: {}", "access_log_options"),
+            ("internal_address_config: {}", "internal_address_config"),
+            (
+                "forward_client_cert_matcher: {}",
+                "forward_client_cert_matcher",
+            ),
+            (
+                "represent_ipv4_remote_address_as_ipv4_mapped_ipv6: true",
+                "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
+            ),
+            (
+                "stream_error_on_invalid_http_message: true",
+                "stream_error_on_invalid_http_message",
+            ),
+            (
+                "path_normalization_options: {}",
+                "path_normalization_options",
+            ),
+            ("append_local_overload: true", "append_local_overload"),
+            (
+                "request_id_extension: { typed_config: { '@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }",
+                "request_id_extension",
+            ),
+        ] {
+            let (got, reason) = refused(extra);
+            assert_eq!(got, format!("hcm.{field}"), "{extra}");
+            assert_eq!(reason, "not implemented by ferry-proxy", "{extra}");
+        }
+    }
+
+    #[test]
+    fn defaults_and_istios_values_are_accepted() {
+        for extra in [
+            "stream_idle_timeout: 0s",
+            "delayed_close_timeout: 1s",
+            "proxy_100_continue: true",
+            "http1_safe_max_connection_duration: true",
+            "add_proxy_protocol_connection_state: false",
+            "set_current_client_cert_details: { subject: true, uri: true, dns: true }",
+        ] {
+            let yaml = format!("{BASE}{extra}");
+            let proto: hcm_pb::HttpConnectionManager =
+                xds_proto::json::from_yaml_str(&yaml).expect("valid HCM YAML");
+            HttpConnectionManagerConfig::from_proto(&proto, "hcm")
+                .unwrap_or_else(|e| panic!("{extra}: {}: {}", e.field, e.reason));
+        }
+    }
+}
