@@ -47,6 +47,7 @@ struct Idle {
     id: u64,
     sender: SendRequest<Body>,
     since: Instant,
+    created: Instant,
     served: u32,
     local: Option<SocketAddr>,
 }
@@ -55,6 +56,7 @@ struct Idle {
 struct Checkout {
     id: u64,
     sender: SendRequest<Body>,
+    created: Instant,
     served: u32,
     reused: bool,
     /// The connection's local address.
@@ -134,13 +136,15 @@ impl Inner {
             let expired = self
                 .settings
                 .idle_timeout
-                .is_some_and(|t| now.duration_since(conn.since) >= t);
+                .is_some_and(|t| now.duration_since(conn.since) >= t)
+                || self.settings.outlived(conn.created);
             if conn.sender.is_closed() || expired || !conn.sender.is_ready() {
                 continue;
             }
             return Some(Checkout {
                 id: conn.id,
                 sender: conn.sender,
+                created: conn.created,
                 served: conn.served,
                 reused: true,
                 local: conn.local,
@@ -206,6 +210,7 @@ impl Inner {
         Ok(Checkout {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             sender,
+            created: Instant::now(),
             served: 0,
             reused: false,
             local,
@@ -219,6 +224,7 @@ impl Inner {
             .settings
             .max_requests_per_connection
             .is_some_and(|max| conn.served >= max)
+            || this.settings.outlived(conn.created)
         {
             return;
         }
@@ -227,6 +233,7 @@ impl Inner {
             let Checkout {
                 id,
                 mut sender,
+                created,
                 served,
                 local,
                 ..
@@ -239,6 +246,7 @@ impl Inner {
                 id,
                 sender,
                 since: Instant::now(),
+                created,
                 served,
                 local,
             });

@@ -55,6 +55,7 @@ struct Conn {
     idle_since: Instant,
     /// The connection's local address.
     local: Option<SocketAddr>,
+    created: Instant,
 }
 
 /// Holds one stream's slot on its connection until the response body is done.
@@ -149,7 +150,9 @@ impl Inner {
             .settings
             .max_requests_per_connection
             .is_none_or(|max| conn.served < max);
-        (conn.active as usize) < max_streams && below_max_requests
+        (conn.active as usize) < max_streams
+            && below_max_requests
+            && !self.settings.outlived(conn.created)
     }
 
     /// A stream slot on an open connection with room, or on a new connection (`true`).
@@ -214,10 +217,11 @@ impl Inner {
         let mut conns = self.lock_conns();
         conns.retain(|c| {
             let expired = c.active == 0
-                && self
+                && (self
                     .settings
                     .idle_timeout
-                    .is_some_and(|t| now.duration_since(c.idle_since) >= t);
+                    .is_some_and(|t| now.duration_since(c.idle_since) >= t)
+                    || self.settings.outlived(c.created));
             !c.sender.is_closed() && !expired
         });
         let conn = conns.iter_mut().find(|c| self.limit(c))?;
@@ -280,6 +284,7 @@ impl Inner {
             served: 1,
             idle_since: Instant::now(),
             local,
+            created: Instant::now(),
         };
         // Listed even when it may take no more streams, so `finish_stream` finds it.
         self.lock_conns().push(conn);
@@ -308,7 +313,8 @@ impl Inner {
         let exhausted = self
             .settings
             .max_requests_per_connection
-            .is_some_and(|max| conn.served >= max);
+            .is_some_and(|max| conn.served >= max)
+            || self.settings.outlived(conn.created);
         if exhausted {
             conns.remove(i);
             return;
