@@ -146,7 +146,7 @@ impl HttpConnectionManagerConfig {
             h.http2_protocol_options.as_ref(),
             field,
         )?;
-        let request_id = request_id_extension(h.request_id_extension.as_ref())
+        let request_id = crate::tracers::UuidRequestId::from_proto(h.request_id_extension.as_ref())
             .map_err(|reason| Invalid::new(f("request_id_extension"), reason))?;
         let codec = match h.codec_type {
             0 => Codec::Auto,
@@ -273,34 +273,6 @@ impl HttpConnectionManagerConfig {
     }
 }
 
-/// The `request_id_extension`: only Envoy's UUID extension (its default) is implemented.
-fn request_id_extension(
-    ext: Option<&hcm_pb::RequestIdExtension>,
-) -> Result<crate::tracers::UuidRequestId, String> {
-    use xds_proto::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
-    let mut config = crate::tracers::UuidRequestId::default();
-    let Some(any) = ext.and_then(|e| e.typed_config.as_ref()) else {
-        return Ok(config);
-    };
-    if !any
-        .type_url
-        .ends_with("request_id.uuid.v3.UuidRequestIdConfig")
-    {
-        return Err(format!(
-            "{} is not implemented by ferry-proxy; only envoy.request_id.uuid is",
-            any.type_url
-        ));
-    }
-    let uuid: UuidRequestIdConfig = xds_proto::any::unpack(any).map_err(|e| e.to_string())?;
-    if let Some(pack) = uuid.pack_trace_reason {
-        config.pack_trace_reason = pack.value;
-    }
-    if let Some(use_id) = uuid.use_request_id_for_trace_sampling {
-        config.use_request_id_for_trace_sampling = use_id.value;
-    }
-    Ok(config)
-}
-
 /// Whether the filter is a fault or CORS filter with its default (empty) config.
 fn is_inert_filter(type_url: &str, config: &Option<hcm_pb::http_filter::ConfigType>) -> bool {
     use hcm_pb::http_filter::ConfigType;
@@ -411,34 +383,5 @@ mod tests {
             let e = bytes(Some(refused)).unwrap_err();
             assert_eq!(e.field, "hcm.max_request_headers_kb");
         }
-    }
-
-    #[test]
-    fn uuid_request_id_extension_is_read_and_others_are_refused() {
-        use xds_proto::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
-        use xds_proto::google::protobuf::BoolValue;
-        let ext = |any| hcm_pb::RequestIdExtension {
-            typed_config: Some(any),
-        };
-        let defaults = request_id_extension(None).unwrap();
-        assert!(defaults.pack_trace_reason && defaults.use_request_id_for_trace_sampling);
-        let istio = UuidRequestIdConfig {
-            use_request_id_for_trace_sampling: Some(BoolValue { value: true }),
-            ..Default::default()
-        };
-        let read = request_id_extension(Some(&ext(xds_proto::any::pack(&istio)))).unwrap();
-        assert_eq!(read, crate::tracers::UuidRequestId::default());
-        let off = UuidRequestIdConfig {
-            pack_trace_reason: Some(BoolValue { value: false }),
-            use_request_id_for_trace_sampling: Some(BoolValue { value: false }),
-        };
-        let read = request_id_extension(Some(&ext(xds_proto::any::pack(&off)))).unwrap();
-        assert!(!read.pack_trace_reason && !read.use_request_id_for_trace_sampling);
-        let other = xds_proto::google::protobuf::Any {
-            type_url: "type.googleapis.com/example.RequestId".into(),
-            value: vec![],
-        };
-        let e = request_id_extension(Some(&ext(other))).unwrap_err();
-        assert!(e.contains("example.RequestId"), "{e}");
     }
 }

@@ -12,6 +12,8 @@
 //! The pure parts live here; [`super::sampling::decide`] applies them in Envoy's order.
 
 use http::HeaderValue;
+use xds_proto::envoy::extensions::filters::network::http_connection_manager::v3::RequestIdExtension;
+use xds_proto::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
 
 use super::sampling::Reason;
 
@@ -35,6 +37,34 @@ impl Default for UuidRequestId {
             pack_trace_reason: true,
             use_request_id_for_trace_sampling: true,
         }
+    }
+}
+
+impl UuidRequestId {
+    /// Reads the HCM's `request_id_extension`; only Envoy's UUID extension (its default) is
+    /// implemented, anything else is refused with the reason.
+    pub fn from_proto(ext: Option<&RequestIdExtension>) -> Result<Self, String> {
+        let mut config = Self::default();
+        let Some(any) = ext.and_then(|e| e.typed_config.as_ref()) else {
+            return Ok(config);
+        };
+        if !any
+            .type_url
+            .ends_with("request_id.uuid.v3.UuidRequestIdConfig")
+        {
+            return Err(format!(
+                "{} is not implemented by ferry-proxy; only envoy.request_id.uuid is",
+                any.type_url
+            ));
+        }
+        let uuid: UuidRequestIdConfig = xds_proto::any::unpack(any).map_err(|e| e.to_string())?;
+        if let Some(pack) = uuid.pack_trace_reason {
+            config.pack_trace_reason = pack.value;
+        }
+        if let Some(use_id) = uuid.use_request_id_for_trace_sampling {
+            config.use_request_id_for_trace_sampling = use_id.value;
+        }
+        Ok(config)
     }
 }
 
@@ -139,5 +169,35 @@ mod tests {
         assert_eq!(to_integer(b"0a1b2c3"), None);
         assert_eq!(to_integer(b"0a1b2c3g-rest"), None);
         assert_eq!(to_integer(b"+a1b2c3d"), None);
+    }
+
+    #[test]
+    fn the_uuid_extension_is_read_and_others_are_refused() {
+        use xds_proto::google::protobuf::BoolValue;
+        let ext = |any| RequestIdExtension {
+            typed_config: Some(any),
+        };
+        assert_eq!(
+            UuidRequestId::from_proto(None),
+            Ok(UuidRequestId::default())
+        );
+        let istio = UuidRequestIdConfig {
+            use_request_id_for_trace_sampling: Some(BoolValue { value: true }),
+            ..Default::default()
+        };
+        let read = UuidRequestId::from_proto(Some(&ext(xds_proto::any::pack(&istio))));
+        assert_eq!(read, Ok(UuidRequestId::default()));
+        let off = UuidRequestIdConfig {
+            pack_trace_reason: Some(BoolValue { value: false }),
+            use_request_id_for_trace_sampling: Some(BoolValue { value: false }),
+        };
+        let read = UuidRequestId::from_proto(Some(&ext(xds_proto::any::pack(&off)))).unwrap();
+        assert!(!read.pack_trace_reason && !read.use_request_id_for_trace_sampling);
+        let other = xds_proto::google::protobuf::Any {
+            type_url: "type.googleapis.com/example.RequestId".into(),
+            value: vec![],
+        };
+        let e = UuidRequestId::from_proto(Some(&ext(other))).unwrap_err();
+        assert!(e.contains("example.RequestId"), "{e}");
     }
 }
