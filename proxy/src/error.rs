@@ -3,8 +3,8 @@
 //! stats and retries agree.
 
 /// Envoy's response flags, as they appear in access logs and Istio's `response_flags` label.
-/// Declared in Envoy's order (its `CoreResponseFlag` enum, which access logs follow), so a
-/// [`ResponseFlags`] set prints them as Envoy does.
+/// Declared in Envoy's `CoreResponseFlag` order; a [`ResponseFlags`] set prints them in
+/// [`ResponseFlag::LOG_ORDER`], the order Envoy 1.40 sets (and logs) them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum ResponseFlag {
@@ -54,6 +54,25 @@ impl ResponseFlag {
         Self::NoClusterFound,
     ];
 
+    /// The order Envoy 1.40 prints a response's flags in: the order its filters set them in
+    /// (fault filter, then the router's retry verdict, then the last attempt's failure), so
+    /// `URX,UF` and `URX,UT`, as a real Envoy 1.40 logs them.
+    pub const LOG_ORDER: [ResponseFlag; 13] = [
+        Self::DelayInjected,
+        Self::FaultInjected,
+        Self::UnauthorizedExternalService,
+        Self::NoRouteFound,
+        Self::NoClusterFound,
+        Self::UpstreamRetryLimitExceeded,
+        Self::UpstreamOverflow,
+        Self::NoHealthyUpstream,
+        Self::UpstreamRequestTimeout,
+        Self::UpstreamRemoteReset,
+        Self::UpstreamConnectionFailure,
+        Self::UpstreamConnectionTermination,
+        Self::DownstreamConnectionTermination,
+    ];
+
     /// The short code Envoy prints (`UH`, `NR`, ...).
     pub fn code(self) -> &'static str {
         match self {
@@ -78,9 +97,9 @@ impl ResponseFlag {
     }
 }
 
-/// The flags of one response. Envoy reports every flag that applies (`UF,URX`: the last attempt
-/// failed to connect and the retries ran out), so a response carries a set in its extensions,
-/// printed in Envoy's order, comma-separated, `-` when empty.
+/// The flags of one response. Envoy reports every flag that applies (`URX,UF`: the retries ran
+/// out and the last attempt failed to connect), so a response carries a set in its extensions,
+/// printed in [`ResponseFlag::LOG_ORDER`], comma-separated, `-` when empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub struct ResponseFlags(u16);
 
@@ -100,9 +119,9 @@ impl ResponseFlags {
         self.0 == 0
     }
 
-    /// The flags, in Envoy's order.
+    /// The flags, in the order Envoy logs them.
     pub fn iter(self) -> impl Iterator<Item = ResponseFlag> {
-        ResponseFlag::ALL
+        ResponseFlag::LOG_ORDER
             .into_iter()
             .filter(move |flag| self.contains(*flag))
     }
@@ -156,28 +175,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flags_print_in_envoys_order_whatever_the_insertion_order() {
+    fn flags_print_in_envoys_log_order_whatever_the_insertion_order() {
         let flags: ResponseFlags = [
             ResponseFlag::UpstreamRetryLimitExceeded,
             ResponseFlag::UpstreamRequestTimeout,
         ]
         .into_iter()
         .collect();
-        assert_eq!(flags.to_string(), "UT,URX");
+        assert_eq!(flags.to_string(), "URX,UT");
         let mut extensions = http::Extensions::new();
         assert_eq!(ResponseFlags::of(&extensions).to_string(), "-");
         ResponseFlags::add_to(&mut extensions, ResponseFlag::UpstreamRetryLimitExceeded);
         ResponseFlags::add_to(&mut extensions, ResponseFlag::UpstreamConnectionFailure);
         ResponseFlags::add_to(&mut extensions, ResponseFlag::UpstreamConnectionFailure);
-        assert_eq!(ResponseFlags::of(&extensions).to_string(), "UF,URX");
+        assert_eq!(ResponseFlags::of(&extensions).to_string(), "URX,UF");
         let all: ResponseFlags = ResponseFlag::ALL.into_iter().rev().collect();
-        assert_eq!(all.to_string(), "UH,UT,UR,UF,UC,UO,NR,DI,FI,UAEX,DC,URX,NC");
+        assert_eq!(all.to_string(), "DI,FI,UAEX,NR,NC,URX,UO,UH,UT,UR,UF,UC,DC");
     }
 
     #[test]
     fn every_flag_is_listed_once_in_declaration_order() {
         for (i, flag) in ResponseFlag::ALL.into_iter().enumerate() {
             assert_eq!(flag as usize, i, "{}", flag.code());
+            let logged = ResponseFlag::LOG_ORDER
+                .iter()
+                .filter(|f| **f == flag)
+                .count();
+            assert_eq!(logged, 1, "{} in LOG_ORDER", flag.code());
         }
     }
 }

@@ -16,6 +16,21 @@ pub fn http_listener(name: &str, routes: &str) -> String {
 /// [`http_listener`] with more virtual host fields: `vhost_fields` are YAML flow-mapping
 /// entries, each followed by a comma (`"include_request_attempt_count: true, "`).
 pub fn http_listener_with(name: &str, vhost_fields: &str, routes: &str) -> String {
+    listener(name, &[], vhost_fields, routes)
+}
+
+/// [`http_listener`] whose HTTP connection manager has more fields: each of `hcm_fields` is one
+/// YAML `key: value` line (flow style), e.g.
+/// `"common_http_protocol_options: { idle_timeout: 1s }"`.
+pub fn http_listener_hcm(name: &str, hcm_fields: &[&str], routes: &str) -> String {
+    listener(name, hcm_fields, "", routes)
+}
+
+fn listener(name: &str, hcm_fields: &[&str], vhost_fields: &str, routes: &str) -> String {
+    let hcm_fields: String = hcm_fields
+        .iter()
+        .map(|f| format!("\n          {f}"))
+        .collect();
     format!(
         r#"
   - name: {name}
@@ -25,7 +40,7 @@ pub fn http_listener_with(name: &str, vhost_fields: &str, routes: &str) -> Strin
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {name}
+          stat_prefix: {name}{hcm_fields}
           http_filters: [{{ name: envoy.filters.http.router, typed_config: {{ '@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}]
           route_config:
             name: {name}

@@ -7,7 +7,8 @@
 //! - [`net`]: free ports and a one-request-per-connection HTTP/1.1 and h2c client.
 //! - [`poll`]: waiting for a condition with a safety-net deadline.
 //! - [`ads`]: a scriptable ADS server (SotW and delta) that records what clients send.
-//! - [`collector`]: a Zipkin-compatible trace collector that keeps the spans it receives.
+//! - [`collector`]: Zipkin and OTLP trace collectors that keep the spans they receive.
+//! - [`tracing_sidecar`]: Istio-style tracing configs, traced listeners and sidecars.
 //! - [`bootstrap`]: bootstrap YAML fragments (an HTTP listener, a static cluster).
 //! - [`upstream`]: echo, gRPC-like, upgrade and TCP upstream servers for proxy tests.
 //! - [`scenarios`]: Istio meshes for tests (ferry-control on a directory of manifests, Envoy or
@@ -22,4 +23,5 @@ pub mod net;
 pub mod poll;
 pub mod process;
 pub mod scenarios;
+pub mod tracing_sidecar;
 pub mod upstream;

@@ -237,6 +237,12 @@ static_resources:
         typed_config:
           '@type': {HCM}
           stat_prefix: outbound_0.0.0.0_9080
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              '@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: /dev/stdout
+              log_format: {{ text_format_source: {{ inline_string: "access: local=%DOWNSTREAM_LOCAL_ADDRESS% route=%ROUTE_NAME%\n" }} }}
           http_filters: [{{ name: envoy.filters.http.router, typed_config: {{ '@type': {ROUTER} }} }}]
           route_config:
             name: "9080"
@@ -449,6 +455,16 @@ async fn capture(family: &Family) {
         Some("reviews-9080"),
         "the 0.0.0.0_9080 route served it"
     );
+    // The access log's `%DOWNSTREAM_LOCAL_ADDRESS%` is the original destination, as in Envoy.
+    let vip: std::net::IpAddr = family.vip.parse().expect("vip");
+    let logged = format!(
+        "access: local={} route=",
+        std::net::SocketAddr::new(vip, 9080)
+    );
+    poll_until("the access log line", PATIENCE, || async {
+        proxy.log().contains(&logged).then_some(())
+    })
+    .await;
     let listener_stat = format!("listener.{}_15001.downstream_cx_total", family.stat_any);
     assert!(stat(&ns, &listener_stat) >= 1);
     assert!(

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_proxy::app::{self, Running};
+use ferry_proxy::app::Running;
 use ferry_proxy::cluster::ClusterManager;
 use ferry_proxy::listener::manager::ListenerManager;
 use ferry_proxy::snapshot::ConfigStore;
@@ -29,6 +29,10 @@ use ferry_tests::bootstrap;
 use ferry_tests::collector::{OtlpReceiver, ZipkinCollector};
 use ferry_tests::net;
 use ferry_tests::poll::{PATIENCE, poll_until};
+use ferry_tests::tracing_sidecar::{
+    envoy_productpage, istio_tracing, json_cluster, json_h2_cluster, listener, otel_cluster,
+    otel_tracing, sidecar, sidecar_with, tags,
+};
 use ferry_tests::upstream::Upstream;
 use serde_json::{Value, json};
 use xds_proto::envoy::config::listener::v3::Listener;
@@ -37,70 +41,6 @@ use xds_proto::type_url::{CLUSTER, LISTENER};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The `tracing` block istiod puts on a sidecar HCM (sampling raised to 100%).
-fn istio_tracing(endpoint_version: &str) -> Value {
-    json!({
-        "client_sampling": { "value": 100.0 },
-        "random_sampling": { "value": 100.0 },
-        "overall_sampling": { "value": 100.0 },
-        "custom_tags": [
-            { "tag": "istio.canonical_service", "literal": { "value": "reviews" } },
-            { "tag": "istio.mesh_id", "literal": { "value": "cluster.local" } },
-            { "tag": "istio.authorization.dry_run.allow_policy.name", "metadata": {
-                "kind": { "request": {} },
-                "metadata_key": { "key": "envoy.filters.http.rbac", "path": [{ "key": "shadow_effective_policy_id" }] } } }
-        ],
-        "provider": {
-            "name": "envoy.tracers.zipkin",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
-                "collector_cluster": "zipkin",
-                "collector_endpoint": "/api/v2/spans",
-                "collector_endpoint_version": endpoint_version,
-                "trace_id_128bit": true,
-                "shared_span_context": false,
-                "collector_hostname": "zipkin.istio-system.svc.cluster.local"
-            }
-        }
-    })
-}
-
-/// A sidecar listener `name` (traffic_direction `direction`) whose HCM traces and routes
-/// everything to `cluster`, or answers `direct` when given.
-fn listener(name: &str, direction: &str, cluster: &str, tracing: Value) -> Value {
-    json!({
-        "name": name,
-        "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } },
-        "traffic_direction": direction,
-        "filter_chains": [{ "filters": [{ "name": "envoy.filters.network.http_connection_manager", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-            "stat_prefix": name,
-            "tracing": tracing,
-            "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }],
-            "route_config": { "name": name, "virtual_hosts": [{ "name": "all", "domains": ["*"],
-                "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": cluster },
-                    "decorator": { "operation": format!("{name}/*") } }] }] }
-        } }] }]
-    })
-}
-
-async fn sidecar(node: &str, listener: Value, clusters: &[String]) -> Running {
-    sidecar_with(node, "", listener, clusters).await
-}
-
-/// [`sidecar`] with more top-level bootstrap YAML (`extra`, e.g. a `tracing:` block).
-async fn sidecar_with(node: &str, extra: &str, listener: Value, clusters: &[String]) -> Running {
-    let listener_yaml = serde_yaml_ng::to_string(&json!([listener])).expect("yaml");
-    let indented: String = listener_yaml.lines().map(|l| format!("\n  {l}")).collect();
-    let yaml = format!(
-        "node: {{ id: \"sidecar~127.0.0.1~{node}.default~default.svc.cluster.local\", cluster: \"{node}.default\" }}\n{extra}{}",
-        bootstrap::static_resources(&[indented], clusters)
-    );
-    let bootstrap = xds_proto::json::from_yaml_str(&yaml).expect("bootstrap parses");
-    app::start(bootstrap).await.expect("sidecar starts")
-}
-
 fn stat(running: &Running, name: &str) -> u64 {
     running
         .stats
@@ -108,15 +48,6 @@ fn stat(running: &Running, name: &str) -> u64 {
         .into_iter()
         .find_map(|(n, v)| (n == name).then_some(v))
         .unwrap_or(0)
-}
-
-fn tags(span: &Value) -> HashMap<String, String> {
-    span["tags"]
-        .as_object()
-        .expect("tags")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
-        .collect()
 }
 
 #[tokio::test]
@@ -355,40 +286,6 @@ async fn invalid_tracing_is_nacked_and_the_last_good_config_serves() {
     reconciler.abort();
 }
 
-/// The `tracing` block for an `envoy.tracers.opentelemetry` provider exporting to cluster `otel`.
-fn otel_tracing(service_name: &str) -> Value {
-    json!({
-        "random_sampling": { "value": 100.0 },
-        "provider": {
-            "name": "envoy.tracers.opentelemetry",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
-                "grpc_service": { "envoy_grpc": { "cluster_name": "otel" } },
-                "service_name": service_name
-            }
-        }
-    })
-}
-
-/// A STATIC HTTP/2 cluster `otel` (gRPC) to `addr`.
-fn otel_cluster(addr: SocketAddr) -> String {
-    format!(
-        r#"
-  - name: otel
-    type: STATIC
-    connect_timeout: 5s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: otel
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: "{}", port_value: {} }} }} }} }}] }}]"#,
-        addr.ip(),
-        addr.port()
-    )
-}
-
 /// The `reviews` server-side sidecar in front of `app`, exporting OTLP to `receiver`; returns it
 /// and its inbound listener's address.
 async fn otel_inbound_sidecar(app: SocketAddr, receiver: SocketAddr) -> (Running, SocketAddr) {
@@ -574,16 +471,6 @@ async fn hcm_tracing_without_provider_uses_the_bootstrap_tracer() {
     assert!(spans.iter().all(|s| s["kind"] == "CLIENT"), "{spans:#?}");
 }
 
-fn json_cluster(name: &str, addr: SocketAddr) -> Value {
-    json!({
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "5s",
-        "load_assignment": { "cluster_name": name, "endpoints": [{ "lb_endpoints": [{ "endpoint": {
-            "address": { "socket_address": { "address": addr.ip().to_string(), "port_value": addr.port() } } } }] }] }
-    })
-}
-
 /// Interop with a real Envoy 1.40 as the client sidecar: Envoy's CLIENT span (B3 it injected)
 /// is the parent of ferry-proxy's SERVER span in one trace at the collector.
 #[tokio::test]
@@ -608,17 +495,19 @@ async fn envoy_client_span_is_the_parent_of_the_ferry_server_span() {
         .listeners
         .listener_addr("inbound_9080")
         .expect("inbound bound");
-    let envoy_bootstrap = json!({
-        "node": { "id": "sidecar~127.0.0.1~productpage.default~default.svc.cluster.local", "cluster": "productpage.default" },
-        "static_resources": {
-            "listeners": [listener("0.0.0.0_9080", "OUTBOUND", "outbound|9080||reviews", istio_tracing("HTTP_JSON"))],
-            "clusters": [
-                json_cluster("outbound|9080||reviews", inbound_addr),
-                json_cluster("zipkin", collector.addr)
-            ]
-        }
-    });
-    let Some(envoy) = ferry_tests::envoy::Envoy::start(&envoy_bootstrap.to_string()).await else {
+    let envoy_bootstrap = envoy_productpage(
+        listener(
+            "0.0.0.0_9080",
+            "OUTBOUND",
+            "outbound|9080||reviews",
+            istio_tracing("HTTP_JSON"),
+        ),
+        vec![
+            json_cluster("outbound|9080||reviews", inbound_addr),
+            json_cluster("zipkin", collector.addr),
+        ],
+    );
+    let Some(envoy) = ferry_tests::envoy::Envoy::start(&envoy_bootstrap).await else {
         return;
     };
     let outbound_addr = envoy.wait_listener("0.0.0.0_9080").await;
@@ -650,17 +539,6 @@ async fn envoy_client_span_is_the_parent_of_the_ferry_server_span() {
     }
 }
 
-fn json_h2_cluster(name: &str, addr: SocketAddr) -> Value {
-    let mut cluster = json_cluster(name, addr);
-    cluster["typed_extension_protocol_options"] = json!({
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": { "http2_protocol_options": {} }
-        }
-    });
-    cluster
-}
-
 /// W3C interop with a real Envoy 1.40 using the OpenTelemetry tracer as the client sidecar:
 /// ferry-proxy continues Envoy's `traceparent`, and both export to the same OTLP receiver.
 #[tokio::test]
@@ -669,17 +547,19 @@ async fn envoy_opentelemetry_client_span_is_the_parent_of_the_ferry_server_span(
     let receiver = OtlpReceiver::start().await.expect("receiver starts");
     let app = Upstream::echo("reviews-v1").await.expect("upstream starts");
     let (_inbound, inbound_addr) = otel_inbound_sidecar(app.addr, receiver.addr).await;
-    let envoy_bootstrap = json!({
-        "node": { "id": "sidecar~127.0.0.1~productpage.default~default.svc.cluster.local", "cluster": "productpage.default" },
-        "static_resources": {
-            "listeners": [listener("0.0.0.0_9080", "OUTBOUND", "outbound|9080||reviews", otel_tracing("productpage.default"))],
-            "clusters": [
-                json_cluster("outbound|9080||reviews", inbound_addr),
-                json_h2_cluster("otel", receiver.addr)
-            ]
-        }
-    });
-    let Some(envoy) = ferry_tests::envoy::Envoy::start(&envoy_bootstrap.to_string()).await else {
+    let envoy_bootstrap = envoy_productpage(
+        listener(
+            "0.0.0.0_9080",
+            "OUTBOUND",
+            "outbound|9080||reviews",
+            otel_tracing("productpage.default"),
+        ),
+        vec![
+            json_cluster("outbound|9080||reviews", inbound_addr),
+            json_h2_cluster("otel", receiver.addr),
+        ],
+    );
+    let Some(envoy) = ferry_tests::envoy::Envoy::start(&envoy_bootstrap).await else {
         return;
     };
     let outbound_addr = envoy.wait_listener("0.0.0.0_9080").await;
@@ -715,4 +595,82 @@ async fn envoy_opentelemetry_client_span_is_the_parent_of_the_ferry_server_span(
             .unwrap_or_else(|| panic!("no Envoy client span is the parent of {server:?}"));
         assert_eq!(client.trace_id, server.trace_id);
     }
+}
+
+/// What a proxy forwarded for one request: its `x-request-id` and `x-b3-sampled`, read from the
+/// echo upstream's answer. `id`: the `x-request-id` sent, if any.
+async fn forwarded(proxy: SocketAddr, id: Option<&str>) -> (String, String) {
+    let headers: Vec<(&str, &str)> = id.map(|id| ("x-request-id", id)).into_iter().collect();
+    let request =
+        net::request(http::Method::GET, "app:9080", "/decide", &headers).expect("request");
+    let reply = net::send(proxy, net::Protocol::Http1, request)
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let echo: Value = serde_json::from_slice(&reply.body).expect("echo JSON");
+    let header = |name: &str| {
+        echo["headers"][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {name} upstream: {echo:#}"))
+            .to_owned()
+    };
+    (header("x-request-id"), header("x-b3-sampled"))
+}
+
+/// Envoy's UUID request id extension carries the trace decision in `x-request-id` (`9` in the
+/// version nibble when sampled), and with `use_request_id_for_trace_sampling` the random draw is
+/// the id's number: a real Envoy 1.40 and ferry-proxy at the same 50% make the same decision for
+/// the same id, in both orders (an Envoy hop then a ferry hop, and the reverse), without B3
+/// headers between them, and the second hop leaves the id as the first packed it.
+#[tokio::test]
+async fn envoy_and_ferry_agree_on_the_decision_carried_in_x_request_id() {
+    let collector = ZipkinCollector::start().await.expect("collector starts");
+    let app = Upstream::echo("app").await.expect("upstream starts");
+    let mut half = istio_tracing("HTTP_JSON");
+    half["random_sampling"]["value"] = json!(50.0);
+    let outbound = listener("0.0.0.0_9080", "OUTBOUND", "app", half);
+    let ferry = sidecar(
+        "productpage",
+        outbound.clone(),
+        &[
+            bootstrap::static_cluster("app", app.addr),
+            bootstrap::static_cluster("zipkin", collector.addr),
+        ],
+    )
+    .await;
+    let ferry_addr = ferry
+        .listeners
+        .listener_addr("0.0.0.0_9080")
+        .expect("bound");
+    let envoy_bootstrap = envoy_productpage(
+        outbound,
+        vec![
+            json_cluster("app", app.addr),
+            json_cluster("zipkin", collector.addr),
+        ],
+    );
+    let Some(envoy) = ferry_tests::envoy::Envoy::start(&envoy_bootstrap).await else {
+        return;
+    };
+    let envoy_addr = envoy.wait_listener("0.0.0.0_9080").await;
+    let mut decisions = Vec::new();
+    for (first, second) in [(envoy_addr, ferry_addr), (ferry_addr, envoy_addr)] {
+        for _ in 0..30 {
+            let (id, sampled) = forwarded(first, None).await;
+            let packed = id.as_bytes()[14];
+            assert_eq!(
+                packed,
+                if sampled == "1" { b'9' } else { b'4' },
+                "{id} sampled={sampled}"
+            );
+            let (next_id, next_sampled) = forwarded(second, Some(&id)).await;
+            assert_eq!(next_sampled, sampled, "second hop's decision for {id}");
+            assert_eq!(next_id, id, "the second hop keeps the id");
+            decisions.push(sampled);
+        }
+    }
+    assert!(
+        decisions.iter().any(|s| s == "1") && decisions.iter().any(|s| s == "0"),
+        "50% sampling gave one outcome for 60 ids: {decisions:?}"
+    );
 }

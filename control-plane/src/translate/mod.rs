@@ -28,7 +28,7 @@ mod cluster;
 mod endpoint;
 mod envoy;
 mod filter_chain;
-mod hcm_access_log;
+pub mod hcm_access_log;
 mod hcm_tracing;
 mod http_route;
 mod listener;

@@ -217,6 +217,32 @@ mod tests {
         tonic::body::Body::new(http_body_util::StreamBody::new(tokio_stream::iter(frames)))
     }
 
+    /// The request stream a body of `chunks` makes.
+    fn requests(chunks: Vec<Vec<u8>>) -> Requests<DiscoveryRequest> {
+        Requests::new(body_of(chunks))
+    }
+
+    /// How many resource names the stream's next request has (it must have one).
+    async fn next_names(stream: &mut Requests<DiscoveryRequest>) -> usize {
+        let request = stream.message().await.unwrap();
+        request.expect("a request").resource_names.len()
+    }
+
+    /// The gRPC code the first message of a body of `bytes` fails with.
+    async fn error_code(bytes: &[u8]) -> Code {
+        requests(vec![bytes.to_vec()])
+            .message()
+            .await
+            .unwrap_err()
+            .code()
+    }
+
+    /// The response body's next frame, which must be its trailers.
+    async fn next_trailers(body: &mut ResponseBody) -> http::HeaderMap {
+        let frame = body.frame().await.expect("a frame").expect("no error");
+        frame.into_trailers().expect("trailers")
+    }
+
     fn framed_request(resource_names: usize) -> Vec<u8> {
         let request = DiscoveryRequest {
             type_url: xds_proto::type_url::CLUSTER_LOAD_ASSIGNMENT.into(),
@@ -249,9 +275,8 @@ mod tests {
         // Split mid-prefix too: 3 bytes, then odd-sized pieces.
         let mut chunks = vec![bytes[..3].to_vec()];
         chunks.extend(bytes[3..].chunks(1000).map(<[u8]>::to_vec));
-        let mut stream = Requests::<DiscoveryRequest>::new(body_of(chunks));
-        let request = stream.message().await.unwrap().unwrap();
-        assert_eq!(request.resource_names.len(), 500);
+        let mut stream = requests(chunks);
+        assert_eq!(next_names(&mut stream).await, 500);
         assert!(stream.message().await.unwrap().is_none());
     }
 
@@ -259,32 +284,10 @@ mod tests {
     async fn the_buffer_is_released_once_a_split_request_is_decoded() {
         let bytes = framed_request(200);
         let (head, tail) = bytes.split_at(bytes.len() / 2);
-        let mut stream = Requests::<DiscoveryRequest>::new(body_of(vec![
-            head.to_vec(),
-            tail.to_vec(),
-            framed_request(1),
-        ]));
-        assert_eq!(
-            stream
-                .message()
-                .await
-                .unwrap()
-                .unwrap()
-                .resource_names
-                .len(),
-            200
-        );
+        let mut stream = requests(vec![head.to_vec(), tail.to_vec(), framed_request(1)]);
+        assert_eq!(next_names(&mut stream).await, 200);
         assert_eq!(stream.buf.capacity(), 0, "nothing kept between requests");
-        assert_eq!(
-            stream
-                .message()
-                .await
-                .unwrap()
-                .unwrap()
-                .resource_names
-                .len(),
-            1
-        );
+        assert_eq!(next_names(&mut stream).await, 1);
         assert!(stream.message().await.unwrap().is_none());
     }
 
@@ -303,50 +306,29 @@ mod tests {
     async fn two_requests_in_one_frame_are_both_decoded() {
         let mut both = framed_request(1);
         both.extend(framed_request(2));
-        let mut stream = Requests::<DiscoveryRequest>::new(body_of(vec![both]));
-        assert_eq!(
-            stream
-                .message()
-                .await
-                .unwrap()
-                .unwrap()
-                .resource_names
-                .len(),
-            1
-        );
-        assert_eq!(
-            stream
-                .message()
-                .await
-                .unwrap()
-                .unwrap()
-                .resource_names
-                .len(),
-            2
-        );
+        let mut stream = requests(vec![both]);
+        assert_eq!(next_names(&mut stream).await, 1);
+        assert_eq!(next_names(&mut stream).await, 2);
     }
 
     #[tokio::test]
     async fn a_malformed_prefix_is_a_grpc_error_not_a_panic() {
         // Compressed flag 7 is not a gRPC flag.
-        let mut stream =
-            Requests::<DiscoveryRequest>::new(body_of(vec![vec![7, 0, 0, 0, 1, 0x0a]]));
-        let status = stream.message().await.unwrap_err();
-        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(error_code(&[7, 0, 0, 0, 1, 0x0a]).await, Code::Internal);
         // A compressed message on a stream that declared no encoding.
-        let mut stream = Requests::<DiscoveryRequest>::new(body_of(vec![vec![1, 0, 0, 0, 0]]));
-        assert_eq!(stream.message().await.unwrap_err().code(), Code::Internal);
+        assert_eq!(error_code(&[1, 0, 0, 0, 0]).await, Code::Internal);
         // A length larger than any message the server accepts.
-        let mut stream =
-            Requests::<DiscoveryRequest>::new(body_of(vec![vec![0, 0xff, 0xff, 0xff, 0xff]]));
-        assert_eq!(stream.message().await.unwrap_err().code(), Code::OutOfRange);
+        assert_eq!(
+            error_code(&[0, 0xff, 0xff, 0xff, 0xff]).await,
+            Code::OutOfRange
+        );
         // A message cut short by the end of the stream.
-        let mut stream = Requests::<DiscoveryRequest>::new(body_of(vec![vec![0, 0, 0, 0, 9, 1]]));
-        assert_eq!(stream.message().await.unwrap_err().code(), Code::Internal);
+        assert_eq!(error_code(&[0, 0, 0, 0, 9, 1]).await, Code::Internal);
         // Bytes that are not a DiscoveryRequest.
-        let mut stream =
-            Requests::<DiscoveryRequest>::new(body_of(vec![vec![0, 0, 0, 0, 2, 0xff, 0xff]]));
-        assert_eq!(stream.message().await.unwrap_err().code(), Code::Internal);
+        assert_eq!(
+            error_code(&[0, 0, 0, 0, 2, 0xff, 0xff]).await,
+            Code::Internal
+        );
     }
 
     #[tokio::test]
@@ -360,14 +342,7 @@ mod tests {
         let mut body = ResponseBody::new(rx);
         let frame = body.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), first);
-        let trailers = body
-            .frame()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_trailers()
-            .unwrap();
-        let status = Status::from_header_map(&trailers).unwrap();
+        let status = Status::from_header_map(&next_trailers(&mut body).await).unwrap();
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "node: missing");
         assert!(body.frame().await.is_none());
@@ -379,13 +354,6 @@ mod tests {
         let (tx, rx) = mpsc::channel(1);
         drop(tx);
         let mut body = ResponseBody::new(rx);
-        let trailers = body
-            .frame()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_trailers()
-            .unwrap();
-        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(next_trailers(&mut body).await["grpc-status"], "0");
     }
 }

@@ -28,10 +28,10 @@ pub enum Operator {
     ResponseFlags,
     /// `RESPONSE_CODE_DETAILS`.
     ResponseCodeDetails,
-    /// `CONNECTION_TERMINATION_DETAILS` (ferry-proxy has no filter that terminates
-    /// connections with details: always `-`).
+    /// `CONNECTION_TERMINATION_DETAILS`: always `-`, as in Envoy without a network filter that
+    /// closes connections with details (RBAC, ext_authz), which ferry-proxy does not have.
     ConnectionTerminationDetails,
-    /// `UPSTREAM_TRANSPORT_FAILURE_REASON` (no upstream TLS yet: always `-`).
+    /// `UPSTREAM_TRANSPORT_FAILURE_REASON` (`delayed_connect_error:_Connection_refused`).
     UpstreamTransportFailureReason,
     /// `BYTES_RECEIVED`: request body bytes.
     BytesReceived,
@@ -43,7 +43,7 @@ pub enum Operator {
     UpstreamHost,
     /// `UPSTREAM_CLUSTER` / `UPSTREAM_CLUSTER_RAW`.
     UpstreamCluster,
-    /// `UPSTREAM_LOCAL_ADDRESS` (not tracked by ferry-proxy's pool: `-`).
+    /// `UPSTREAM_LOCAL_ADDRESS`: the local address of the last attempt's connection.
     UpstreamLocalAddress,
     /// `DOWNSTREAM_LOCAL_ADDRESS`.
     DownstreamLocalAddress,
@@ -53,7 +53,8 @@ pub enum Operator {
     DownstreamRemoteAddress,
     /// `DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT`.
     DownstreamRemoteAddressWithoutPort,
-    /// `REQUESTED_SERVER_NAME` (no downstream TLS: `-`).
+    /// `REQUESTED_SERVER_NAME`: the downstream TLS SNI; ferry-proxy's listeners are plaintext
+    /// (downstream TLS is refused), so `-`, as Envoy prints for a plaintext connection.
     RequestedServerName,
     /// `ROUTE_NAME`.
     RouteName,
@@ -97,12 +98,16 @@ pub struct Entry<'a> {
     pub response_flags: &'a str,
     /// Response code details.
     pub details: &'a str,
+    /// Why the last attempt's connection failed (`UPSTREAM_TRANSPORT_FAILURE_REASON`).
+    pub transport_failure_reason: Option<&'a str>,
     /// Request body bytes.
     pub bytes_received: u64,
     /// Response body bytes.
     pub bytes_sent: u64,
     /// The last attempt's host.
     pub upstream_host: Option<SocketAddr>,
+    /// The local address of the last attempt's connection.
+    pub upstream_local: Option<SocketAddr>,
     /// The cluster the router picked.
     pub upstream_cluster: Option<&'a str>,
     /// The route's name.
@@ -297,10 +302,9 @@ fn value(op: &Operator, e: &Entry<'_>) -> Option<String> {
         Operator::DownstreamLocalAddressWithoutPort => e.downstream_local.ip().to_string(),
         Operator::DownstreamRemoteAddress => e.downstream_remote.to_string(),
         Operator::DownstreamRemoteAddressWithoutPort => e.downstream_remote.ip().to_string(),
-        Operator::ConnectionTerminationDetails
-        | Operator::UpstreamTransportFailureReason
-        | Operator::UpstreamLocalAddress
-        | Operator::RequestedServerName => return None,
+        Operator::UpstreamLocalAddress => e.upstream_local?.to_string(),
+        Operator::UpstreamTransportFailureReason => e.transport_failure_reason?.to_owned(),
+        Operator::ConnectionTerminationDetails | Operator::RequestedServerName => return None,
     })
 }
 
@@ -347,9 +351,11 @@ mod tests {
             status: 503,
             response_flags: "UH",
             details: "no_healthy_upstream",
+            transport_failure_reason: None,
             bytes_received: 0,
             bytes_sent: 19,
             upstream_host: None,
+            upstream_local: None,
             upstream_cluster: Some("outbound|9080||reviews.default.svc.cluster.local"),
             route_name: Some("default"),
             downstream_local: "127.0.0.10:15001".parse().unwrap(),
@@ -369,6 +375,26 @@ mod tests {
             "[2025-11-21T18:34:43.123Z] \"GET /reviews/1 HTTP/1.1\" 503 UH no_healthy_upstream - \"-\" 0 19 12 - \"-\" \"-\" \"abc\" \"reviews:9080\" \"-\" outbound|9080||reviews.default.svc.cluster.local - 127.0.0.10:15001 127.0.0.10:40000 - default\n"
         );
         assert!(Template::parse(DEFAULT_FORMAT).is_ok());
+    }
+
+    #[test]
+    fn upstream_connection_operators_render_what_the_router_learned() {
+        let (req, resp) = (HeaderMap::new(), HeaderMap::new());
+        let mut e = entry(&req, &resp);
+        let t = Template::parse(
+            "%UPSTREAM_HOST% %UPSTREAM_LOCAL_ADDRESS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\"",
+        )
+        .unwrap();
+        assert_eq!(t.render(&e), "- - \"-\"");
+        e.upstream_host = Some("127.0.0.1:9080".parse().unwrap());
+        e.upstream_local = Some("127.0.0.1:40100".parse().unwrap());
+        assert_eq!(t.render(&e), "127.0.0.1:9080 127.0.0.1:40100 \"-\"");
+        e.upstream_local = None;
+        e.transport_failure_reason = Some("delayed_connect_error:_Connection_refused");
+        assert_eq!(
+            t.render(&e),
+            "127.0.0.1:9080 - \"delayed_connect_error:_Connection_refused\""
+        );
     }
 
     #[test]

@@ -32,8 +32,8 @@ pub struct Pending {
     pub response_headers: http::HeaderMap,
     /// Response flags.
     pub flags: crate::error::ResponseFlags,
-    /// Response code details.
-    pub details: &'static str,
+    /// Response code details and the transport failure reason.
+    pub details: super::Details,
     /// The listener's address.
     pub local: SocketAddr,
     /// The client.
@@ -58,10 +58,12 @@ impl Pending {
             response_headers: &p.response_headers,
             status: p.status,
             response_flags: &flags,
-            details: p.details,
+            details: &p.details.code,
+            transport_failure_reason: p.details.transport_failure_reason.as_deref(),
             bytes_received: p.start.received.load(Ordering::Relaxed),
             bytes_sent,
             upstream_host: p.slot.upstream_host(),
+            upstream_local: p.slot.upstream_local_address(),
             upstream_cluster: cluster,
             route_name: route,
             downstream_local: p.local,

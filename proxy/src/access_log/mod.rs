@@ -4,6 +4,7 @@
 //! file and a writer task appends them, so a slow disk never blocks a request (a full queue
 //! drops the line and counts it in `access_logs.file.dropped`).
 
+pub mod details;
 pub mod format;
 mod logged_body;
 
@@ -19,6 +20,7 @@ use xds_proto::envoy::config::accesslog::v3::{AccessLog as AccessLogProto, acces
 use xds_proto::envoy::config::core::v3::{data_source, substitution_format_string};
 use xds_proto::envoy::extensions::access_loggers::file::v3::{FileAccessLog, file_access_log};
 
+pub use details::{Details, response_code_details};
 pub use format::{Entry, Template};
 pub use logged_body::{CountedBody, Pending};
 
@@ -223,10 +225,7 @@ impl Writers {
             let mut file = None;
             while let Some(line) = rx.recv().await {
                 if file.is_none() {
-                    file = tokio::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&path)
+                    file = open(&path)
                         .await
                         .map_err(|error| {
                             tracing::warn!(path = %path.display(), %error, "access log: cannot open");
@@ -237,7 +236,12 @@ impl Writers {
                     failed.inc();
                     continue;
                 };
-                match f.write_all(line.as_bytes()).await {
+                // Flushed per line: the file's writer holds bytes until flushed.
+                let wrote = async {
+                    f.write_all(line.as_bytes()).await?;
+                    f.flush().await
+                };
+                match wrote.await {
                     Ok(()) => written.inc(),
                     Err(error) => {
                         tracing::debug!(%error, "access log: write failed");
@@ -251,43 +255,23 @@ impl Writers {
     }
 }
 
-/// `RESPONSE_CODE_DETAILS`, derived from the response flag: Envoy's detail strings for the
-/// local replies ferry-proxy makes, `via_upstream` for an upstream's answer, `direct_response`
-/// for a route's direct response or redirect.
-pub fn response_code_details(
-    flags: crate::error::ResponseFlags,
-    upstream_answered: bool,
-) -> &'static str {
-    use crate::error::ResponseFlag as F;
-    // The most telling flag: a failure's own flag before URX and DI, which join others.
-    let flag = flags
-        .iter()
-        .find(|f| !matches!(f, F::UpstreamRetryLimitExceeded | F::DelayInjected))
-        .or_else(|| flags.iter().next());
-    match flag {
-        Some(F::NoRouteFound) => "route_not_found",
-        Some(F::NoClusterFound) => "cluster_not_found",
-        Some(F::NoHealthyUpstream) => "no_healthy_upstream",
-        Some(F::UpstreamRequestTimeout) => "upstream_response_timeout",
-        Some(F::UpstreamOverflow) => "upstream_reset_before_response_started{overflow}",
-        Some(F::UpstreamConnectionFailure) => {
-            "upstream_reset_before_response_started{connection_failure}"
+/// Where a log's lines go. As in Envoy, `/dev/stdout` and `/dev/stderr` are the process's own
+/// streams (a duplicate of its descriptor), not files to open: reopening them fails for a proxy
+/// that dropped privileges (Istio's uid 1337) when its output belongs to root.
+async fn open(path: &std::path::Path) -> std::io::Result<tokio::fs::File> {
+    use std::os::fd::AsFd;
+    let stream = match path.to_str() {
+        Some("/dev/stdout") => std::io::stdout().as_fd().try_clone_to_owned()?,
+        Some("/dev/stderr") => std::io::stderr().as_fd().try_clone_to_owned()?,
+        _ => {
+            return tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .await;
         }
-        Some(F::UpstreamConnectionTermination) => {
-            "upstream_reset_before_response_started{connection_termination}"
-        }
-        Some(F::UpstreamRemoteReset) => "upstream_reset_before_response_started{remote_reset}",
-        Some(F::FaultInjected) => "fault_filter_abort",
-        Some(F::DownstreamConnectionTermination) => "downstream_remote_disconnect",
-        Some(F::UnauthorizedExternalService) => "ext_authz_denied",
-        Some(F::UpstreamRetryLimitExceeded | F::DelayInjected) | None if upstream_answered => {
-            "via_upstream"
-        }
-        Some(F::UpstreamRetryLimitExceeded) => {
-            "upstream_reset_before_response_started{retry_limit_exceeded}"
-        }
-        Some(F::DelayInjected) | None => "direct_response",
-    }
+    };
+    Ok(tokio::fs::File::from_std(std::fs::File::from(stream)))
 }
 
 /// What the HCM records when a logged request starts.

@@ -78,24 +78,3 @@ fn other_loggers_filters_and_operators_are_refused() {
     let e = AccessLog::try_from(&bad).unwrap_err();
     assert!(e.reason.contains("FILTER_STATE"), "{e}");
 }
-
-#[test]
-fn details_follow_the_response_flag() {
-    use crate::error::ResponseFlag as F;
-    assert_eq!(
-        response_code_details(Default::default(), true),
-        "via_upstream"
-    );
-    assert_eq!(
-        response_code_details(Default::default(), false),
-        "direct_response"
-    );
-    assert_eq!(
-        response_code_details(F::NoRouteFound.into(), false),
-        "route_not_found"
-    );
-    assert_eq!(
-        response_code_details(F::UpstreamRequestTimeout.into(), true),
-        "upstream_response_timeout"
-    );
-}

@@ -219,7 +219,13 @@ pub(crate) fn duration(
 #[allow(deprecated)]
 fn refuse_unsupported(c: &proto::Cluster) -> Result<(), InvalidCluster> {
     let name = c.name.as_str();
-    let checks: [(&str, bool); 13] = [
+    let checks: [(&str, bool); 15] = [
+        (
+            "per_connection_buffer_high_watermark_timeout",
+            c.per_connection_buffer_high_watermark_timeout
+                .is_some_and(|d| d.seconds != 0 || d.nanos != 0),
+        ),
+        ("use_tcp_for_dns_lookups", c.use_tcp_for_dns_lookups),
         (
             "transport_socket_matcher",
             c.transport_socket_matcher.is_some(),
@@ -246,6 +252,10 @@ fn refuse_unsupported(c: &proto::Cluster) -> Result<(), InvalidCluster> {
     if let Some((field, _)) = checks.iter().find(|(_, set)| *set) {
         return Err(InvalidCluster::not_implemented(name, *field));
     }
+    // Accepted as they stand: `close_connections_on_host_health_failure` and
+    // `ignore_health_on_host_removal` need active health checks and `lrs_report_endpoint_metrics`
+    // an LRS server (both refused above); `wait_for_warm_on_init` orders Envoy's own init,
+    // `track_timeout_budgets` and `track_cluster_stats` only add stats.
     for (i, filter) in c.filters.iter().enumerate() {
         // Istio attaches `istio.metadata_exchange` to outbound clusters; it only carries peer
         // metadata for telemetry over mTLS, so it does not change where or how requests go.

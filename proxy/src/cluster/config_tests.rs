@@ -264,6 +264,10 @@ fn unsupported_fields_are_refused_by_name() {
         ),
         ("name: a\nconnect_timeout: -1s", "connect_timeout"),
         (
+            "name: a\nper_connection_buffer_high_watermark_timeout: 1s",
+            "per_connection_buffer_high_watermark_timeout",
+        ),
+        (
             "name: a\nhttp2_protocol_options: { initial_connection_window_size: 4294967295 }",
             "http2_protocol_options.initial_connection_window_size",
         ),
@@ -280,8 +284,8 @@ fn unsupported_fields_are_refused_by_name() {
             "transport_socket",
         ),
         (
-            "name: a\ncommon_http_protocol_options: { max_connection_duration: 1s }",
-            "common_http_protocol_options.max_connection_duration",
+            "name: a\ncommon_http_protocol_options: { max_stream_duration: 1s }",
+            "common_http_protocol_options.max_stream_duration",
         ),
         (
             "name: a\ntype: LOGICAL_DNS\nload_assignment: { endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: a, port_value: 1 } } } }, { endpoint: { address: { socket_address: { address: b, port_value: 1 } } } } ] } ] }",

@@ -3,9 +3,12 @@
 //! or, for older configs, the deprecated cluster fields (`http2_protocol_options`,
 //! `common_http_protocol_options`, `protocol_selection`, `max_requests_per_connection`).
 //!
-//! Envoy refuses a cluster that mixes the two styles, and so does Ferry. Tuning knobs of Envoy's
-//! own codecs that hyper has no equivalent for (HPACK table size, frame flood limits, header
-//! count limits) are accepted and not applied; knobs that change behaviour are refused by name.
+//! Envoy refuses a cluster that mixes the two styles, and so does Ferry. Every field is applied,
+//! accepted because it only concerns a server (`accept_http_10`, `allow_absolute_url`,
+//! `default_host_for_http_10`) or picks Envoy's own codec (`use_balsa_parser`,
+//! `use_oghttp2_codec`), accepted at the value hyper already has (HPACK table 4096, 100
+//! response headers), or refused by name: tuning knobs of Envoy's codecs that hyper has no
+//! equivalent for (frame flood limits) are refused when set rather than silently dropped.
 
 use std::time::Duration;
 
@@ -212,11 +215,37 @@ fn common_options(
     o: &core::HttpProtocolOptions,
     settings: &mut PoolSettings,
 ) -> Result<(), InvalidCluster> {
-    if o.max_connection_duration.is_some() {
+    // Limits Envoy applies to upstream response headers: hyper's HTTP/1 codec has the same
+    // defaults (100 headers, and a header block bounded by the 64 KiB read buffer), so only
+    // those values are accepted.
+    if o.max_headers_count.is_some_and(|v| v.value != 100) {
+        return Err(InvalidCluster::not_implemented(name, "max_headers_count"));
+    }
+    if o.max_response_headers_kb.is_some_and(|v| v.value != 60) {
         return Err(InvalidCluster::not_implemented(
             name,
-            "max_connection_duration",
+            "max_response_headers_kb",
         ));
+    }
+    if o.headers_with_underscores_action != 0 {
+        return Err(InvalidCluster::not_implemented(
+            name,
+            "headers_with_underscores_action",
+        ));
+    }
+    if o.max_connection_duration_jitter
+        .as_ref()
+        .is_some_and(|p| p.value > 0.0)
+    {
+        return Err(InvalidCluster::not_implemented(
+            name,
+            "max_connection_duration_jitter",
+        ));
+    }
+    if let Some(max) = &o.max_connection_duration {
+        let max = duration(name, "max_connection_duration", max)?;
+        // Envoy: zero (like unset) means no limit.
+        settings.max_connection_duration = (!max.is_zero()).then_some(max);
     }
     if o.max_stream_duration.is_some() {
         return Err(InvalidCluster::not_implemented(name, "max_stream_duration"));
@@ -248,11 +277,22 @@ fn upstream_options(
 
 fn http1(name: &str, o: &core::Http1ProtocolOptions) -> Result<Http1Settings, InvalidCluster> {
     use core::http1_protocol_options::header_key_format::HeaderFormat;
-    if o.send_fully_qualified_url {
-        return Err(InvalidCluster::not_implemented(
-            name,
-            "send_fully_qualified_url",
-        ));
+    let refused = [
+        ("send_fully_qualified_url", o.send_fully_qualified_url),
+        ("enable_trailers", o.enable_trailers),
+        ("allow_chunked_length", o.allow_chunked_length),
+        (
+            "override_stream_error_on_invalid_http_message",
+            o.override_stream_error_on_invalid_http_message.is_some(),
+        ),
+        ("allow_custom_methods", o.allow_custom_methods),
+        (
+            "ignore_http_11_upgrade",
+            !o.ignore_http_11_upgrade.is_empty(),
+        ),
+    ];
+    if let Some((field, _)) = refused.iter().find(|(_, set)| *set) {
+        return Err(InvalidCluster::not_implemented(name, *field));
     }
     let title_case_headers = match o
         .header_key_format
@@ -271,6 +311,7 @@ fn http1(name: &str, o: &core::Http1ProtocolOptions) -> Result<Http1Settings, In
     Ok(Http1Settings { title_case_headers })
 }
 
+#[allow(deprecated)]
 fn http2(name: &str, o: &core::Http2ProtocolOptions) -> Result<Http2Settings, InvalidCluster> {
     if o.allow_connect {
         return Err(InvalidCluster::not_implemented(name, "allow_connect"));
@@ -283,6 +324,56 @@ fn http2(name: &str, o: &core::Http2ProtocolOptions) -> Result<Http2Settings, In
             name,
             "custom_settings_parameters",
         ));
+    }
+    // hyper's client sends no SETTINGS_HEADER_TABLE_SIZE, so only HPACK's 4096 is possible; the
+    // rest are Envoy codec limits the h2 crate has fixed equivalents of.
+    let refused = [
+        (
+            "hpack_table_size",
+            o.hpack_table_size.is_some_and(|v| v.value != 4096),
+        ),
+        ("max_outbound_frames", o.max_outbound_frames.is_some()),
+        (
+            "max_outbound_control_frames",
+            o.max_outbound_control_frames.is_some(),
+        ),
+        (
+            "max_consecutive_inbound_frames_with_empty_payload",
+            o.max_consecutive_inbound_frames_with_empty_payload
+                .is_some(),
+        ),
+        (
+            "max_inbound_priority_frames_per_stream",
+            o.max_inbound_priority_frames_per_stream.is_some(),
+        ),
+        (
+            "max_inbound_window_update_frames_per_data_frame_sent",
+            o.max_inbound_window_update_frames_per_data_frame_sent
+                .is_some(),
+        ),
+        (
+            "stream_error_on_invalid_http_messaging",
+            o.stream_error_on_invalid_http_messaging,
+        ),
+        (
+            "override_stream_error_on_invalid_http_message",
+            o.override_stream_error_on_invalid_http_message.is_some(),
+        ),
+        ("max_metadata_size", o.max_metadata_size.is_some()),
+        (
+            "enable_huffman_encoding",
+            o.enable_huffman_encoding.is_some_and(|b| !b.value),
+        ),
+        (
+            "max_header_field_size_kb",
+            o.max_header_field_size_kb.is_some(),
+        ),
+        ("disallow_obs_text", o.disallow_obs_text.is_some()),
+        ("stream_reset_burst", o.stream_reset_burst.is_some()),
+        ("stream_reset_rate", o.stream_reset_rate.is_some()),
+    ];
+    if let Some((field, _)) = refused.iter().find(|(_, set)| *set) {
+        return Err(InvalidCluster::not_implemented(name, *field));
     }
     let mut s = Http2Settings::default();
     if let Some(max) = o.max_concurrent_streams {
@@ -338,3 +429,7 @@ fn http2(name: &str, o: &core::Http2ProtocolOptions) -> Result<Http2Settings, In
     }
     Ok(s)
 }
+
+#[cfg(test)]
+#[path = "protocol_tests.rs"]
+mod tests;

@@ -46,13 +46,20 @@ pub struct HttpConnectionManagerConfig {
     pub generate_request_id: bool,
     /// Echo `x-request-id` in responses.
     pub always_set_request_id_in_response: bool,
+    /// `request_id_extension` (`envoy.request_id.uuid`): how `x-request-id` carries the trace
+    /// decision.
+    pub request_id: crate::tracers::UuidRequestId,
     /// WebSocket upgrades allowed (`upgrade_configs` has `websocket`).
     pub websocket: bool,
-    /// Remove `x-forwarded-client-cert` (SANITIZE, SANITIZE_SET) or pass it (FORWARD_ONLY,
-    /// APPEND_FORWARD; with no client certificate there is nothing to append).
+    /// Remove `x-forwarded-client-cert`: every `forward_client_cert_details` mode but
+    /// ALWAYS_FORWARD_ONLY does on a connection without a client certificate (all of ferry's).
     pub sanitize_xfcc: bool,
     /// `normalize_path`: RFC 3986 dot-segment removal (and `\\` to `/`) before routing.
     pub normalize_path: bool,
+    /// `merge_slashes`: `//` runs in the path become one `/` (after `normalize_path`).
+    pub merge_slashes: bool,
+    /// `path_with_escaped_slashes_action`.
+    pub escaped_slashes: super::path::EscapedSlashes,
     /// `server_name` (Envoy default `envoy`), written per `server_header_transformation`.
     pub server_name: http::HeaderValue,
     /// `server_header_transformation`.
@@ -70,6 +77,8 @@ pub struct HttpConnectionManagerConfig {
     /// `tracing`: spans are created, propagated and reported (by its provider, else the
     /// bootstrap's).
     pub tracing: Option<Arc<crate::tracers::TracingConfig>>,
+    /// `common_http_protocol_options`, `http_protocol_options`, `http2_protocol_options`.
+    pub protocol: super::protocol_options::DownstreamProtocolOptions,
 }
 
 /// Envoy's `server_header_transformation`.
@@ -95,13 +104,6 @@ impl HttpConnectionManagerConfig {
     ) -> Result<Self, Invalid> {
         use hcm_pb::http_connection_manager::RouteSpecifier as R;
         let f = |s: &str| format!("{field}.{s}");
-        let refuse_if = |set: bool, name: &str| {
-            if set {
-                Err(Invalid::new(f(name), "not implemented by ferry-proxy"))
-            } else {
-                Ok(())
-            }
-        };
         let tracing = match &h.tracing {
             Some(t) => Some(Arc::new(
                 crate::tracers::TracingConfig::from_proto(t)
@@ -118,52 +120,34 @@ impl HttpConnectionManagerConfig {
                     .map_err(|e| Invalid::new(f(&format!("access_log[{i}].{}", e.field)), e.reason))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        refuse_if(h.add_user_agent.is_some_and(|b| b.value), "add_user_agent")?;
-        refuse_if(h.http3_protocol_options.is_some(), "http3_protocol_options")?;
-        refuse_if(
-            h.scheme_header_transformation.is_some(),
-            "scheme_header_transformation",
+        super::unsupported::refuse(h, field)?;
+        use super::path::EscapedSlashes;
+        let escaped_slashes = match h.path_with_escaped_slashes_action {
+            0 | 1 => EscapedSlashes::KeepUnchanged,
+            2 => EscapedSlashes::RejectRequest,
+            4 => EscapedSlashes::UnescapeAndForward,
+            3 => {
+                return Err(Invalid::new(
+                    f("path_with_escaped_slashes_action"),
+                    "UNESCAPE_AND_REDIRECT is not implemented by ferry-proxy",
+                ));
+            }
+            _ => {
+                return Err(Invalid::new(
+                    f("path_with_escaped_slashes_action"),
+                    "unknown value",
+                ));
+            }
+        };
+
+        let protocol = super::protocol_options::DownstreamProtocolOptions::from_proto(
+            h.common_http_protocol_options.as_ref(),
+            h.http_protocol_options.as_ref(),
+            h.http2_protocol_options.as_ref(),
+            field,
         )?;
-        refuse_if(!zero(&h.request_timeout), "request_timeout")?;
-        refuse_if(!zero(&h.stream_idle_timeout), "stream_idle_timeout")?;
-        refuse_if(!zero(&h.request_headers_timeout), "request_headers_timeout")?;
-        refuse_if(h.xff_num_trusted_hops != 0, "xff_num_trusted_hops")?;
-        refuse_if(
-            !h.original_ip_detection_extensions.is_empty(),
-            "original_ip_detection_extensions",
-        )?;
-        refuse_if(
-            !h.early_header_mutation_extensions.is_empty(),
-            "early_header_mutation_extensions",
-        )?;
-        refuse_if(!h.via.is_empty(), "via")?;
-        refuse_if(
-            h.preserve_external_request_id,
-            "preserve_external_request_id",
-        )?;
-        refuse_if(
-            h.set_current_client_cert_details.is_some(),
-            "set_current_client_cert_details",
-        )?;
-        refuse_if(h.merge_slashes, "merge_slashes")?;
-        refuse_if(
-            h.path_with_escaped_slashes_action > 1,
-            "path_with_escaped_slashes_action",
-        )?;
-        refuse_if(h.local_reply_config.is_some(), "local_reply_config")?;
-        refuse_if(h.strip_matching_host_port, "strip_matching_host_port")?;
-        refuse_if(h.strip_port_mode.is_some(), "strip_port_mode")?;
-        refuse_if(h.strip_trailing_host_dot, "strip_trailing_host_dot")?;
-        refuse_if(h.proxy_status_config.is_some(), "proxy_status_config")?;
-        refuse_if(h.append_x_forwarded_port, "append_x_forwarded_port")?;
-        refuse_if(h.forward_proto_config.is_some(), "forward_proto_config")?;
-        if let Some(ext) = &h.request_id_extension {
-            let uuid = ext.typed_config.as_ref().is_none_or(|a| {
-                a.type_url
-                    .ends_with("request_id.uuid.v3.UuidRequestIdConfig")
-            });
-            refuse_if(!uuid, "request_id_extension")?;
-        }
+        let request_id = crate::tracers::UuidRequestId::from_proto(h.request_id_extension.as_ref())
+            .map_err(|reason| Invalid::new(f("request_id_extension"), reason))?;
         let codec = match h.codec_type {
             0 => Codec::Auto,
             1 => Codec::Http1,
@@ -219,9 +203,12 @@ impl HttpConnectionManagerConfig {
             }
             websocket = u.enabled.is_none_or(|b| b.value);
         }
+        // Envoy removes XFCC from a request that did not come over mTLS with a client
+        // certificate unless the mode is ALWAYS_FORWARD_ONLY; ferry-proxy has no downstream TLS,
+        // so every other mode sanitizes.
         let sanitize_xfcc = match h.forward_client_cert_details {
-            0 | 3 => true,
-            1 | 2 => false,
+            0..=3 => true,
+            4 => false,
             _ => {
                 return Err(Invalid::new(
                     f("forward_client_cert_details"),
@@ -247,6 +234,7 @@ impl HttpConnectionManagerConfig {
             ));
         }
         Ok(Self {
+            protocol,
             drain_timeout,
             max_request_headers: max_request_headers_kb as usize * 1024,
             tracing,
@@ -258,9 +246,12 @@ impl HttpConnectionManagerConfig {
             skip_xff_append: h.skip_xff_append,
             generate_request_id: h.generate_request_id.is_none_or(|b| b.value),
             always_set_request_id_in_response: h.always_set_request_id_in_response,
+            request_id,
             websocket,
             sanitize_xfcc,
             normalize_path: h.normalize_path.is_some_and(|b| b.value),
+            merge_slashes: h.merge_slashes,
+            escaped_slashes,
             server_name: if h.server_name.is_empty() {
                 http::HeaderValue::from_static("envoy")
             } else {

@@ -6,8 +6,12 @@
 
 pub mod config;
 pub mod drain;
+pub mod idle_timeout;
 mod local_reply;
 pub mod path;
+pub mod protocol_options;
+pub mod request_limit;
+mod unsupported;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -127,10 +131,21 @@ pub async fn serve(
         HcmSelector::Fixed(hcm) => hcm.max_request_headers,
         HcmSelector::ByAuthorityPort => DEFAULT_MAX_REQUEST_HEADERS,
     };
+    let protocol = match &selector {
+        HcmSelector::Fixed(hcm) => hcm.protocol.clone(),
+        HcmSelector::ByAuthorityPort => protocol_options::DownstreamProtocolOptions::default(),
+    };
     builder
         .http1()
-        .max_buf_size(crate::body::MAX_READ_BUFFER.max(max_headers + 1024));
-    builder.http2().max_header_list_size(max_headers as u32);
+        .max_buf_size(crate::body::MAX_READ_BUFFER.max(max_headers + 1024))
+        .max_headers(protocol.max_headers_count)
+        .title_case_headers(protocol.title_case_headers);
+    builder
+        .http2()
+        .max_header_list_size(max_headers as u32)
+        .max_concurrent_streams(protocol.http2.max_concurrent_streams)
+        .initial_stream_window_size(protocol.http2.initial_stream_window_size)
+        .initial_connection_window_size(protocol.http2.initial_connection_window_size);
     if let HcmSelector::Fixed(hcm) = &selector {
         builder = match hcm.codec {
             Codec::Auto => builder,
@@ -149,9 +164,19 @@ pub async fn serve(
     let downstream = Arc::new(downstream);
     let connection = Arc::new(ConnectionDrain::default());
     let service_connection = connection.clone();
+    let streams = Arc::new(idle_timeout::ActiveStreams::default());
+    let service_streams = protocol.idle_timeout.is_some().then(|| streams.clone());
+    let limit = protocol
+        .max_requests_per_connection
+        .map(|max| Arc::new(request_limit::RequestLimit::new(max)));
+    let service_limit = limit.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (downstream, selector, store) = (downstream.clone(), selector.clone(), store.clone());
         let (stats, connection) = (stats.clone(), service_connection.clone());
+        let active = service_streams
+            .as_ref()
+            .map(idle_timeout::ActiveStreams::begin);
+        let last = service_limit.as_ref().is_some_and(|limit| limit.count());
         // Boxed: the whole request's state machine (routing, router, pool) is several KiB, and
         // hyper moves the service future by value (into a spawned task per HTTP/2 stream, into
         // the dispatcher per HTTP/1.1 request); copying it showed up as the top memcpy in
@@ -159,8 +184,18 @@ pub async fn serve(
         Box::pin(async move {
             let version = req.version();
             connection.saw(version);
+            if last {
+                tracing::debug!("max_requests_per_connection reached: draining");
+                connection.start_draining();
+            }
             let mut response = handle(req, &downstream, &selector, &store, stats.as_deref()).await;
             connection.finish_response(version, &mut response);
+            if let Some(active) = active {
+                // The request stays active until its response body ends.
+                response = response.map(|body| {
+                    crate::body::boxed(crate::body::OnEnd::new(body, move |_| drop(active)))
+                });
+            }
             Ok::<_, Infallible>(response)
         })
     });
@@ -175,12 +210,20 @@ pub async fn serve(
     let mut retiring = false;
     let idle_deadline = tokio::time::sleep(std::time::Duration::MAX / 4);
     tokio::pin!(idle_deadline);
+    // `max_connection_duration` retires the connection the way a listener update does.
+    let max_duration = tokio::time::sleep(
+        protocol
+            .max_connection_duration
+            .unwrap_or(std::time::Duration::MAX / 4),
+    );
+    tokio::pin!(max_duration);
+    let mut expired = false;
     loop {
         if !closing && *shutdown.borrow() {
             closing = true;
             conn.as_mut().graceful_shutdown();
         }
-        if !retiring && !closing && *retired.borrow() {
+        if !retiring && !closing && (expired || *retired.borrow()) {
             retiring = true;
             connection.start_draining();
             if connection.is_http2() {
@@ -214,6 +257,18 @@ pub async fn serve(
                 }
             }
             () = &mut idle_deadline, if retiring && !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = async { if let Some(limit) = &limit { limit.reached().await } }, if !expired && limit.is_some() => {
+                expired = true;
+            }
+            () = &mut max_duration, if !expired && protocol.max_connection_duration.is_some() => {
+                tracing::debug!("max_connection_duration reached: draining");
+                expired = true;
+            }
+            () = streams.idle_for(protocol.idle_timeout.unwrap_or_default()), if protocol.idle_timeout.is_some() && !closing => {
+                tracing::debug!("idle_timeout reached: closing");
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
@@ -283,6 +338,9 @@ async fn handle_inner(
         },
     };
     let (mut parts, body) = req.into_parts();
+    if let Err(status) = hcm.protocol.check_request(&mut parts) {
+        return (local_reply(status, "", None), per_request);
+    }
     // Read before `prepare_request` strips `x-envoy-*` headers.
     let force_trace = hcm.tracing.is_some()
         && parts.headers.contains_key("x-envoy-force-trace")
@@ -301,6 +359,7 @@ async fn handle_inner(
                 local: downstream.local,
                 force: force_trace,
                 authority: &authority,
+                request_id: hcm.request_id,
             };
             downstream
                 .tracer
@@ -362,13 +421,24 @@ async fn handle_inner(
         let pending = crate::access_log::Pending {
             logs: hcm.access_log.clone(),
             writers: downstream.access_logs.clone(),
-            details: crate::access_log::response_code_details(flag, slot.upstream_host().is_some()),
+            details: response
+                .extensions()
+                .get::<crate::access_log::Details>()
+                .cloned()
+                .unwrap_or_else(|| {
+                    crate::access_log::Details::fixed(crate::access_log::response_code_details(
+                        flag,
+                        slot.upstream_host().is_some(),
+                    ))
+                }),
             start,
             slot,
             status: response.status().as_u16(),
             response_headers: response.headers().clone(),
             flags: flag,
-            local: downstream.local,
+            // Envoy restores a redirected connection's local address to its original
+            // destination, so `%DOWNSTREAM_LOCAL_ADDRESS%` is the address the app called.
+            local: downstream.original_dst.unwrap_or(downstream.local),
             remote: downstream.peer,
         };
         // Lines are written when the body ends: `DURATION` covers the whole response and
@@ -397,10 +467,19 @@ async fn route_request(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    if hcm.normalize_path {
-        match path::normalize(&path_and_query) {
-            Some(normalized) => path_and_query = normalized,
-            None => return local_reply(StatusCode::BAD_REQUEST, "", None),
+    if hcm.normalize_path
+        || hcm.merge_slashes
+        || hcm.escaped_slashes != path::EscapedSlashes::KeepUnchanged
+    {
+        match path::canonicalize(
+            &path_and_query,
+            hcm.normalize_path,
+            hcm.merge_slashes,
+            hcm.escaped_slashes,
+        ) {
+            Ok(Some(canonical)) => path_and_query = canonical,
+            Ok(None) => {}
+            Err(()) => return local_reply(StatusCode::BAD_REQUEST, "", None),
         }
     }
     let head = RequestHead {

@@ -42,6 +42,92 @@ pub fn normalize(path_and_query: &str) -> Option<String> {
     Some(normalized)
 }
 
+/// `path_with_escaped_slashes_action`: what to do with `%2F` and `%5C` in the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EscapedSlashes {
+    /// Leave them (`KEEP_UNCHANGED`, and Envoy's implementation-specific default).
+    KeepUnchanged,
+    /// Answer 400 (`REJECT_REQUEST`).
+    RejectRequest,
+    /// Decode them to `/` and `\` before the other steps (`UNESCAPE_AND_FORWARD`).
+    UnescapeAndForward,
+}
+
+/// The HCM's path handling, in Envoy's order: escaped slashes, then `normalize_path`, then
+/// `merge_slashes`. `Ok(None)`: the path is unchanged; `Err(())`: answer 400.
+#[allow(clippy::result_unit_err)]
+pub fn canonicalize(
+    path_and_query: &str,
+    normalize_path: bool,
+    merge_slashes: bool,
+    escaped: EscapedSlashes,
+) -> Result<Option<String>, ()> {
+    let mut current: Option<String> = None;
+    if escaped != EscapedSlashes::KeepUnchanged {
+        let (path, query) = split(path_and_query);
+        if has_escaped_slash(path) {
+            if escaped == EscapedSlashes::RejectRequest {
+                return Err(());
+            }
+            current = Some(format!("{}{query}", unescape_slashes(path)));
+        }
+    }
+    if normalize_path {
+        current = Some(normalize(current.as_deref().unwrap_or(path_and_query)).ok_or(())?);
+    }
+    if merge_slashes {
+        let input = current.as_deref().unwrap_or(path_and_query);
+        let (path, query) = split(input);
+        if path.contains("//") {
+            let mut merged = String::with_capacity(input.len());
+            for c in path.chars() {
+                if !(c == '/' && merged.ends_with('/')) {
+                    merged.push(c);
+                }
+            }
+            merged.push_str(query);
+            current = Some(merged);
+        }
+    }
+    Ok(current)
+}
+
+/// The path and the rest (`?query`, or empty).
+fn split(path_and_query: &str) -> (&str, &str) {
+    match path_and_query.find('?') {
+        Some(i) => path_and_query.split_at(i),
+        None => (path_and_query, ""),
+    }
+}
+
+fn has_escaped_slash(path: &str) -> bool {
+    path.as_bytes().windows(3).any(|w| {
+        w[0] == b'%' && (w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f'))
+            || (w[0] == b'%' && w[1] == b'5' && w[2].eq_ignore_ascii_case(&b'c'))
+    })
+}
+
+fn unescape_slashes(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let escape = rest.get(i..i + 3).unwrap_or("");
+        if escape.eq_ignore_ascii_case("%2f") {
+            out.push('/');
+            rest = &rest[i + 3..];
+        } else if escape.eq_ignore_ascii_case("%5c") {
+            out.push('\\');
+            rest = &rest[i + 3..];
+        } else {
+            out.push('%');
+            rest = &rest[i + 1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Decodes `%XX` when it encodes an unreserved character (ALPHA / DIGIT / `-._~`); other
 /// escapes keep their meaning and are upper-cased.
 fn decode_unreserved(path: &str) -> String {
@@ -71,7 +157,37 @@ fn decode_unreserved(path: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize;
+    use super::{EscapedSlashes, canonicalize, normalize};
+
+    #[test]
+    fn escaped_slashes_and_merge_slashes_apply_in_envoys_order() {
+        use EscapedSlashes::*;
+        let c = |p: &str, normalize: bool, merge: bool, escaped| {
+            canonicalize(p, normalize, merge, escaped)
+        };
+        assert_eq!(c("/a//b", false, false, KeepUnchanged), Ok(None));
+        assert_eq!(c("/a%2Fb", false, false, KeepUnchanged), Ok(None));
+        assert_eq!(c("/a%2fb", false, false, RejectRequest), Err(()));
+        assert_eq!(c("/a%5Cb", false, false, RejectRequest), Err(()));
+        assert_eq!(c("/a?x=%2F", false, false, RejectRequest), Ok(None));
+        assert_eq!(
+            c("/a%2F..%2Fb?q=%2F", true, false, UnescapeAndForward),
+            Ok(Some("/b?q=%2F".into()))
+        );
+        assert_eq!(
+            c("//a///b/?x=//", false, true, KeepUnchanged),
+            Ok(Some("/a/b/?x=//".into()))
+        );
+        assert_eq!(
+            c("/a%2F%2Fb", true, true, UnescapeAndForward),
+            Ok(Some("/a/b".into()))
+        );
+        assert_eq!(
+            c("/a/../b", true, false, KeepUnchanged),
+            Ok(Some("/b".into()))
+        );
+        assert_eq!(c("relative", true, false, KeepUnchanged), Err(()));
+    }
 
     #[test]
     fn removes_dot_segments_and_decodes_unreserved() {

@@ -47,15 +47,20 @@ struct Idle {
     id: u64,
     sender: SendRequest<Body>,
     since: Instant,
+    created: Instant,
     served: u32,
+    local: Option<SocketAddr>,
 }
 
 /// A connection checked out for one request.
 struct Checkout {
     id: u64,
     sender: SendRequest<Body>,
+    created: Instant,
     served: u32,
     reused: bool,
+    /// The connection's local address.
+    local: Option<SocketAddr>,
 }
 
 impl Http1Pool {
@@ -94,6 +99,7 @@ impl Http1Pool {
                 Some(conn) => conn,
                 None => self.inner.obtain(breaker).await?,
             };
+            super::record_local_address(&request, conn.local);
             match conn.sender.try_send_request(request).await {
                 Ok(response) => {
                     conn.served += 1;
@@ -130,15 +136,18 @@ impl Inner {
             let expired = self
                 .settings
                 .idle_timeout
-                .is_some_and(|t| now.duration_since(conn.since) >= t);
+                .is_some_and(|t| now.duration_since(conn.since) >= t)
+                || self.settings.outlived(conn.created);
             if conn.sender.is_closed() || expired || !conn.sender.is_ready() {
                 continue;
             }
             return Some(Checkout {
                 id: conn.id,
                 sender: conn.sender,
+                created: conn.created,
                 served: conn.served,
                 reused: true,
+                local: conn.local,
             });
         }
         None
@@ -181,6 +190,7 @@ impl Inner {
 
     async fn connect(&self, slot: Option<ConnectionSlot>) -> Result<Checkout, UpstreamError> {
         let stream = connect(self.addr, &self.settings, &self.stats).await?;
+        let local = stream.local_addr().ok();
         let mut builder = http1::Builder::new();
         builder.title_case_headers(self.settings.http1.title_case_headers);
         // The response body reaches the router in chunks of at most this (see the constant).
@@ -200,8 +210,10 @@ impl Inner {
         Ok(Checkout {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             sender,
+            created: Instant::now(),
             served: 0,
             reused: false,
+            local,
         })
     }
 
@@ -212,6 +224,7 @@ impl Inner {
             .settings
             .max_requests_per_connection
             .is_some_and(|max| conn.served >= max)
+            || this.settings.outlived(conn.created)
         {
             return;
         }
@@ -220,7 +233,9 @@ impl Inner {
             let Checkout {
                 id,
                 mut sender,
+                created,
                 served,
+                local,
                 ..
             } = conn;
             if sender.ready().await.is_err() {
@@ -231,7 +246,9 @@ impl Inner {
                 id,
                 sender,
                 since: Instant::now(),
+                created,
                 served,
+                local,
             });
             pool.slots.wake().notify_waiters();
             if let Some(timeout) = pool.settings.idle_timeout

@@ -53,6 +53,9 @@ struct Conn {
     active: u32,
     served: u32,
     idle_since: Instant,
+    /// The connection's local address.
+    local: Option<SocketAddr>,
+    created: Instant,
 }
 
 /// Holds one stream's slot on its connection until the response body is done.
@@ -63,6 +66,8 @@ struct StreamSlot {
     /// Keeps the connection open for this stream even if the pool (its host, its cluster) is
     /// dropped meanwhile: a removed endpoint drains instead of cutting the response.
     _connection: SendRequest<Body>,
+    /// The connection's local address.
+    local: Option<SocketAddr>,
 }
 
 impl Drop for StreamSlot {
@@ -108,6 +113,7 @@ impl Http2Pool {
         let mut retried = false;
         loop {
             let (mut sender, slot, fresh) = self.inner.checkout(breaker).await?;
+            super::record_local_address(&request, slot.local);
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(TrackedBody::boxed(response, (active, slot))),
                 Err(mut error) => match error.take_message() {
@@ -144,7 +150,9 @@ impl Inner {
             .settings
             .max_requests_per_connection
             .is_none_or(|max| conn.served < max);
-        (conn.active as usize) < max_streams && below_max_requests
+        (conn.active as usize) < max_streams
+            && below_max_requests
+            && !self.settings.outlived(conn.created)
     }
 
     /// A stream slot on an open connection with room, or on a new connection (`true`).
@@ -209,10 +217,11 @@ impl Inner {
         let mut conns = self.lock_conns();
         conns.retain(|c| {
             let expired = c.active == 0
-                && self
+                && (self
                     .settings
                     .idle_timeout
-                    .is_some_and(|t| now.duration_since(c.idle_since) >= t);
+                    .is_some_and(|t| now.duration_since(c.idle_since) >= t)
+                    || self.settings.outlived(c.created));
             !c.sender.is_closed() && !expired
         });
         let conn = conns.iter_mut().find(|c| self.limit(c))?;
@@ -224,6 +233,7 @@ impl Inner {
                 pool: Arc::downgrade(self),
                 id: conn.id,
                 _connection: conn.sender.clone(),
+                local: conn.local,
             },
         ))
     }
@@ -233,6 +243,7 @@ impl Inner {
         conn_slot: ConnectionSlot,
     ) -> Result<(SendRequest<Body>, StreamSlot), UpstreamError> {
         let stream = connect(self.addr, &self.settings, &self.stats).await?;
+        let local = stream.local_addr().ok();
         let h2 = &self.settings.http2;
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
@@ -272,6 +283,8 @@ impl Inner {
             active: 1,
             served: 1,
             idle_since: Instant::now(),
+            local,
+            created: Instant::now(),
         };
         // Listed even when it may take no more streams, so `finish_stream` finds it.
         self.lock_conns().push(conn);
@@ -279,6 +292,7 @@ impl Inner {
             pool: Arc::downgrade(self),
             id,
             _connection: sender.clone(),
+            local,
         };
         Ok((sender, slot))
     }
@@ -299,7 +313,8 @@ impl Inner {
         let exhausted = self
             .settings
             .max_requests_per_connection
-            .is_some_and(|max| conn.served >= max);
+            .is_some_and(|max| conn.served >= max)
+            || self.settings.outlived(conn.created);
         if exhausted {
             conns.remove(i);
             return;

@@ -36,6 +36,9 @@ pub struct PoolSettings {
     pub idle_timeout: Option<Duration>,
     /// `max_requests_per_connection`; `None` is unlimited.
     pub max_requests_per_connection: Option<u32>,
+    /// `common_http_protocol_options.max_connection_duration`: an older connection takes no new
+    /// request and closes once its requests are done; `None` (Envoy's default) never expires.
+    pub max_connection_duration: Option<Duration>,
     /// HTTP/1.1 codec options.
     pub http1: Http1Settings,
     /// HTTP/2 codec options.
@@ -51,10 +54,20 @@ impl Default for PoolSettings {
             connect_timeout: crate::cluster::config::DEFAULT_CONNECT_TIMEOUT,
             idle_timeout: Some(crate::cluster::protocol::DEFAULT_IDLE_TIMEOUT),
             max_requests_per_connection: None,
+            max_connection_duration: None,
             http1: Http1Settings::default(),
             http2: Http2Settings::default(),
             tcp_keepalive: None,
         }
+    }
+}
+
+impl PoolSettings {
+    /// Whether a connection opened at `created` has reached `max_connection_duration` (the
+    /// clock is only read when there is one).
+    pub(crate) fn outlived(&self, created: tokio::time::Instant) -> bool {
+        self.max_connection_duration
+            .is_some_and(|max| created.elapsed() >= max)
     }
 }
 
@@ -203,6 +216,17 @@ pub(crate) fn to_http2(request: &mut http::Request<Body>) {
     let scheme = uri.scheme_str().unwrap_or("http");
     if let Ok(full) = http::Uri::try_from(format!("{scheme}://{authority}{path}")) {
         *request.uri_mut() = full;
+    }
+}
+
+/// Tells a logged or traced request (one carrying a `SpanSlot`) the local address of the
+/// connection it is sent on, for `%UPSTREAM_LOCAL_ADDRESS%`; other requests pay one lookup.
+pub(crate) fn record_local_address(request: &http::Request<Body>, local: Option<SocketAddr>) {
+    if let (Some(slot), Some(local)) = (
+        request.extensions().get::<Arc<crate::tracers::SpanSlot>>(),
+        local,
+    ) {
+        slot.set_upstream_local_address(local);
     }
 }
 

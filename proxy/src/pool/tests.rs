@@ -528,3 +528,32 @@ async fn http2_streams_finish_after_their_host_is_dropped() {
 
 #[path = "limits_tests.rs"]
 mod limits;
+
+#[tokio::test]
+async fn http1_connections_past_max_connection_duration_are_not_reused() {
+    let up = upstream(false, 1).await;
+    let settings = PoolSettings {
+        max_connection_duration: Some(Duration::from_millis(20)),
+        ..PoolSettings::default()
+    };
+    let (host, _) = host(up.addr, settings);
+    body(host.send(get("/")).await.unwrap()).await;
+    // Not a timing assertion: the sleep only guarantees the connection is old enough.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    body(host.send(get("/")).await.unwrap()).await;
+    assert_eq!(up.opened.load(Ordering::SeqCst), 2);
+    eventually(|| up.closed.load(Ordering::SeqCst) >= 1).await;
+}
+
+#[tokio::test]
+async fn http2_connections_past_max_connection_duration_take_no_new_stream() {
+    let up = upstream(true, 1).await;
+    let mut settings = h2_settings();
+    settings.max_connection_duration = Some(Duration::from_millis(20));
+    let (host, _) = host(up.addr, settings);
+    body(host.send(get("/")).await.unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    body(host.send(get("/")).await.unwrap()).await;
+    assert_eq!(up.opened.load(Ordering::SeqCst), 2);
+    eventually(|| up.closed.load(Ordering::SeqCst) >= 1).await;
+}

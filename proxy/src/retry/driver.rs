@@ -19,6 +19,7 @@ use http::{Response, StatusCode};
 use tokio::sync::watch;
 
 use super::decision::{Decision, FailureKind, Outcome, RetryState};
+use crate::access_log::Details;
 use crate::body::Body;
 use crate::circuit_breaker::CircuitBreaker;
 use crate::cluster::UpstreamError;
@@ -69,32 +70,48 @@ pub struct Upstream<'a> {
     pub stats: Option<&'a RetryStats>,
 }
 
-fn timeout_reply() -> Response<Body> {
-    local_reply(
+/// The 504 for a route timeout or, when a per-try timeout ended the last attempt, for that.
+fn timeout_reply(per_try: bool) -> Response<Body> {
+    let mut reply = local_reply(
         StatusCode::GATEWAY_TIMEOUT,
         "upstream request timeout",
         Some(ResponseFlag::UpstreamRequestTimeout),
-    )
+    );
+    Details::timeout(per_try).attach(&mut reply);
+    reply
 }
 
-/// The local reply for an upstream failure, Envoy's wording and flag.
-pub fn failure_reply(error: &UpstreamError) -> Response<Body> {
+/// The local reply for an upstream failure: Envoy 1.40's wording (`retried and the latest
+/// reset reason: ...` once retries ran), flag and response code details.
+pub fn failure_reply(error: &UpstreamError, retried: bool) -> Response<Body> {
     let flag = error.response_flag();
-    if flag == ResponseFlag::UpstreamOverflow {
-        return crate::circuit_breaker::overflow_reply();
-    }
-    let body = match flag {
-        ResponseFlag::UpstreamConnectionFailure => {
-            "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
-        }
-        ResponseFlag::UpstreamRemoteReset => {
-            "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset"
-        }
-        _ => {
-            "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
-        }
+    let mut reply = if flag == ResponseFlag::UpstreamOverflow {
+        crate::circuit_breaker::overflow_reply()
+    } else {
+        let reason = match error {
+            UpstreamError::Reset(_) => "connection termination",
+            UpstreamError::RefusedStream(_) => "remote refused stream reset",
+            UpstreamError::ConnectTimeout => "connection timeout",
+            UpstreamError::TransportNotImplemented(_) => "local connection failure",
+            _ => "remote connection failure",
+        };
+        let retried = if retried {
+            "retried and the latest "
+        } else {
+            ""
+        };
+        let mut reply = local_reply(StatusCode::SERVICE_UNAVAILABLE, "", Some(flag));
+        *reply.body_mut() = crate::body::full(format!(
+            "upstream connect error or disconnect/reset before headers. {retried}reset reason: {reason}"
+        ));
+        reply.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
+        reply
     };
-    local_reply(StatusCode::SERVICE_UNAVAILABLE, body, Some(flag))
+    Details::upstream_failure(error).attach(&mut reply);
+    reply
 }
 
 fn count(counter: Option<&crate::stats::Counter>) {
@@ -154,7 +171,7 @@ where
                     d.record(host, outlier::Outcome::Timeout);
                 }
                 count(stats.map(|s| &*s.timeout));
-                return Err(timeout_reply());
+                return Err(timeout_reply(false));
             }
             () = per_try_timer => Got::PerTryTimeout,
         };
@@ -186,7 +203,7 @@ where
                     biased;
                     () = &mut route => {
                         count(stats.map(|s| &*s.timeout));
-                        return Err(timeout_reply());
+                        return Err(timeout_reply(false));
                     }
                     () = tokio::time::sleep(backoff) => continue,
                 }
@@ -198,11 +215,11 @@ where
         }
         let mut reply = match got {
             Got::Response(response) => Ok(response),
-            Got::Error(error) => Err(failure_reply(&error)),
-            Got::PerTryTimeout => Err(timeout_reply()),
+            Got::Error(error) => Err(failure_reply(&error, attempt > 1)),
+            Got::PerTryTimeout => Err(timeout_reply(true)),
         };
-        // The retry verdict (URX/UO) joins the last attempt's flag (UF/UC/UT): Envoy logs
-        // `UF,URX`, `UT,URX`.
+        // The retry verdict (URX/UO) joins the last attempt's flag (UF/UC/UT): Envoy 1.40 logs
+        // `URX,UF`, `URX,UT` (see `ResponseFlags`' print order).
         if let Some(flag) = decision.response_flag() {
             let (Ok(r) | Err(r)) = &mut reply;
             ResponseFlags::add_to(r.extensions_mut(), flag);

@@ -101,7 +101,7 @@ fn previous_hosts(p: &mut route_pb::RetryPolicy) {
     p.host_selection_retry_max_attempts = 5;
 }
 
-/// The response's flags as Envoy prints them (`-`, `UF`, `UF,URX`).
+/// The response's flags as Envoy prints them (`-`, `UF`, `URX,UF`).
 fn flag(r: &Response<Body>) -> String {
     ResponseFlags::of(r.extensions()).to_string()
 }
@@ -344,7 +344,7 @@ async fn exhausted_retries_keep_the_last_attempts_flag_as_envoy_does() {
     let p = policy("connect-failure", 2, previous_hosts);
     let r = request(&up, Some(&p), None, None, None).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(flag(&r), "UF,URX");
+    assert_eq!(flag(&r), "URX,UF");
     assert_eq!(up.attempts().len(), 3);
 
     let up = Upstreams::new(&[Behaviour::Hang, Behaviour::Hang]);
@@ -357,5 +357,5 @@ async fn exhausted_retries_keep_the_last_attempts_flag_as_envoy_does() {
     });
     let r = request(&up, Some(&p), Some(Duration::from_secs(10)), None, None).await;
     assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(flag(&r), "UT,URX");
+    assert_eq!(flag(&r), "URX,UT");
 }

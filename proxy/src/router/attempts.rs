@@ -128,6 +128,10 @@ impl Tries<'_> {
                     *request.uri_mut() = uri.clone();
                     *request.version_mut() = *version;
                     *request.headers_mut() = headers.clone();
+                    // The pool records the retry's connection in a logged request's slot.
+                    if let Some(slot) = &span_slot {
+                        request.extensions_mut().insert(slot.clone());
+                    }
                     request
                 }
                 // Later tries happen only when `may_retry`, which kept a copy.

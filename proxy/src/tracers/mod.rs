@@ -11,6 +11,7 @@ pub mod config;
 pub mod context;
 pub mod opentelemetry;
 pub mod reporter;
+pub mod request_id;
 pub mod sampling;
 pub mod span;
 pub mod zipkin;
@@ -25,6 +26,7 @@ pub use config::{
     CustomTag, InvalidTracing, OpenTelemetryConfig, Provider, TagValue, TracingConfig, ZipkinConfig,
 };
 pub use context::TraceId;
+pub use request_id::UuidRequestId;
 pub use sampling::{Decision, Reason, Signals};
 pub use span::{Endpoint, Kind, Span};
 
@@ -96,19 +98,31 @@ pub struct SpanSlot {
     pub upstream_cluster: OnceLock<String>,
     /// The route's name (`ROUTE_NAME` in access logs).
     pub route_name: OnceLock<String>,
-    /// The host of the last attempt.
-    upstream_host: Mutex<Option<SocketAddr>>,
+    /// The host of the last attempt and its connection's local address.
+    upstream: Mutex<(Option<SocketAddr>, Option<SocketAddr>)>,
 }
 
 impl SpanSlot {
-    /// Records the host an attempt goes to (the last one is tagged `upstream_address`).
+    /// Records the host an attempt goes to (the last one is tagged `upstream_address`); the
+    /// attempt has no connection yet, so the local address is cleared.
     pub fn set_upstream_host(&self, host: SocketAddr) {
-        *self.upstream_host.lock().unwrap_or_else(|p| p.into_inner()) = Some(host);
+        *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = (Some(host), None);
+    }
+
+    /// Records the local address of the connection the attempt is sent on
+    /// (`%UPSTREAM_LOCAL_ADDRESS%`).
+    pub fn set_upstream_local_address(&self, local: SocketAddr) {
+        self.upstream.lock().unwrap_or_else(|p| p.into_inner()).1 = Some(local);
     }
 
     /// The host of the last attempt.
     pub fn upstream_host(&self) -> Option<SocketAddr> {
-        *self.upstream_host.lock().unwrap_or_else(|p| p.into_inner())
+        self.upstream.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// The local address of the last attempt's connection (`None` when it never connected).
+    pub fn upstream_local_address(&self) -> Option<SocketAddr> {
+        self.upstream.lock().unwrap_or_else(|p| p.into_inner()).1
     }
 }
 
@@ -125,6 +139,8 @@ pub struct RequestInfo<'a> {
     pub force: bool,
     /// The request's authority.
     pub authority: &'a str,
+    /// The HCM's `request_id_extension`: whether `x-request-id` carries the decision.
+    pub request_id: UuidRequestId,
 }
 
 /// A request's span between its start and its response.
@@ -207,7 +223,24 @@ impl Tracer {
             client_trace_id: parts.headers.contains_key("x-client-trace-id"),
             incoming: incoming.sampled,
         };
-        let decision = sampling::decide(config, signals, &mut rand::rng());
+        let x_request_id = parts.headers.get("x-request-id");
+        let from_id = info
+            .request_id
+            .use_request_id_for_trace_sampling
+            .then(|| request_id::FromRequestId::read(x_request_id));
+        let decision = sampling::decide(config, signals, from_id, &mut rand::rng());
+        // The decision travels in `x-request-id` to the next hop (and into access logs).
+        let packed = from_id.map_or_else(
+            || request_id::trace_reason(x_request_id.map_or(&[][..], |v| v.as_bytes())),
+            |f| f.reason,
+        );
+        if info.request_id.pack_trace_reason
+            && decision.reason != packed
+            && let Some(id) = x_request_id
+            && let Some(id) = request_id::with_trace_reason(id, decision.reason)
+        {
+            parts.headers.insert("x-request-id", id);
+        }
         stats.record(decision.reason);
         let shared = provider.shared_span_context() && info.kind == Kind::Server;
         let (trace_id, id, parent_id) = match incoming.parent {

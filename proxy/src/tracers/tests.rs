@@ -156,8 +156,15 @@ fn tracing_without_provider_uses_the_bootstrap_tracer_or_none() {
     );
 }
 
+/// A fresh UUID v4 request id (version nibble `4`), as the HCM generates before tracing.
+const REQUEST_ID: &str = "0a1b2c3d-1111-4222-a333-444455556666";
+
+/// A request with `headers`, and [`REQUEST_ID`] when they have no `x-request-id`.
 fn request(headers: &[(&'static str, &'static str)]) -> http::request::Parts {
     let mut builder = http::Request::builder().uri("/reviews/1?x=1");
+    if !headers.iter().any(|(k, _)| *k == "x-request-id") {
+        builder = builder.header("x-request-id", REQUEST_ID);
+    }
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }
@@ -171,6 +178,7 @@ fn info(kind: Kind) -> RequestInfo<'static> {
         local: "10.0.0.1:15001".parse().unwrap(),
         force: false,
         authority: "reviews:9080",
+        request_id: Default::default(),
     }
 }
 
@@ -188,7 +196,7 @@ fn client_then_server_span_chain_over_b3() {
     let config = TracingConfig::from_proto(&istio_tracing()).unwrap();
     let store = Store::default();
     let stats = TracingStats::new(&store, "outbound_0.0.0.0_9080");
-    let mut outbound = request(&[("x-request-id", "abc"), ("x-tenant", "t1")]);
+    let mut outbound = request(&[("x-tenant", "t1")]);
     let client = tracer
         .start(&config, &stats, info(Kind::Client), &mut outbound)
         .unwrap();
@@ -218,7 +226,11 @@ fn client_then_server_span_chain_over_b3() {
     assert_eq!(tags["response_flags"], "UH");
     assert_eq!(tags["component"], "proxy");
     assert_eq!(tags["error"], "true");
-    assert_eq!(tags["guid:x-request-id"], "abc");
+    // The id carries the decision (`9`: random sampling), as Envoy's UUID extension packs it.
+    assert_eq!(
+        tags["guid:x-request-id"],
+        "0a1b2c3d-1111-9222-a333-444455556666"
+    );
     assert_eq!(tags["istio.canonical_service"], "reviews");
     assert_eq!(tags["tenant"], "t1");
     assert_eq!(tags["node_id"], tracer.node.id.as_ref());
@@ -333,4 +345,63 @@ fn opentelemetry_over_an_envoy_grpc_cluster_is_accepted_and_uses_w3c() {
     .unwrap_err()
     .to_string();
     assert!(refused.contains("envoy_grpc"), "{refused}");
+}
+
+#[test]
+fn the_decision_travels_in_x_request_id() {
+    let tracer = tracer();
+    let store = Store::default();
+    let stats = TracingStats::new(&store, "p");
+    let never = TracingConfig::from_proto(&Tracing {
+        random_sampling: Some(Percent { value: 0.0 }),
+        ..istio_tracing()
+    })
+    .unwrap();
+    // A fresh id at 0%: not traced, and the id is left as it is.
+    let mut fresh = request(&[]);
+    let span = tracer
+        .start(&never, &stats, info(Kind::Client), &mut fresh)
+        .unwrap();
+    assert!(!span.sampled());
+    assert_eq!(fresh.headers["x-request-id"], REQUEST_ID);
+    // An id an earlier hop packed (`9`) is traced here too, whatever this hop's percentage.
+    let mut packed = request(&[("x-request-id", "0a1b2c3d-1111-9222-a333-444455556666")]);
+    assert!(
+        tracer
+            .start(&never, &stats, info(Kind::Server), &mut packed)
+            .unwrap()
+            .sampled()
+    );
+    // A forced request is packed with `a`, and with `pack_trace_reason: false` nothing is.
+    let mut forced = request(&[]);
+    let force = RequestInfo {
+        force: true,
+        ..info(Kind::Client)
+    };
+    assert!(
+        tracer
+            .start(&never, &stats, force, &mut forced)
+            .unwrap()
+            .sampled()
+    );
+    assert_eq!(
+        forced.headers["x-request-id"],
+        "0a1b2c3d-1111-a222-a333-444455556666"
+    );
+    let mut unpacked = request(&[]);
+    let no_pack = RequestInfo {
+        force: true,
+        request_id: UuidRequestId {
+            pack_trace_reason: false,
+            use_request_id_for_trace_sampling: true,
+        },
+        ..info(Kind::Client)
+    };
+    tracer
+        .start(&never, &stats, no_pack, &mut unpacked)
+        .unwrap();
+    assert_eq!(unpacked.headers["x-request-id"], REQUEST_ID);
+    assert_eq!(store.counter("http.p.tracing.random_sampling").get(), 1);
+    assert_eq!(store.counter("http.p.tracing.service_forced").get(), 2);
+    assert_eq!(store.counter("http.p.tracing.not_traceable").get(), 1);
 }
