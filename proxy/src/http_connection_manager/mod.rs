@@ -2,27 +2,25 @@
 //! prior knowledge, upgrades enabled), and for each request loads the snapshot once, applies the
 //! sidecar's header handling (`x-envoy-*` stripping, `x-forwarded-*`, `x-request-id`, XFCC),
 //! picks a route and either answers locally (no route, redirect, direct response) or hands the
-//! request to the [`crate::router`]. How a connection drains lives in [`drain`].
+//! request to the [`crate::router`]. How a connection is served lives
+//! in [`connection`] (and how it drains in [`drain`]); the header rules in [`request_headers`].
 
 pub mod config;
+mod connection;
 pub mod drain;
 pub mod idle_timeout;
 mod local_reply;
 pub mod path;
 pub mod protocol_options;
+mod request_headers;
 pub mod request_limit;
 mod unsupported;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::body::Body;
@@ -32,14 +30,11 @@ use crate::snapshot::{ConfigStore, Snapshot};
 use crate::stats::{Counter, Store};
 
 pub use config::{Codec, HttpConnectionManagerConfig, RouteSource, ServerHeader};
+pub use connection::serve;
 pub use drain::{ConnectionDrain, DrainSignals};
 pub use local_reply::local_reply;
-
-// Names, not strings: a lookup by `&str` parses the name again on every request.
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+pub use request_headers::uuid_v4;
+use request_headers::{X_REQUEST_ID, finish_response, is_internal_request, prepare_request};
 
 /// What the HCM knows about the downstream connection.
 #[derive(Debug, Clone)]
@@ -107,177 +102,6 @@ pub enum HcmSelector {
     /// Explicit proxy / Host-header mode of the outbound listener without capture: each request
     /// uses the HCM of the `bind_to_port: false` listener on its authority's port.
     ByAuthorityPort,
-}
-
-/// Envoy's default `max_request_headers_kb`, for connections whose HCM is picked per request.
-const DEFAULT_MAX_REQUEST_HEADERS: usize = 60 * 1024;
-
-/// Serves one downstream connection until it closes. `drain` asks it to finish: on shutdown
-/// at once (in-flight requests finish), when its listener is updated or removed the way Envoy
-/// drains a listener (see [`drain`]).
-pub async fn serve(
-    stream: TcpStream,
-    downstream: Downstream,
-    selector: HcmSelector,
-    store: Arc<ConfigStore>,
-    drain: DrainSignals,
-) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Bounded like Envoy's 16 KiB read slices under a watermark: bodies stream through in
-    // chunks of at most this, never in hyper's adaptive 400 KiB slices (see the constant).
-    // The buffer must also hold a whole request header block: Envoy's default limit (60 KiB)
-    // fits, a larger `max_request_headers_kb` grows it.
-    let max_headers = match &selector {
-        HcmSelector::Fixed(hcm) => hcm.max_request_headers,
-        HcmSelector::ByAuthorityPort => DEFAULT_MAX_REQUEST_HEADERS,
-    };
-    let protocol = match &selector {
-        HcmSelector::Fixed(hcm) => hcm.protocol.clone(),
-        HcmSelector::ByAuthorityPort => protocol_options::DownstreamProtocolOptions::default(),
-    };
-    builder
-        .http1()
-        .max_buf_size(crate::body::MAX_READ_BUFFER.max(max_headers + 1024))
-        .max_headers(protocol.max_headers_count)
-        .title_case_headers(protocol.title_case_headers);
-    builder
-        .http2()
-        .max_header_list_size(max_headers as u32)
-        .max_concurrent_streams(protocol.http2.max_concurrent_streams)
-        .initial_stream_window_size(protocol.http2.initial_stream_window_size)
-        .initial_connection_window_size(protocol.http2.initial_connection_window_size);
-    if let HcmSelector::Fixed(hcm) = &selector {
-        builder = match hcm.codec {
-            Codec::Auto => builder,
-            Codec::Http1 => builder.http1_only(),
-            Codec::Http2 => builder.http2_only(),
-        };
-    }
-    let drain_timeout = match &selector {
-        HcmSelector::Fixed(hcm) => hcm.drain_timeout,
-        HcmSelector::ByAuthorityPort => drain::DRAIN_TIMEOUT,
-    };
-    let stats = match &selector {
-        HcmSelector::Fixed(hcm) => Some(Arc::new(HcmStats::new(&downstream.stats, hcm))),
-        HcmSelector::ByAuthorityPort => None,
-    };
-    let downstream = Arc::new(downstream);
-    let connection = Arc::new(ConnectionDrain::default());
-    let service_connection = connection.clone();
-    let streams = Arc::new(idle_timeout::ActiveStreams::default());
-    let service_streams = protocol.idle_timeout.is_some().then(|| streams.clone());
-    let limit = protocol
-        .max_requests_per_connection
-        .map(|max| Arc::new(request_limit::RequestLimit::new(max)));
-    let service_limit = limit.clone();
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (downstream, selector, store) = (downstream.clone(), selector.clone(), store.clone());
-        let (stats, connection) = (stats.clone(), service_connection.clone());
-        let active = service_streams
-            .as_ref()
-            .map(idle_timeout::ActiveStreams::begin);
-        let last = service_limit.as_ref().is_some_and(|limit| limit.count());
-        // Boxed: the whole request's state machine (routing, router, pool) is several KiB, and
-        // hyper moves the service future by value (into a spawned task per HTTP/2 stream, into
-        // the dispatcher per HTTP/1.1 request); copying it showed up as the top memcpy in
-        // profiles. A box makes every such move a pointer copy.
-        Box::pin(async move {
-            let version = req.version();
-            connection.saw(version);
-            if last {
-                tracing::debug!("max_requests_per_connection reached: draining");
-                connection.start_draining();
-            }
-            let mut response = handle(req, &downstream, &selector, &store, stats.as_deref()).await;
-            connection.finish_response(version, &mut response);
-            if let Some(active) = active {
-                // The request stays active until its response body ends.
-                response = response.map(|body| {
-                    crate::body::boxed(crate::body::OnEnd::new(body, move |_| drop(active)))
-                });
-            }
-            Ok::<_, Infallible>(response)
-        })
-    });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let DrainSignals {
-        mut shutdown,
-        mut retired,
-    } = drain;
-    // `closing`: graceful shutdown asked of hyper; `retiring`: the listener changed.
-    let mut closing = false;
-    let mut retiring = false;
-    let idle_deadline = tokio::time::sleep(std::time::Duration::MAX / 4);
-    tokio::pin!(idle_deadline);
-    // `max_connection_duration` retires the connection the way a listener update does.
-    let max_duration = tokio::time::sleep(
-        protocol
-            .max_connection_duration
-            .unwrap_or(std::time::Duration::MAX / 4),
-    );
-    tokio::pin!(max_duration);
-    let mut expired = false;
-    loop {
-        if !closing && *shutdown.borrow() {
-            closing = true;
-            conn.as_mut().graceful_shutdown();
-        }
-        if !retiring && !closing && (expired || *retired.borrow()) {
-            retiring = true;
-            connection.start_draining();
-            if connection.is_http2() {
-                tracing::debug!("listener changed: GOAWAY");
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            } else {
-                tracing::debug!("listener changed: closing after the next response");
-                idle_deadline
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + drain_timeout);
-            }
-        }
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "downstream connection error");
-                }
-                return;
-            }
-            changed = shutdown.changed(), if !closing => {
-                if changed.is_err() {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-            }
-            changed = retired.changed(), if !retiring && !closing => {
-                if changed.is_err() {
-                    // The listener's generation is gone: treat it as retired.
-                    retired = watch::channel(true).1;
-                }
-            }
-            () = &mut idle_deadline, if retiring && !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            () = async { if let Some(limit) = &limit { limit.reached().await } }, if !expired && limit.is_some() => {
-                expired = true;
-            }
-            () = &mut max_duration, if !expired && protocol.max_connection_duration.is_some() => {
-                tracing::debug!("max_connection_duration reached: draining");
-                expired = true;
-            }
-            () = streams.idle_for(protocol.idle_timeout.unwrap_or_default()), if protocol.idle_timeout.is_some() && !closing => {
-                tracing::debug!("idle_timeout reached: closing");
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            () = connection.http2_seen_while_draining(), if retiring && !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-        }
-    }
 }
 
 /// Handles one request end to end; never fails (errors become local replies). `stats` are the
@@ -577,147 +401,4 @@ fn hcm_for_port(
             .find(|l| !l.bind_to_port && l.address.port() == port)
     })?;
     listener.http_connection_manager().cloned()
-}
-
-/// Envoy's internal-request rule: with `use_remote_address` the peer's address decides; without
-/// it, `x-forwarded-for` must hold exactly one address (no XFF: external). The address is
-/// internal when it is loopback, RFC 1918 or unique-local IPv6 (Envoy's classic default for
-/// `internal_address_config`).
-fn is_internal_request(
-    hcm: &HttpConnectionManagerConfig,
-    downstream: &Downstream,
-    headers: &http::HeaderMap,
-) -> bool {
-    let address = if hcm.use_remote_address {
-        Some(downstream.peer.ip())
-    } else {
-        let mut xff = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|a| !a.is_empty());
-        match (xff.next(), xff.next()) {
-            (Some(single), None) => single.parse::<std::net::IpAddr>().ok(),
-            _ => None,
-        }
-    };
-    address.is_some_and(|ip| match ip {
-        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
-        std::net::IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
-    })
-}
-
-/// Envoy's request header handling for a sidecar.
-fn prepare_request(
-    hcm: &HttpConnectionManagerConfig,
-    table: &RouteTable,
-    downstream: &Downstream,
-    parts: &mut http::request::Parts,
-) {
-    // Envoy's internal-only headers must not be spoofable from outside. Internal callers (see
-    // `is_internal_request`) keep the router's retry and timeout overrides, as Envoy does.
-    let keep_overrides = is_internal_request(hcm, downstream, &parts.headers);
-    let internal: Vec<_> = parts
-        .headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-envoy-"))
-        .filter(|k| !(keep_overrides && crate::retry::HeaderOverrides::NAMES.contains(&k.as_str())))
-        .cloned()
-        .collect();
-    for name in internal {
-        parts.headers.remove(name);
-    }
-    for name in &table.internal_only_headers {
-        parts.headers.remove(name);
-    }
-    if hcm.sanitize_xfcc {
-        parts.headers.remove(&X_FORWARDED_CLIENT_CERT);
-    }
-    if hcm.use_remote_address && !hcm.skip_xff_append {
-        let peer = downstream.peer.ip().to_string();
-        let value = match parts
-            .headers
-            .get(&X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(existing) => format!("{existing}, {peer}"),
-            None => peer,
-        };
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            parts.headers.insert(X_FORWARDED_FOR, value);
-        }
-    }
-    if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
-        parts
-            .headers
-            .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
-    if hcm.generate_request_id
-        && !parts.headers.contains_key(&X_REQUEST_ID)
-        && let Ok(id) = HeaderValue::from_bytes(&uuid_v4_bytes())
-    {
-        parts.headers.insert(X_REQUEST_ID, id);
-    }
-}
-
-fn finish_response(
-    hcm: &HttpConnectionManagerConfig,
-    request_id: Option<HeaderValue>,
-    response: &mut Response<Body>,
-) {
-    let headers = response.headers_mut();
-    match hcm.server_header {
-        ServerHeader::Overwrite => {
-            headers.insert(header::SERVER, hcm.server_name.clone());
-        }
-        ServerHeader::AppendIfAbsent if !headers.contains_key(header::SERVER) => {
-            headers.insert(header::SERVER, hcm.server_name.clone());
-        }
-        ServerHeader::AppendIfAbsent | ServerHeader::PassThrough => {}
-    }
-    if let (true, Some(id)) = (hcm.always_set_request_id_in_response, request_id) {
-        headers.insert(X_REQUEST_ID, id);
-    }
-}
-
-/// A random (version 4) UUID, the format Envoy uses for `x-request-id`.
-pub fn uuid_v4() -> String {
-    String::from_utf8_lossy(&uuid_v4_bytes()).into_owned()
-}
-
-/// [`uuid_v4`] formatted on the stack: it runs for every request without an `x-request-id`.
-fn uuid_v4_bytes() -> [u8; 36] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bits: u128 = rand::random();
-    let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let mut out = [b'-'; 36];
-    let mut nibble = 0;
-    for (i, byte) in out.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            continue;
-        }
-        *byte = HEX[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
-        nibble += 1;
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_uuid_v4() {
-        let id = uuid_v4();
-        assert_eq!(id.len(), 36);
-        assert_eq!(&id[14..15], "4");
-        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
-        assert_ne!(id, uuid_v4());
-        assert!(id.bytes().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => b == b'-',
-            _ => b.is_ascii_hexdigit() && !b.is_ascii_uppercase(),
-        }));
-    }
 }
