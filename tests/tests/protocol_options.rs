@@ -77,6 +77,75 @@ fn numbered_headers(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("x-header-{i}: {i}")).collect()
 }
 
+/// A client connection whose task ends when the peer closes the connection.
+struct Client {
+    sender: Sender,
+    conn: tokio::task::JoinHandle<hyper::Result<()>>,
+}
+
+enum Sender {
+    Http1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    Http2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Client {
+    /// Connects to `addr` with HTTP/1.1, or HTTP/2 prior knowledge.
+    async fn connect(addr: SocketAddr, http2: bool) -> Client {
+        let io = TokioIo::new(TcpStream::connect(addr).await.expect("connects"));
+        if http2 {
+            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .expect("handshake");
+            let conn = tokio::spawn(conn);
+            Client {
+                sender: Sender::Http2(sender),
+                conn,
+            }
+        } else {
+            let (sender, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .expect("handshake");
+            let conn = tokio::spawn(conn);
+            Client {
+                sender: Sender::Http1(sender),
+                conn,
+            }
+        }
+    }
+
+    /// GETs `/local` (the direct response), reads the body, and returns the response head.
+    async fn get_local(&mut self) -> http::response::Parts {
+        let response = match &mut self.sender {
+            Sender::Http1(sender) => {
+                let req = http::Request::get("/local").header(http::header::HOST, "test");
+                sender
+                    .send_request(req.body(Empty::new()).expect("request"))
+                    .await
+            }
+            Sender::Http2(sender) => {
+                let req = http::Request::get("http://test/local");
+                sender
+                    .send_request(req.body(Empty::new()).expect("request"))
+                    .await
+            }
+        };
+        let (head, body) = response.expect("answer").into_parts();
+        body.collect().await.expect("body");
+        head
+    }
+
+    /// Waits until the peer has closed the connection cleanly; the client keeps its side open
+    /// until then, so only the peer can have ended it.
+    async fn closed_by_peer(self, what: &str) {
+        tokio::time::timeout(PATIENCE, self.conn)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: connection never closed"))
+            .expect("connection task")
+            .expect("clean close");
+        drop(self.sender);
+    }
+}
+
 #[tokio::test]
 async fn max_headers_count_answers_431() {
     let upstream = Upstream::echo("echo").await.expect("upstream");
@@ -167,26 +236,11 @@ async fn idle_timeout_closes_an_idle_connection() {
         upstream.addr,
     );
     for (name, addr, _peer) in peers(&yaml).await {
-        let stream = TcpStream::connect(addr).await.expect("connects");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        let conn = tokio::spawn(conn);
-        let req = http::Request::get("/local")
-            .header(http::header::HOST, "test")
-            .body(Empty::<Bytes>::new())
-            .expect("request");
-        let response = sender.send_request(req).await.expect("answer");
-        assert_eq!(response.status(), 200, "{name}");
-        response.into_body().collect().await.expect("body");
+        let mut client = Client::connect(addr, false).await;
+        assert_eq!(client.get_local().await.status, 200, "{name}");
         // The client keeps the connection; only the peer's idle timeout ends it. (The timeout
         // is long enough that the request above is never late for it, even on a loaded machine.)
-        tokio::time::timeout(PATIENCE, conn)
-            .await
-            .unwrap_or_else(|_| panic!("{name}: idle connection never closed"))
-            .expect("connection task")
-            .expect("clean close");
-        drop(sender);
+        client.closed_by_peer(name).await;
     }
 }
 
@@ -201,24 +255,9 @@ async fn max_connection_duration_sends_goaway() {
         upstream.addr,
     );
     for (name, addr, _peer) in peers(&yaml).await {
-        let stream = TcpStream::connect(addr).await.expect("connects");
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .expect("handshake");
-        let conn = tokio::spawn(conn);
-        let req = http::Request::get("http://test/local")
-            .body(Empty::<Bytes>::new())
-            .expect("request");
-        let response = sender.send_request(req).await.expect("answer");
-        assert_eq!(response.status(), 200, "{name}");
-        response.into_body().collect().await.expect("body");
-        tokio::time::timeout(PATIENCE, conn)
-            .await
-            .unwrap_or_else(|_| panic!("{name}: connection never drained"))
-            .expect("connection task")
-            .expect("clean close");
-        drop(sender);
+        let mut client = Client::connect(addr, true).await;
+        assert_eq!(client.get_local().await.status, 200, "{name}");
+        client.closed_by_peer(name).await;
     }
 }
 
@@ -380,47 +419,21 @@ async fn max_requests_per_connection_closes_http1_and_drains_http2() {
     );
     for (name, addr, _peer) in peers(&yaml).await {
         // HTTP/1.1: the second response closes the connection.
-        let stream = TcpStream::connect(addr).await.expect("connects");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        let conn = tokio::spawn(conn);
+        let mut client = Client::connect(addr, false).await;
         for i in 0..2 {
-            let req = http::Request::get("/local")
-                .header(http::header::HOST, "test")
-                .body(Empty::<Bytes>::new())
-                .expect("request");
-            let response = sender.send_request(req).await.expect("answer");
-            let close = response
-                .headers()
+            let head = client.get_local().await;
+            let close = head
+                .headers
                 .get(http::header::CONNECTION)
                 .is_some_and(|v| v == "close");
             assert_eq!(close, i == 1, "{name}: request {i}");
-            response.into_body().collect().await.expect("body");
         }
-        tokio::time::timeout(PATIENCE, conn)
-            .await
-            .unwrap_or_else(|_| panic!("{name}: HTTP/1.1 connection never closed"))
-            .expect("connection task")
-            .expect("clean close");
+        client.closed_by_peer(&format!("{name}, HTTP/1.1")).await;
         // HTTP/2: GOAWAY after the second stream, then the connection ends.
-        let stream = TcpStream::connect(addr).await.expect("connects");
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .expect("handshake");
-        let conn = tokio::spawn(conn);
+        let mut client = Client::connect(addr, true).await;
         for _ in 0..2 {
-            let req = http::Request::get("http://test/local")
-                .body(Empty::<Bytes>::new())
-                .expect("request");
-            let response = sender.send_request(req).await.expect("answer");
-            response.into_body().collect().await.expect("body");
+            client.get_local().await;
         }
-        tokio::time::timeout(PATIENCE, conn)
-            .await
-            .unwrap_or_else(|_| panic!("{name}: HTTP/2 connection never drained"))
-            .expect("connection task")
-            .expect("clean close");
+        client.closed_by_peer(&format!("{name}, HTTP/2")).await;
     }
 }
