@@ -507,16 +507,9 @@ async fn envoy_client_span_is_the_parent_of_the_ferry_server_span() {
             json_cluster("zipkin", collector.addr),
         ],
     );
-    let Some(envoy) = ferry_tests::envoy::Envoy::start(&envoy_bootstrap).await else {
+    let Some(_envoy) = envoy_client_sends_five(&envoy_bootstrap).await else {
         return;
     };
-    let outbound_addr = envoy.wait_listener("0.0.0.0_9080").await;
-    for i in 0..5 {
-        let reply = net::get(outbound_addr, "reviews:9080", &format!("/reviews/{i}"))
-            .await
-            .expect("request through Envoy and ferry-proxy");
-        assert_eq!(reply.status, 200, "{}", reply.text());
-    }
     let spans = poll_until("10 spans from Envoy and ferry-proxy", PATIENCE, || async {
         let spans = collector.spans();
         (spans.len() >= 10).then_some(spans)
@@ -539,6 +532,21 @@ async fn envoy_client_span_is_the_parent_of_the_ferry_server_span() {
     }
 }
 
+/// Starts Envoy as the client sidecar from `bootstrap` and sends five requests through its
+/// outbound listener to the ferry-proxy server sidecar behind it (five: each proxy's reporter
+/// flushes at five spans). `None` when Envoy is not installed outside CI.
+async fn envoy_client_sends_five(bootstrap: &str) -> Option<ferry_tests::envoy::Envoy> {
+    let envoy = ferry_tests::envoy::Envoy::start(bootstrap).await?;
+    let outbound_addr = envoy.wait_listener("0.0.0.0_9080").await;
+    for i in 0..5 {
+        let reply = net::get(outbound_addr, "reviews:9080", &format!("/reviews/{i}"))
+            .await
+            .expect("request through Envoy and ferry-proxy");
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    Some(envoy)
+}
+
 /// W3C interop with a real Envoy 1.40 using the OpenTelemetry tracer as the client sidecar:
 /// ferry-proxy continues Envoy's `traceparent`, and both export to the same OTLP receiver.
 #[tokio::test]
@@ -559,16 +567,9 @@ async fn envoy_opentelemetry_client_span_is_the_parent_of_the_ferry_server_span(
             json_h2_cluster("otel", receiver.addr),
         ],
     );
-    let Some(envoy) = ferry_tests::envoy::Envoy::start(&envoy_bootstrap).await else {
+    let Some(_envoy) = envoy_client_sends_five(&envoy_bootstrap).await else {
         return;
     };
-    let outbound_addr = envoy.wait_listener("0.0.0.0_9080").await;
-    for i in 0..5 {
-        let reply = net::get(outbound_addr, "reviews:9080", &format!("/reviews/{i}"))
-            .await
-            .expect("request through Envoy and ferry-proxy");
-        assert_eq!(reply.status, 200, "{}", reply.text());
-    }
     let spans = poll_until(
         "10 OTLP spans from Envoy and ferry-proxy",
         PATIENCE,
