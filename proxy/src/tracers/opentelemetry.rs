@@ -113,9 +113,9 @@ mod tests {
     use crate::tracers::context::TraceId;
     use crate::tracers::span::Endpoint;
 
-    #[test]
-    fn spans_become_an_otlp_export() {
-        let span = Span {
+    /// A server span with a parent and one tag.
+    fn server_span() -> Span {
+        Span {
             trace_id: TraceId { high: 1, low: 2 },
             id: 3,
             parent_id: Some(4),
@@ -130,34 +130,23 @@ mod tests {
                 port: 1,
             },
             tags: vec![("error".into(), "true".into())],
-        };
+        }
+    }
+
+    #[test]
+    fn spans_become_an_otlp_export() {
         let config = OpenTelemetryConfig {
             cluster: "otel".into(),
             authority: "otel-collector".into(),
             service_name: "reviews.default".into(),
         };
-        let request = export_request(&config, &LocalNode::default(), &[span]);
+        let request = export_request(&config, &LocalNode::default(), &[server_span()]);
         assert_eq!(request.uri().path(), EXPORT_PATH);
         assert_eq!(
             request.uri().authority().unwrap().as_str(),
             "otel-collector"
         );
-        let otlp = to_otlp(&Span {
-            trace_id: TraceId { high: 1, low: 2 },
-            id: 3,
-            parent_id: Some(4),
-            name: "op".into(),
-            kind: Kind::Server,
-            timestamp_us: 10,
-            duration_us: 5,
-            shared: false,
-            local: Endpoint {
-                service_name: "svc".into(),
-                ip: "127.0.0.1".parse().unwrap(),
-                port: 1,
-            },
-            tags: vec![("error".into(), "true".into())],
-        });
+        let otlp = to_otlp(&server_span());
         assert_eq!(
             otlp.trace_id,
             [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2]
