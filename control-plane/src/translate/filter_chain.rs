@@ -4,7 +4,7 @@
 //! destination and sniff TLS.
 
 use xds_proto::envoy::config::listener::v3::{
-    Filter, FilterChain, ListenerFilter, filter, listener_filter,
+    Filter, FilterChain, Listener, ListenerFilter, filter, listener_filter,
 };
 use xds_proto::envoy::config::route::v3::RouteConfiguration;
 use xds_proto::envoy::extensions::filters::http::cors::v3::Cors;
@@ -201,5 +201,31 @@ pub fn tls_inspector() -> ListenerFilter {
             &TlsInspector::default(),
         ))),
         ..Default::default()
+    }
+}
+
+/// Applies `edit` to every HTTP connection manager of `listeners` (every filter chain, the
+/// default one included), re-packing each. Used by the passes that add mesh-wide settings (access
+/// logs, tracing) after the listeners are built.
+pub fn for_each_hcm(listeners: &mut [Listener], mut edit: impl FnMut(&mut HttpConnectionManager)) {
+    let chains = listeners.iter_mut().flat_map(|l| {
+        l.filter_chains
+            .iter_mut()
+            .chain(l.default_filter_chain.as_mut())
+    });
+    for chain in chains {
+        for f in &mut chain.filters {
+            if f.name != HCM {
+                continue;
+            }
+            let Some(filter::ConfigType::TypedConfig(typed)) = &mut f.config_type else {
+                continue;
+            };
+            let Ok(mut hcm) = xds_proto::any::unpack::<HttpConnectionManager>(typed) else {
+                continue;
+            };
+            edit(&mut hcm);
+            *typed = any(&hcm);
+        }
     }
 }

@@ -8,13 +8,12 @@ use xds_proto::envoy::config::accesslog::v3::{AccessLog, access_log};
 use xds_proto::envoy::config::core::v3::{
     DataSource, SubstitutionFormatString, data_source, substitution_format_string,
 };
-use xds_proto::envoy::config::listener::v3::{FilterChain, Listener, filter};
+use xds_proto::envoy::config::listener::v3::Listener;
 use xds_proto::envoy::extensions::access_loggers::file::v3::{FileAccessLog, file_access_log};
-use xds_proto::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 
 use super::TranslateError;
 use super::envoy::any;
-use super::filter_chain::HCM;
+use super::filter_chain::for_each_hcm;
 use crate::mesh_config::{AccessLogSettings, MeshConfig};
 
 /// Istio's default text format (`EnvoyTextLogFormat`).
@@ -107,22 +106,6 @@ pub fn file_access_log(settings: &AccessLogSettings) -> Result<AccessLog, Transl
     })
 }
 
-fn set_on_chain(chain: &mut FilterChain, log: &AccessLog) {
-    for f in &mut chain.filters {
-        if f.name != HCM {
-            continue;
-        }
-        let Some(filter::ConfigType::TypedConfig(typed)) = &mut f.config_type else {
-            continue;
-        };
-        let Ok(mut hcm) = xds_proto::any::unpack::<HttpConnectionManager>(typed) else {
-            continue;
-        };
-        hcm.access_log = vec![log.clone()];
-        *typed = any(&hcm);
-    }
-}
-
 /// Puts the file logger on every HCM of `listeners` when the mesh config asks for one.
 pub fn apply(mesh: &MeshConfig, listeners: &mut [Listener], errors: &mut Vec<TranslateError>) {
     let Some(settings) = &mesh.access_log else {
@@ -135,14 +118,7 @@ pub fn apply(mesh: &MeshConfig, listeners: &mut [Listener], errors: &mut Vec<Tra
             return;
         }
     };
-    for listener in listeners {
-        for chain in &mut listener.filter_chains {
-            set_on_chain(chain, &log);
-        }
-        if let Some(chain) = &mut listener.default_filter_chain {
-            set_on_chain(chain, &log);
-        }
-    }
+    for_each_hcm(listeners, |hcm| hcm.access_log = vec![log.clone()]);
 }
 
 #[cfg(test)]
@@ -159,7 +135,7 @@ mod tests {
             let l = xds_proto::json::to_value(l).unwrap();
             for chain in l["filter_chains"].as_array().cloned().unwrap_or_default() {
                 for f in chain["filters"].as_array().cloned().unwrap_or_default() {
-                    if f["name"] == super::HCM {
+                    if f["name"] == super::super::filter_chain::HCM {
                         found.push(f["typed_config"]["access_log"].clone());
                     }
                 }

@@ -13,11 +13,11 @@
 
 use xds_proto::envoy::config::cluster::v3::Cluster;
 use xds_proto::envoy::config::core::v3::{GrpcService, grpc_service};
-use xds_proto::envoy::config::listener::v3::{FilterChain, Listener, filter};
+use xds_proto::envoy::config::listener::v3::Listener;
 use xds_proto::envoy::config::trace::v3::tracing::{Http as TracingHttp, http};
 use xds_proto::envoy::config::trace::v3::{OpenTelemetryConfig, ZipkinConfig, zipkin_config};
 use xds_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, http_connection_manager::Tracing,
+    http_connection_manager::Tracing,
 };
 use xds_proto::envoy::r#type::tracing::v3::{CustomTag, custom_tag};
 use xds_proto::envoy::r#type::v3::Percent;
@@ -25,7 +25,7 @@ use xds_proto::google::protobuf::BoolValue;
 
 use super::TranslateError;
 use super::envoy::{any, u32_value};
-use super::filter_chain::HCM;
+use super::filter_chain::for_each_hcm;
 use crate::mesh_config::{Collector, MeshConfig, TracingSettings};
 use crate::model::proxy::ProxyNode;
 
@@ -139,22 +139,6 @@ fn zipkin(settings: &TracingSettings) -> TracingHttp {
     }
 }
 
-fn set_on_chain(chain: &mut FilterChain, tracing: &Tracing) {
-    for f in &mut chain.filters {
-        if f.name != HCM {
-            continue;
-        }
-        let Some(filter::ConfigType::TypedConfig(typed)) = &mut f.config_type else {
-            continue;
-        };
-        let Ok(mut hcm) = xds_proto::any::unpack::<HttpConnectionManager>(typed) else {
-            continue;
-        };
-        hcm.tracing = Some(tracing.clone());
-        *typed = any(&hcm);
-    }
-}
-
 /// Puts the tracing block on every HCM of `listeners` when the mesh traces and the collector
 /// cluster is among `clusters`.
 pub fn apply(
@@ -182,14 +166,7 @@ pub fn apply(
         return;
     }
     let tracing = hcm_tracing(settings, proxy);
-    for listener in listeners {
-        for chain in &mut listener.filter_chains {
-            set_on_chain(chain, &tracing);
-        }
-        if let Some(chain) = &mut listener.default_filter_chain {
-            set_on_chain(chain, &tracing);
-        }
-    }
+    for_each_hcm(listeners, |hcm| hcm.tracing = Some(tracing.clone()));
 }
 
 #[cfg(test)]
@@ -232,7 +209,7 @@ mod tests {
             let chains = l["filter_chains"].as_array().cloned().unwrap_or_default();
             for chain in chains {
                 for f in chain["filters"].as_array().cloned().unwrap_or_default() {
-                    if f["name"] == super::HCM {
+                    if f["name"] == super::super::filter_chain::HCM {
                         hcms += 1;
                         if !f["typed_config"]["tracing"].is_null() {
                             blocks.push(f["typed_config"]["tracing"].clone());
