@@ -55,24 +55,7 @@ async fn two_sidecars_in_series_report_one_trace_per_request() {
     let collector = ZipkinCollector::start().await.expect("collector starts");
     let app = Upstream::echo("reviews-v1").await.expect("upstream starts");
     let zipkin = bootstrap::static_cluster("zipkin", collector.addr);
-    let inbound = sidecar(
-        "reviews",
-        listener(
-            "inbound_9080",
-            "INBOUND",
-            "inbound|9080||",
-            istio_tracing("HTTP_JSON"),
-        ),
-        &[
-            bootstrap::static_cluster("inbound|9080||", app.addr),
-            zipkin.clone(),
-        ],
-    )
-    .await;
-    let inbound_addr: SocketAddr = inbound
-        .listeners
-        .listener_addr("inbound_9080")
-        .expect("inbound bound");
+    let (inbound, inbound_addr) = zipkin_inbound_sidecar(app.addr, collector.addr).await;
     let outbound = sidecar(
         "productpage",
         listener(
@@ -286,21 +269,18 @@ async fn invalid_tracing_is_nacked_and_the_last_good_config_serves() {
     reconciler.abort();
 }
 
-/// The `reviews` server-side sidecar in front of `app`, exporting OTLP to `receiver`; returns it
-/// and its inbound listener's address.
-async fn otel_inbound_sidecar(app: SocketAddr, receiver: SocketAddr) -> (Running, SocketAddr) {
+/// The `reviews` server-side sidecar in front of `app` with the HCM `tracing` block `tracing`,
+/// reporting through `collector` (the provider's cluster); returns it and its inbound
+/// listener's address.
+async fn inbound_sidecar(
+    app: SocketAddr,
+    tracing: Value,
+    collector: String,
+) -> (Running, SocketAddr) {
     let inbound = sidecar(
         "reviews",
-        listener(
-            "inbound_9080",
-            "INBOUND",
-            "inbound|9080||",
-            otel_tracing("reviews.default"),
-        ),
-        &[
-            bootstrap::static_cluster("inbound|9080||", app),
-            otel_cluster(receiver),
-        ],
+        listener("inbound_9080", "INBOUND", "inbound|9080||", tracing),
+        &[bootstrap::static_cluster("inbound|9080||", app), collector],
     )
     .await;
     let addr = inbound
@@ -308,6 +288,17 @@ async fn otel_inbound_sidecar(app: SocketAddr, receiver: SocketAddr) -> (Running
         .listener_addr("inbound_9080")
         .expect("inbound bound");
     (inbound, addr)
+}
+
+/// [`inbound_sidecar`] exporting OTLP to `receiver`.
+async fn otel_inbound_sidecar(app: SocketAddr, receiver: SocketAddr) -> (Running, SocketAddr) {
+    inbound_sidecar(app, otel_tracing("reviews.default"), otel_cluster(receiver)).await
+}
+
+/// [`inbound_sidecar`] reporting Zipkin HTTP_JSON to `collector`.
+async fn zipkin_inbound_sidecar(app: SocketAddr, collector: SocketAddr) -> (Running, SocketAddr) {
+    let zipkin = bootstrap::static_cluster("zipkin", collector);
+    inbound_sidecar(app, istio_tracing("HTTP_JSON"), zipkin).await
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -477,24 +468,7 @@ async fn hcm_tracing_without_provider_uses_the_bootstrap_tracer() {
 async fn envoy_client_span_is_the_parent_of_the_ferry_server_span() {
     let collector = ZipkinCollector::start().await.expect("collector starts");
     let app = Upstream::echo("reviews-v1").await.expect("upstream starts");
-    let inbound = sidecar(
-        "reviews",
-        listener(
-            "inbound_9080",
-            "INBOUND",
-            "inbound|9080||",
-            istio_tracing("HTTP_JSON"),
-        ),
-        &[
-            bootstrap::static_cluster("inbound|9080||", app.addr),
-            bootstrap::static_cluster("zipkin", collector.addr),
-        ],
-    )
-    .await;
-    let inbound_addr = inbound
-        .listeners
-        .listener_addr("inbound_9080")
-        .expect("inbound bound");
+    let (_inbound, inbound_addr) = zipkin_inbound_sidecar(app.addr, collector.addr).await;
     let envoy_bootstrap = envoy_productpage(
         listener(
             "0.0.0.0_9080",
