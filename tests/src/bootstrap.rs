@@ -118,6 +118,26 @@ pub fn static_resources(listeners: &[String], clusters: &[String]) -> String {
     )
 }
 
+/// The bootstrap of a sidecar (`app.default`) with no static resources that gets listeners and
+/// clusters over ADS from the gRPC server at `uri`, as a test's in-process xDS client uses it.
+pub fn ads_sidecar(
+    uri: &str,
+) -> std::sync::Arc<xds_proto::envoy::config::bootstrap::v3::Bootstrap> {
+    let yaml = format!(
+        r#"
+node: {{ id: "sidecar~127.0.0.1~app.default~default.svc.cluster.local", cluster: app.default }}
+dynamic_resources:
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [ {{ google_grpc: {{ target_uri: "{uri}", stat_prefix: ads }} }} ]
+"#
+    );
+    std::sync::Arc::new(xds_proto::json::from_yaml_str(&yaml).expect("ADS bootstrap parses"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

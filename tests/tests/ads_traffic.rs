@@ -13,29 +13,12 @@ use ferry_proxy::xds::{Backoff, Client, ServerState, Tracker};
 use ferry_tests::ads::AdsServer;
 use ferry_tests::net;
 use ferry_tests::poll::poll_until;
-use xds_proto::envoy::config::bootstrap::v3::Bootstrap;
 use xds_proto::envoy::config::listener::v3::Listener;
 use xds_proto::envoy::config::route::v3::RouteConfiguration;
 use xds_proto::google::protobuf::Any;
 use xds_proto::type_url::{CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER, ROUTE_CONFIGURATION};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn bootstrap(uri: &str) -> Arc<Bootstrap> {
-    let yaml = format!(
-        r#"
-node: {{ id: "sidecar~127.0.0.1~app.default~default.svc.cluster.local" }}
-dynamic_resources:
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    grpc_services: [ {{ google_grpc: {{ target_uri: "{uri}", stat_prefix: ads }} }} ]
-"#
-    );
-    Arc::new(xds_proto::json::from_yaml_str(&yaml).expect("test bootstrap parses"))
-}
 
 fn listener(filter: &str) -> Any {
     let typed_config = match filter {
@@ -95,8 +78,12 @@ async fn traffic_follows_updates_survives_nack_and_control_plane_restart() {
 
     let stats = Arc::new(Store::default());
     let store = Arc::new(ConfigStore::new(ClusterManager::new(stats.clone())));
-    let tracker = Tracker::new(bootstrap(&server.uri()), store.clone(), stats.clone())
-        .expect("bootstrap accepted");
+    let tracker = Tracker::new(
+        ferry_tests::bootstrap::ads_sidecar(&server.uri()),
+        store.clone(),
+        stats.clone(),
+    )
+    .expect("bootstrap accepted");
     let config = tracker.ads_config().cloned().expect("ads configured");
     let client = Client::spawn_with_backoff(
         config,
@@ -208,8 +195,12 @@ async fn eds_updates_move_traffic_between_upstreams() {
 
     let stats = Arc::new(Store::default());
     let store = Arc::new(ConfigStore::new(ClusterManager::new(stats.clone())));
-    let tracker = Tracker::new(bootstrap(&server.uri()), store.clone(), stats.clone())
-        .expect("bootstrap accepted");
+    let tracker = Tracker::new(
+        ferry_tests::bootstrap::ads_sidecar(&server.uri()),
+        store.clone(),
+        stats.clone(),
+    )
+    .expect("bootstrap accepted");
     let client = Client::spawn(tracker.ads_config().cloned().expect("ads"), tracker.clone());
     let listeners = ListenerManager::new(store, stats);
     listeners.reconcile().await;

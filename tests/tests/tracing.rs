@@ -175,22 +175,6 @@ async fn two_sidecars_in_series_report_one_trace_per_request() {
     assert_eq!(collector.reports(), 2);
 }
 
-fn ads_bootstrap(uri: &str) -> Arc<xds_proto::envoy::config::bootstrap::v3::Bootstrap> {
-    let yaml = format!(
-        r#"
-node: {{ id: "sidecar~127.0.0.1~app.default~default.svc.cluster.local", cluster: app.default }}
-dynamic_resources:
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    grpc_services: [ {{ google_grpc: {{ target_uri: "{uri}", stat_prefix: ads }} }} ]
-"#
-    );
-    Arc::new(xds_proto::json::from_yaml_str(&yaml).expect("bootstrap parses"))
-}
-
 fn packed(listener: Value) -> Any {
     let listener: Listener = xds_proto::json::from_value(listener).expect("listener parses");
     xds_proto::any::pack(&listener)
@@ -220,8 +204,12 @@ async fn invalid_tracing_is_nacked_and_the_last_good_config_serves() {
     );
     let stats = Arc::new(Store::default());
     let store = Arc::new(ConfigStore::new(ClusterManager::new(stats.clone())));
-    let tracker = Tracker::new(ads_bootstrap(&server.uri()), store.clone(), stats.clone())
-        .expect("bootstrap accepted");
+    let tracker = Tracker::new(
+        ferry_tests::bootstrap::ads_sidecar(&server.uri()),
+        store.clone(),
+        stats.clone(),
+    )
+    .expect("bootstrap accepted");
     let client = Client::spawn_with_backoff(
         tracker.ads_config().cloned().expect("ads configured"),
         tracker.clone(),
